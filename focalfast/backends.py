@@ -1,0 +1,106 @@
+"""Backend selection for the fused op: names, availability, the process-wide default.
+
+Backends:
+    reference  pure PyTorch (``focal_modulation_ref``), any device, the correctness oracle
+    triton     fused Triton kernels; a CUDA GPU, or CPU tensors under ``TRITON_INTERPRET=1``
+    cuda       fused CUDA C++ kernels from ``csrc/``; a CUDA GPU and the built extension
+    auto       the fastest available on the tensors' device; the reference on CPU
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable, Optional, Union
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda")
+CHOICES = ("auto",) + BACKENDS
+# "auto" on a GPU tries these in order; the order follows the committed GPU benchmarks.
+AUTO_ORDER = ("triton", "cuda")
+
+_IMPLEMENTATIONS = {
+    "reference": "focalfast.ops.focal_modulation:focal_modulation_ref",
+    "triton": "focalfast.ops.triton.focal_modulation:focal_modulation_triton",
+    "cuda": "focalfast.ops.cuda.focal_modulation:focal_modulation_cuda",
+}
+
+_default = "auto"
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that cannot run here; the message says why."""
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend (used where ``backend=None``)."""
+    global _default
+    _default = _validate(name)
+
+
+def get_backend() -> str:
+    """The process-wide default backend name."""
+    return _default
+
+
+def _validate(name: str) -> str:
+    if name not in CHOICES:
+        raise ValueError(f"backend: expected one of {CHOICES}, got {name!r}")
+    return name
+
+
+def triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(name: str, device: Union[str, torch.device, None] = None) -> Optional[str]:
+    """Why backend ``name`` cannot run on ``device`` (``None``: on a CUDA GPU); None if it can."""
+    _validate(name)
+    device = torch.device("cuda" if device is None else device)
+    if name in ("reference", "auto"):
+        return None
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # an install can be broken, not only missing
+            return f"Triton is not importable ({exc}); install it with `pip install triton`"
+        if device.type == "cuda":
+            return None if torch.cuda.is_available() else "no CUDA GPU is visible to PyTorch"
+        if device.type == "cpu" and triton_interpreter_on():
+            return None
+        return (f"the Triton kernels need a CUDA GPU but the tensors are on {device.type} "
+                "(set TRITON_INTERPRET=1 before importing focalfast to run them in Triton's CPU interpreter)")
+    # name == "cuda"
+    if device.type != "cuda":
+        return f"the CUDA C++ kernels need CUDA tensors, got tensors on {device.type}"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch"
+    from focalfast.ops.cuda import extension
+
+    return extension.unavailable_reason()
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> list:
+    """The backends that can run on ``device`` (``None``: on a CUDA GPU)."""
+    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+
+
+def resolve(name: Optional[str], device: Union[str, torch.device]) -> str:
+    """Turn ``name`` (or the default, or ``"auto"``) into a concrete backend for ``device``."""
+    name = _validate(_default if name is None else name)
+    device = torch.device(device)
+    if name == "auto":
+        if device.type != "cuda":
+            return "reference"
+        return next((b for b in AUTO_ORDER if unavailable_reason(b, device) is None), "reference")
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend={name!r} is not available: {reason}")
+    return name
+
+
+def implementation(name: str) -> Callable:
+    """The op function of a concrete backend (imported on first use)."""
+    module, attr = _IMPLEMENTATIONS[name].split(":")
+    return getattr(importlib.import_module(module), attr)

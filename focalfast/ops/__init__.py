@@ -1,0 +1,1 @@
+"""Ops: the fused focal-modulation op, its reference, and its kernel backends."""
