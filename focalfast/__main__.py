@@ -1,0 +1,5 @@
+import sys
+
+from focalfast.cli import main
+
+sys.exit(main())
