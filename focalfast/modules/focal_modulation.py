@@ -94,6 +94,10 @@ class FocalModulation(nn.Module):
             shape = "[B, C, H, W]" if self.layout == "nchw" else "[B, H, W, C]"
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected shape {shape} with C = {self.dim} (layout={self.layout!r}), got {got}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+        if x.numel() == 0:
+            raise ValueError(f"x: every dimension must be non-zero, got {tuple(x.shape)}")
         if self.layout == "nchw":
             x = x.permute(0, 2, 3, 1)
         C, L = self.dim, self.focal_level
