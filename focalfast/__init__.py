@@ -10,6 +10,10 @@ from focalfast.backends import (
 from focalfast.convert import focal_modulation_from, load_modulation_state_dict
 from focalfast.modules.focal_modulation import FocalModulation
 from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_ref
+from focalfast import models
+from focalfast.models.convnext import build_convnext, convnext_output_size
+from focalfast.models.isotropic import build, output_size
+from focalfast.patch import patch
 
 __version__ = "0.1.0"
 
@@ -18,10 +22,16 @@ __all__ = [
     "BackendUnavailableError",
     "FocalModulation",
     "available_backends",
+    "build",
+    "build_convnext",
+    "convnext_output_size",
     "focal_modulation",
     "focal_modulation_from",
     "focal_modulation_ref",
     "get_backend",
     "load_modulation_state_dict",
+    "models",
+    "output_size",
+    "patch",
     "set_backend",
 ]

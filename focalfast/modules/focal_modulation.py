@@ -15,7 +15,7 @@ LAYOUTS = ("nhwc", "nchw")
 
 class FocalModulation(nn.Module):
     """Focal modulation with the official parameter names (``f``, ``focal_layers.{l}.0``, ``h``,
-    ``proj``, ``ln``), so the official checkpoints load as they are (see ``focalfast.weights``
+    ``proj``, ``ln``), so the official checkpoints load as they are (see ``focalfast.convert``
     for timm and HF transformers ones).
 
     ``f``, the optional LayerNorm ``ln`` and ``proj`` are ordinary layers; the depthwise chain,

@@ -1,0 +1,86 @@
+"""``FocalNetBlock``: focal modulation and an MLP, each in a (pre- or post-norm) residual branch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from focalfast.models.drop_path import DropPath
+from focalfast.modules.focal_modulation import FocalModulation
+
+
+class Mlp(nn.Module):
+    """``fc2(dropout(GELU(fc1(x))))`` then dropout, on the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class FocalNetBlock(nn.Module):
+    """One FocalNet block on channels-last tokens ``[B, H, W, C]``.
+
+    Pre-norm (default):  ``x += gamma_1 * modulation(norm1(x))``, ``x += gamma_2 * mlp(norm2(x))``.
+    Post-norm (``use_postln``): ``x += gamma_1 * norm1(modulation(x))``, ``x += gamma_2 * norm2(mlp(x))``.
+    ``gamma_*`` exist only with ``use_layerscale``; each branch goes through drop path.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        focal_level: int,
+        focal_window: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        use_layerscale: bool = False,
+        layerscale_value: float = 1e-4,
+        use_postln: bool = False,
+        use_postln_in_modulation: bool = False,
+        normalize_modulator: bool = False,
+        layer_norm_eps: float = 1e-5,
+        backend: Optional[str] = None,
+    ):
+        super().__init__()
+        self.use_postln = use_postln
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.modulation = FocalModulation(
+            dim,
+            focal_window=focal_window,
+            focal_level=focal_level,
+            proj_drop=drop,
+            use_postln_in_modulation=use_postln_in_modulation,
+            normalize_modulator=normalize_modulator,
+            layer_norm_eps=layer_norm_eps,
+            layout="nhwc",
+            backend=backend,
+        )
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        if use_layerscale:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(layerscale_value)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(layerscale_value)))
+        else:
+            self.register_parameter("gamma_1", None)
+            self.register_parameter("gamma_2", None)
+
+    @staticmethod
+    def _scale(x: Tensor, gamma: Optional[Tensor]) -> Tensor:
+        return x if gamma is None else gamma * x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, H, W, C]`` -> ``[B, H, W, C]``."""
+        if self.use_postln:
+            x = x + self.drop_path(self._scale(self.norm1(self.modulation(x)), self.gamma_1))
+            return x + self.drop_path(self._scale(self.norm2(self.mlp(x)), self.gamma_2))
+        x = x + self.drop_path(self._scale(self.modulation(self.norm1(x)), self.gamma_1))
+        return x + self.drop_path(self._scale(self.mlp(self.norm2(x)), self.gamma_2))

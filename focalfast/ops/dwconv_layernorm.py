@@ -1,0 +1,112 @@
+"""ConvNeXt's "depthwise conv then LayerNorm" as one op: reference and dispatch.
+
+    x_nhwc     [B, H, W, C]   channels-last (any strides)
+    conv_weight [C, 1, k, k]  depthwise kernel, odd k (ConvNeXt: 7), zero padding k // 2
+    conv_bias  [C]
+    ln_weight, ln_bias [C]    LayerNorm over C with ``eps``
+
+    y = LayerNorm_C(dwconv(x_nhwc) + conv_bias)       -> [B, H, W, C]
+
+Backends: ``reference`` (PyTorch, any device) and ``triton``
+(``focalfast.ops.triton.dwconv_layernorm:dwconv_layernorm_triton``, same arguments but
+``backend``, with autograd). ``auto`` takes Triton on a GPU when it is installed, else the
+reference; there is no CUDA C++ version, so ``cuda`` raises ``BackendUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Optional
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from focalfast import backends
+from focalfast.backends import BackendUnavailableError
+
+TRITON_IMPLEMENTATION = "focalfast.ops.triton.dwconv_layernorm:dwconv_layernorm_triton"
+
+
+def check_dwconv_layernorm_inputs(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
+                                  ln_bias: Tensor, eps: float) -> None:
+    """TypeError for non-tensors or non-float dtypes, ValueError for shapes, devices, dtypes and eps."""
+    x = x_nhwc
+    named = [("x_nhwc", x), ("conv_weight", conv_weight), ("conv_bias", conv_bias),
+             ("ln_weight", ln_weight), ("ln_bias", ln_bias)]
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    for name, t in named[1:]:
+        if t.device != x.device or t.dtype != x.dtype:
+            raise ValueError(f"{name}: is {t.dtype} on {t.device} but x_nhwc is {x.dtype} on {x.device}; "
+                             "all tensors of the op must share one device and dtype")
+    if x.dim() != 4 or min(x.shape) == 0:
+        raise ValueError(f"x_nhwc: expected a non-empty channels-last [B, H, W, C] tensor, got {tuple(x.shape)}")
+    C = x.shape[-1]
+    k = conv_weight.shape[-1] if conv_weight.dim() == 4 else -1
+    if conv_weight.dim() != 4 or tuple(conv_weight.shape) != (C, 1, k, k) or k % 2 == 0:
+        raise ValueError(f"conv_weight: expected a depthwise kernel [C, 1, k, k] with C = {C} and odd k, "
+                         f"got {tuple(conv_weight.shape)}")
+    for name, t in named[2:]:
+        if tuple(t.shape) != (C,):
+            raise ValueError(f"{name}: expected shape [C] = {(C,)}, got {tuple(t.shape)}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+
+
+def dwconv_layernorm_ref(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
+                         ln_bias: Tensor, eps: float = 1e-6) -> Tensor:
+    """Pure-PyTorch ``LayerNorm(dwconv(x))``, ``[B, H, W, C]`` in and out."""
+    C, k = x_nhwc.shape[-1], conv_weight.shape[-1]
+    y = F.conv2d(x_nhwc.permute(0, 3, 1, 2), conv_weight, conv_bias, padding=k // 2, groups=C)
+    return F.layer_norm(y.permute(0, 2, 3, 1), (C,), ln_weight, ln_bias, eps)
+
+
+def _triton_implementation() -> Callable:
+    module_name, attr = TRITON_IMPLEMENTATION.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (module_name, module_name.rpartition(".")[0]):
+            raise
+        raise BackendUnavailableError(
+            "backend='triton' is not available for dwconv_layernorm: this install has no fused Triton "
+            f"kernel for it ({module_name} is missing); use backend='reference' or 'auto'") from exc
+    return getattr(module, attr)
+
+
+def _implementation(backend: Optional[str], x: Tensor) -> Callable:
+    name = backends.get_backend() if backend is None else backend
+    if name not in backends.CHOICES:
+        raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {name!r}")
+    if name == "reference":
+        return dwconv_layernorm_ref
+    if name == "cuda":
+        raise BackendUnavailableError("backend='cuda' is not available for dwconv_layernorm: there is no "
+                                      "CUDA C++ kernel for it; use 'triton', 'reference' or 'auto'")
+    reason = backends.unavailable_reason("triton", x.device)
+    if name == "triton":
+        if reason is not None:
+            raise BackendUnavailableError(f"backend='triton' is not available for dwconv_layernorm: {reason}")
+        return _triton_implementation()
+    # auto: the Triton kernel on a GPU when it is installed, else the reference
+    if x.device.type != "cuda" or reason is not None:
+        return dwconv_layernorm_ref
+    try:
+        return _triton_implementation()
+    except BackendUnavailableError:
+        return dwconv_layernorm_ref
+
+
+def dwconv_layernorm(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
+                     ln_bias: Tensor, eps: float = 1e-6, backend: Optional[str] = None) -> Tensor:
+    """``LayerNorm(dwconv(x) + bias)`` on channels-last ``[B, H, W, C]`` -> ``[B, H, W, C]``.
+
+    ``backend``: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``; None follows
+    ``focalfast.set_backend``. An unavailable backend raises ``BackendUnavailableError``.
+    """
+    check_dwconv_layernorm_inputs(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, eps)
+    impl = _implementation(backend, x_nhwc)
+    return impl(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, float(eps))
