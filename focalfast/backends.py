@@ -100,7 +100,14 @@ def resolve(name: Optional[str], device: Union[str, torch.device]) -> str:
     return name
 
 
+_loaded: dict = {}
+
+
 def implementation(name: str) -> Callable:
-    """The op function of a concrete backend (imported on first use)."""
-    module, attr = _IMPLEMENTATIONS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    """The op function of a concrete backend (imported on first use, then cached so that
+    ``torch.compile`` sees a plain dict lookup)."""
+    fn = _loaded.get(name)
+    if fn is None:
+        module, attr = _IMPLEMENTATIONS[name].split(":")
+        fn = _loaded[name] = getattr(importlib.import_module(module), attr)
+    return fn

@@ -112,3 +112,14 @@ def test_cuda_backend_on_cpu_tensors_says_why():
     m = make(backend="cuda")
     with pytest.raises(focalfast.BackendUnavailableError, match="CUDA tensors"):
         m(torch.randn(1, 3, 3, 8, dtype=torch.float64))
+
+
+def test_autocast_runs_the_op_in_the_autocast_dtype():
+    m = FocalModulation(8, focal_level=2)
+    x = torch.randn(2, 5, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), m(x)) < 2e-2
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())

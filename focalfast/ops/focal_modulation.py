@@ -143,8 +143,15 @@ def focal_modulation(
 
     ``backend`` is ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``; ``None`` takes the
     process-wide default (``focalfast.set_backend``). An unavailable backend raises
-    ``focalfast.BackendUnavailableError`` saying why.
+    ``focalfast.BackendUnavailableError`` saying why. Under ``torch.autocast`` every tensor is
+    cast to the autocast dtype first.
     """
+    if torch.is_autocast_enabled(q.device.type):
+        # Under autocast the op runs in the autocast dtype, like the convs and linears it replaces.
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, ctx, gates, h_weight = (t.to(dtype) for t in (q, ctx, gates, h_weight))
+        weights = [w.to(dtype) for w in weights]
+        h_bias = None if h_bias is None else h_bias.to(dtype)
     h_weight = check_focal_modulation_inputs(q, ctx, gates, weights, h_weight, h_bias)
     impl = backends.implementation(backends.resolve(backend, q.device))
     return impl(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
