@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Everything a GPU session checks, in one call on the device machine (repo copied to the cwd):
+# build the CUDA extension, GPU tests, compute-sanitizer, benchmarks, a results table.
+#
+#   FOCALFAST_COMMIT=<git rev-parse --short=12 HEAD, run here> bash scripts/gpu_all.sh
+#
+# The device copy of the repo has no .git, so pass the commit in. Every stage runs under
+# `timeout` within GPU_ALL_BUDGET seconds (default 500, under the device's 600 s per call); a
+# failing or timed-out stage does not stop the next, and a stage summary ends the output.
+# Files in $OUT (flat, 7 of the 8 allowed):
+#   results.md             device, versions, commit, date, stages, the bench table, test and sanitizer summaries
+#   gpu_all.log            environment, build, bench and pytest-benchmark output
+#   tests.log              python -m pytest tests -m "not slow"
+#   sanitizer.log          compute-sanitizer memcheck and racecheck of python -m focalfast.ops.cuda.sanitize
+#   bench.json, bench.png  focalfast bench --suite full (cut by its time budget)
+#   pytest_benchmark.json  pytest benchmarks (quick scope, no torch.compile), if time is left
+# Copy results.md to benchmarks/results/<date>-<device>.md to commit it (benchmarks/results/README.md).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-$PWD/gpu-out}
+PY=${PYTHON:-python3}
+BUDGET=${GPU_ALL_BUDGET:-500}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_all.log
+START=$SECONDS
+SUMMARY=()
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export FOCALFAST_COMMIT=${FOCALFAST_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
+# Build the extension for this GPU's arch only (focalfast/ops/cuda/extension.py reads FOCALFAST_CUDA_ARCHS).
+if [ -z "${FOCALFAST_CUDA_ARCHS:-}" ]; then
+    FOCALFAST_CUDA_ARCHS=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null) \
+        && export FOCALFAST_CUDA_ARCHS
+fi
+
+left() { echo $((BUDGET - (SECONDS - START))); }
+
+# stage NAME CAP RESERVE LOGFILE CMD...: run CMD for at most CAP seconds, keeping RESERVE seconds
+# of the budget for the stages after it; output appended to LOGFILE.
+stage() {
+    local name=$1 cap=$2 reserve=$3 logfile=$4
+    shift 4
+    local limit=$(($(left) - reserve))
+    ((limit > cap)) && limit=$cap
+    if ((limit < 15)); then
+        SUMMARY+=("$name: skipped, time budget used up")
+        echo "== $name: skipped, time budget used up" | tee -a "$LOG"
+        return 0
+    fi
+    echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    [ "$logfile" != "$LOG" ] && echo "== $name (limit ${limit}s): $*" >>"$logfile"
+    local t0=$SECONDS rc
+    timeout --kill-after=10 "$limit" "$@" >>"$logfile" 2>&1
+    rc=$?
+    local took=$((SECONDS - t0)) status
+    case $rc in
+        0) status="ok" ;;
+        124 | 137) status="TIMEOUT after ${limit}s" ;;
+        *) status="FAILED (exit $rc)" ;;
+    esac
+    SUMMARY+=("$name: $status, ${took}s")
+    echo "== $name: $status, ${took}s" | tee -a "$LOG"
+}
+
+has_module() { $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+
+# 1. environment
+stage environment 60 100 "$LOG" bash -c "nvidia-smi; nvcc --version; $PY -c 'import torch, triton, sys; \
+print(sys.version); print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, \"triton\", triton.__version__); \
+print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; \
+$PY -m pip list 2>/dev/null | grep -iE '^(torch|triton|timm|transformers|pytest|pytest-benchmark|ninja|pybind11) '"
+
+# 2. the CUDA extension: an editable install builds it where setup.py knows how; then load it
+# (a JIT build happens here if that is the extension's path).
+stage build 200 280 "$LOG" bash -c "$PY -m pip install --no-build-isolation --no-deps -e . ; \
+$PY -c 'from focalfast.ops.cuda import extension; r = extension.unavailable_reason(); \
+print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'"
+
+# 3. GPU tests
+stage tests 180 190 "$OUT/tests.log" \
+    $PY -m pytest tests -q -m "not slow" --maxfail=10 -rfEs --durations=15 -p no:cacheprovider
+
+# 4. compute-sanitizer on the CUDA kernels (no caching allocator, so out-of-bounds is seen)
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+if has_module focalfast.ops.cuda.sanitize && [ -n "$SANITIZER" ]; then
+    stage memcheck 90 170 "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+        "$SANITIZER" --tool memcheck --error-exitcode 3 $PY -m focalfast.ops.cuda.sanitize
+    stage racecheck 90 150 "$OUT/sanitizer.log" \
+        "$SANITIZER" --tool racecheck --error-exitcode 3 $PY -m focalfast.ops.cuda.sanitize
+else
+    SUMMARY+=("sanitizer: skipped (no focalfast.ops.cuda.sanitize module or no compute-sanitizer)")
+fi
+
+# 5. benchmarks: the bench table first; its own budget stops new rows in time to write its files
+BENCH_DIR=$(mktemp -d)
+bench_limit=$(($(left) - 20))
+((bench_limit > 400)) && bench_limit=400
+stage bench 400 20 "$LOG" $PY -m focalfast.bench --suite full --out-dir "$BENCH_DIR" --no-progress \
+    --time-budget $((bench_limit > 80 ? bench_limit - 40 : bench_limit / 2))
+cp "$BENCH_DIR/bench.json" "$BENCH_DIR/bench.png" "$OUT/" 2>/dev/null
+
+if (($(left) >= 120)); then
+    stage pytest-benchmark 400 10 "$LOG" env FOCALFAST_BENCH_SCOPE=quick $PY -m pytest benchmarks -q \
+        --benchmark-only --benchmark-json "$OUT/pytest_benchmark.json" -p no:cacheprovider \
+        -k "not compiled and not max_resolution"
+else
+    SUMMARY+=("pytest-benchmark: skipped, less than 120 s left")
+fi
+
+# 6. results.md
+{
+    echo "# focalfast GPU run"
+    echo
+    echo "Stages (budget ${BUDGET}s, used $((SECONDS - START))s):"
+    echo
+    for line in "${SUMMARY[@]}"; do echo "- $line"; done
+    echo
+    if [ -f "$BENCH_DIR/bench.md" ]; then
+        sed 's/^# /## /' "$BENCH_DIR/bench.md"
+    else
+        echo "## Environment (the bench did not write its table)"
+        echo
+        echo '```'
+        $PY -c "import json; from focalfast import bench; \
+print(json.dumps(bench.environment(bench.default_device()), indent=1))" 2>&1
+        echo '```'
+    fi
+    if [ -f "$OUT/tests.log" ]; then
+        echo
+        echo "## Tests"
+        echo
+        echo '```'
+        grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 40
+        tail -n 1 "$OUT/tests.log"
+        echo '```'
+    fi
+    if [ -f "$OUT/sanitizer.log" ]; then
+        echo
+        echo "## compute-sanitizer"
+        echo
+        echo '```'
+        grep -E "^== |ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer.log" | head -n 20
+        echo "... last lines:"
+        tail -n 10 "$OUT/sanitizer.log"
+        echo '```'
+    fi
+} >"$OUT/results.md"
+rm -rf "$BENCH_DIR"
+
+echo
+echo "================ summary ================"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
+echo "total $((SECONDS - START))s of ${BUDGET}s; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo
+cat "$OUT/results.md"
