@@ -1,0 +1,170 @@
+// Host-side interface of the focal-modulation kernels: tensor views, launch parameters, launchers.
+//
+// Plain CUDA, no torch headers. The pybind11 binding (focal_modulation.cpp) checks the arguments and
+// fills these structs; the kernels are in focal_modulation_fwd.cu and focal_modulation_bwd.cu.
+//
+// Notation (DESIGN.md section 1), per image b, pixel p, channel c, L levels, s = 1/(L+1) or 1:
+//   z_0 = ctx,   pre_l = dwconv_l(z_l) (zero padding),   z_{l+1} = GELU(pre_l)
+//   ctx_local = s * sum_l gates_l * z_{l+1}              (stored in the input dtype T: the GEMM's A)
+//   G = GELU(mean_p z_L)                                  ([B, C], fp32)
+//   out = q * (ctx_local W^T + bias + s * gates_L * (G W^T))
+// Everything is accumulated in fp32; scratch tensors are fp32 and contiguous [B, H, W, C].
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+// Kernel bodies are __host__ __device__: the same code runs on the GPU and, for tests on machines
+// without one, serially on the CPU (Stream::on_host).
+#define FF_HD __host__ __device__ __forceinline__
+
+namespace focalfast {
+
+constexpr int kGroup = 8;  // channels per thread: one 16-byte vector of fp16/bf16, two of fp32
+constexpr int kMaxKernelSize = 13;
+constexpr int kMaxFocalLevel = 4;
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct Geometry {
+  int B, H, W, C;
+  FF_HD int64_t pixels() const { return int64_t(H) * W; }
+  FF_HD int groups() const { return (C + kGroup - 1) / kGroup; }
+};
+
+// A tensor indexed by (b, y, x, channel) with contiguous channels; strides in elements. Tensors of
+// fewer dims fill (b, y, x) from the left, the rest stride 0: weights [k, k, C] are indexed (i, j, 0),
+// per-image vectors [B, C] (b, 0, 0), bias [C] (0, 0, 0), strip partials [B, strips, C] (b, strip, 0).
+struct View {
+  void* ptr = nullptr;  // nullptr: an optional tensor that is absent
+  int64_t sb = 0, sy = 0, sx = 0;
+  bool aligned = false;  // C % 8 == 0 and every 8-channel group is 16-byte aligned: vector access
+  FF_HD int64_t at(int64_t b, int64_t y, int64_t x) const { return b * sb + y * sy + x * sx; }
+};
+
+// Gates [B, H, W, L + 1]: one scalar per pixel and level, any strides.
+struct GateView {
+  const void* ptr = nullptr;
+  int64_t sb = 0, sy = 0, sx = 0, sl = 0;
+  int L = 0;  // focal levels; gates[..., L] is the global level's gate
+};
+
+// Where to run: a CUDA stream, or serially on the host (CPU tensors; tests without a GPU).
+struct Stream {
+  cudaStream_t stream = nullptr;
+  bool on_host = false;
+};
+
+// One focal level forward: z_out = GELU(conv(z_in)), acc_out = acc_in + gates_l * z_out; at the last
+// level ctx_out = scale * acc and pool_partial[b, strip] = sum over the strip's pixels of z_out.
+struct ConvLevelFwdParams {
+  Geometry geo;
+  DType dtype;      // T: gates and ctx_out
+  bool z_in_fp32;   // z_in is an fp32 scratch level (else ctx, in T)
+  View z_in;        // [B, H, W, C]
+  View weight;      // fp32 [k, k, C]
+  int k;
+  GateView gates;
+  int level;
+  float scale;
+  View acc_in;        // fp32 [B, H, W, C] or absent (level 0)
+  View acc_out;       // fp32 [B, H, W, C] or absent (last level)
+  View z_out;         // fp32 [B, H, W, C] or absent
+  View ctx_out;       // T [B, H, W, C] or absent
+  View pool_partial;  // fp32 [B, strips, C] or absent
+  int strip;          // pixels per thread
+};
+
+// out = q * (linear + bias + scale * gates_L * global_term), linear = ctx_local W^T.
+struct OutputFwdParams {
+  Geometry geo;
+  DType dtype;
+  View q, linear;    // T [B, H, W, C]
+  View bias;         // fp32 [C] or absent
+  View global_term;  // fp32 [B, C]: G W^T
+  GateView gates;
+  float scale;
+  View out;  // T [B, H, W, C]
+};
+
+// grad_q = grad_out * modulator, grad_modulator = grad_out * q, and per strip of pixels the fp32
+// partial sums partial[b, strip, 0] = sum grad_modulator, partial[b, strip, 1] = sum gates_L * grad_modulator.
+struct OutputBwdParams {
+  Geometry geo;
+  DType dtype;
+  View grad_out, q, linear;  // T [B, H, W, C]
+  View bias;                 // fp32 [C] or absent
+  View global_term;          // fp32 [B, C]
+  GateView gates;
+  float scale;
+  View grad_q, grad_modulator;  // T [B, H, W, C]
+  View partial;                 // fp32 [B, strips, 2, C]
+  int strip;
+};
+
+// One focal level backward, levels L-1 down to 0:
+//   dz_{l+1} = scale * gates_l * grad_ctx_all + (l == L-1 ? grad_mean : conv_adjoint_{l+1}(grad_pre_next))
+//   grad_pre = dz_{l+1} * GELU'(pre_l)                     (pre_l recomputed from z_in)
+//   gate_partial[b, y, x, l, group] = scale * sum_group grad_ctx_all * z_{l+1}
+//   gate_partial[b, y, x, L, group] = scale * sum_group grad_ctx_all * G   (l == L-1)
+struct ConvLevelBwdParams {
+  Geometry geo;
+  DType dtype;
+  bool z_in_fp32;
+  View z_in;    // [B, H, W, C]
+  View weight;  // fp32 [k, k, C]
+  int k;
+  GateView gates;
+  int level;
+  float scale;
+  View grad_ctx_all;   // T [B, H, W, C]
+  View grad_mean;      // fp32 [B, C]: dLoss/dmean / (H W), at level L-1; else absent
+  View pooled;         // fp32 [B, C]: G, at level L-1; else absent
+  View grad_pre_next;  // fp32 [B, H, W, C]: level l+1's grad_pre, below level L-1; else absent
+  View weight_next;    // fp32 [k_next, k_next, C]
+  int k_next;
+  View grad_pre;        // fp32 [B, H, W, C]
+  float* gate_partial;  // fp32 [B, H, W, L + 1, groups], contiguous
+};
+
+// Depthwise weight gradient, split reduction: partial[b * row_strips + r, i, j, c] =
+// sum over the pixels of rows [r * rows, (r + 1) * rows) of grad_pre[p, c] * z_in[p + (i - k/2, j - k/2), c].
+struct WeightGradParams {
+  Geometry geo;
+  DType z_dtype;  // z_in's: ctx's dtype at level 0, fp32 above
+  View z_in;      // [B, H, W, C]
+  View grad_pre;  // fp32 [B, H, W, C]
+  View partial;   // fp32 [B * row_strips, k, k, C]
+  int k;
+  int rows;
+};
+
+// grad_in = conv_adjoint(grad_pre): the gradient of level 0's input, ctx.
+struct ConvAdjointParams {
+  Geometry geo;
+  DType dtype;
+  View grad_pre;  // fp32 [B, H, W, C]
+  View weight;    // fp32 [k, k, C]
+  int k;
+  View grad_in;  // T [B, H, W, C]
+};
+
+// out[o, m] = scale * sum_r in[o * so + r * sr + m * sm], summed in order r = 0, 1, ...
+struct ReduceParams {
+  const float* in;
+  float* out;  // contiguous [outer, cols]
+  int64_t outer, rows, cols;
+  int64_t so, sr, sm;
+  float scale;
+};
+
+void conv_level_fwd(const ConvLevelFwdParams& p, const Stream& stream);
+void output_fwd(const OutputFwdParams& p, const Stream& stream);
+void reduce_sum(const ReduceParams& p, const Stream& stream);
+void output_bwd(const OutputBwdParams& p, const Stream& stream);
+void conv_level_bwd(const ConvLevelBwdParams& p, const Stream& stream);
+void weight_grad(const WeightGradParams& p, const Stream& stream);
+void conv_adjoint(const ConvAdjointParams& p, const Stream& stream);
+
+}  // namespace focalfast

@@ -1,0 +1,274 @@
+"""The fused focal-modulation op on the CUDA C++ kernels of ``csrc/``, with a fused backward.
+
+Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (DESIGN.md section 1):
+    conv_level_fwd x L   z_{l+1} = GELU(dwconv(z_l)), the gated sum in fp32, ctx_local = s * sum in T,
+                         and at the last level per-strip partial sums of z_L
+    reduce_sum           pooled_mean = mean_{H,W} z_L  [B, C] fp32;  G = GELU(pooled_mean)
+    F.linear (cuBLAS)    linear = ctx_local W^T
+    output_fwd           out = q * (linear + b + s * gates_L * (G W^T))
+The autograd graph keeps the inputs and ``pooled_mean`` only; no per-level activation.
+
+Backward recomputes the levels (conv_level_fwd, keeping z_1..z_{L-1} for this call only), then
+    output_bwd           grad_q, grad_mod = grad_out * q, per-strip sums of grad_mod and g_L * grad_mod
+    cuBLAS               grad_ctx_all = grad_mod W,  grad_W = grad_mod^T ctx_local + s * u^T G
+    conv_level_bwd x L   levels L-1..0: grad_pre_l and per-channel-group partials of the gate gradients
+    weight_grad x L      per-row-strip partials of the depthwise weight gradients
+    conv_adjoint         grad_ctx from level 0's grad_pre
+with u[b] = sum_p g_L grad_mod and dG = s * u W. Every partial sum is reduced by ``reduce_sum`` in a
+fixed order (no atomics): the gradients are bitwise deterministic.
+
+The op is the ``torch.library`` custom op ``focalfast::focal_modulation_cuda`` with a fake (meta)
+implementation and ``register_autograd`` (its backward is the custom op
+``focalfast::focal_modulation_cuda_backward``), so ``torch.compile(fullgraph=True)`` traces through it.
+CUDA tensors run on the current stream; CPU tensors run the same kernel bodies serially on the host
+(slow; for tests on machines without a GPU).
+"""
+
+import contextlib
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from focalfast.ops.cuda import extension
+
+# Kernels that emit per-strip partial sums (the pooling level, output_bwd) give a thread a strip of up
+# to PIXELS_PER_STRIP pixels, fewer when that would leave less than MIN_THREADS threads (a full GPU).
+PIXELS_PER_STRIP = 32
+MIN_THREADS = 1 << 18
+ROWS_PER_WEIGHT_STRIP = 8  # image rows per thread in weight_grad
+MAX_KERNEL_SIZE = 13
+MAX_FOCAL_LEVEL = 4
+DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+class _Kernels:
+    """The extension's launchers for tensors on one device: Tensor arguments become TensorArgs, and
+    every launch goes to the device's current CUDA stream (CPU tensors: the host)."""
+
+    def __init__(self, device: torch.device):
+        self.ext = extension.load()
+        self.stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+    def _arg(self, t: Tensor):
+        device = -1 if t.device.type == "cpu" else t.device.index
+        dtype = getattr(self.ext.DType, DTYPES[t.dtype])
+        return self.ext.TensorArg(t.data_ptr(), dtype, list(t.shape), list(t.stride()), device)
+
+    def launch(self, name: str, **kwargs) -> None:
+        args = {k: self._arg(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        getattr(self.ext, name)(stream=self.stream, **args)
+
+    def reduce_sum(self, partial: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale * partial.sum(1)`` for fp32 ``[outer, rows, cols]`` (any strides), in a fixed order."""
+        out = torch.empty((partial.shape[0], partial.shape[2]), dtype=torch.float32, device=partial.device)
+        self.launch("reduce_sum", input=partial, out=out, scale=scale)
+        return out
+
+
+def _device_guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _channels_contiguous(t: Tensor) -> Tensor:
+    """``t`` if its last dim has stride 1 (views of f's output do), else a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _tap_major(weight: Tensor) -> Tensor:
+    """Depthwise kernel ``[C, 1, k, k]`` as fp32 ``[k, k, C]``: a tap's C weights are contiguous."""
+    C, _, k, _ = weight.shape
+    return weight.detach().to(torch.float32).reshape(C, k, k).permute(1, 2, 0).contiguous()
+
+
+def _gelu_grad(x: Tensor) -> Tensor:
+    """d GELU(x) / dx for the exact (erf) GELU."""
+    cdf = 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
+    return cdf + x * torch.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+def _strips(pixels: int, per_strip: int) -> int:
+    return -(-pixels // per_strip)
+
+
+def _pixels_per_strip(B: int, H: int, W: int, C: int) -> int:
+    """Strip length for the per-strip partial sums: long strips, short partials, enough threads."""
+    one_pixel_threads = B * H * W * -(-C // 8)  # threads with one pixel each
+    return max(1, min(PIXELS_PER_STRIP, one_pixel_threads // MIN_THREADS))
+
+
+def _levels_forward(kernels: _Kernels, ctx: Tensor, gates: Tensor, taps: List[Tensor], scale: float,
+                    keep_levels: bool, pool: bool):
+    """Runs the focal levels. Returns ``ctx_local`` (T, already scaled), the level inputs
+    ``[ctx, z_1, ..., z_{L-1}]`` (only ``[ctx]`` unless ``keep_levels``) and the pooling partials
+    ``[B, strips, C]`` (None unless ``pool``)."""
+    B, H, W, C = ctx.shape
+    L = len(taps)
+    f32 = dict(dtype=torch.float32, device=ctx.device)
+    ctx_local = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
+    acc = torch.empty((B, H, W, C), **f32) if L > 1 else None
+    strip = _pixels_per_strip(B, H, W, C) if pool else 1
+    pool_partial = torch.empty((B, _strips(H * W, strip), C), **f32) if pool else None
+    z_in, levels = ctx, [ctx]
+    for level, taps_l in enumerate(taps):
+        last = level == L - 1
+        z_out = None if last else torch.empty((B, H, W, C), **f32)
+        kernels.launch(
+            "conv_level_fwd", z_in=z_in, weight=taps_l, gates=gates, level=level, scale=scale,
+            acc_in=acc if level > 0 else None, acc_out=None if last else acc, z_out=z_out,
+            ctx_out=ctx_local if last else None, pool_partial=pool_partial if last else None,
+            pixels_per_strip=strip if last else 1)
+        z_in = z_out
+        if keep_levels and not last:
+            levels.append(z_out)
+    return ctx_local, levels, pool_partial
+
+
+def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
+             h_bias: Optional[Tensor], normalize_modulator: bool) -> Tuple[Tensor, Tensor]:
+    B, H, W, C = q.shape
+    L = len(weights)
+    scale = 1.0 / (L + 1) if normalize_modulator else 1.0
+    q, ctx = _channels_contiguous(q), _channels_contiguous(ctx)
+    with _device_guard(q.device):
+        kernels = _Kernels(q.device)
+        taps = [_tap_major(w) for w in weights]
+        ctx_local, _, pool_partial = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=False, pool=True)
+        pooled_mean = kernels.reduce_sum(pool_partial, scale=1.0 / (H * W))
+        global_term = F.gelu(pooled_mean) @ h_weight.to(torch.float32).t()
+        linear = F.linear(ctx_local, h_weight)
+        out = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
+        kernels.launch(
+            "output_fwd", q=q, linear=linear, bias=None if h_bias is None else h_bias.to(torch.float32),
+            gates=gates, global_term=global_term, scale=scale, out=out)
+    return out, pooled_mean
+
+
+def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
+              h_bias: Optional[Tensor], pooled_mean: Tensor, normalize_modulator: bool) -> List[Tensor]:
+    """``[grad_q, grad_ctx, grad_gates, grad_h_weight, grad_h_bias, *grad_weights]``."""
+    B, H, W, C = q.shape
+    L, N, dtype = len(weights), B * H * W, q.dtype
+    scale = 1.0 / (L + 1) if normalize_modulator else 1.0
+    q, ctx, grad_out = _channels_contiguous(q), _channels_contiguous(ctx), _channels_contiguous(grad_out)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    with _device_guard(q.device):
+        kernels = _Kernels(q.device)
+        taps = [_tap_major(w) for w in weights]
+        ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
+        weight32 = h_weight.to(torch.float32)
+        pooled = F.gelu(pooled_mean)
+        global_term = pooled @ weight32.t()
+
+        # The epilogue: grad_q, grad_mod, and the partials of sum_p grad_mod and sum_p g_L * grad_mod.
+        grad_q = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
+        grad_mod = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
+        strip = _pixels_per_strip(B, H, W, C)
+        strips = _strips(H * W, strip)
+        partial = torch.empty((B, strips, 2, C), **f32)
+        kernels.launch(
+            "output_bwd", grad_out=grad_out, q=q, linear=F.linear(ctx_local, h_weight),
+            bias=None if h_bias is None else h_bias.to(torch.float32), gates=gates, global_term=global_term,
+            scale=scale, grad_q=grad_q, grad_modulator=grad_mod, partial=partial, pixels_per_strip=strip)
+        grad_h_bias = kernels.reduce_sum(partial[:, :, 0].reshape(1, B * strips, C)).reshape(C)
+        gated = kernels.reduce_sum(partial[:, :, 1])  # u [B, C]
+
+        # h: grad_W = grad_mod^T ctx_all with ctx_all = ctx_local + s * g_L * G; grad_ctx_all = grad_mod W.
+        grad_mod_2d = grad_mod.reshape(N, C)
+        grad_h_weight = (grad_mod_2d.t() @ ctx_local.reshape(N, C)).to(torch.float32) + scale * (gated.t() @ pooled)
+        grad_ctx_all = (grad_mod_2d @ h_weight).reshape(B, H, W, C)
+        # The global level: dG = s * u W, through GELU and the mean over H * W pixels.
+        grad_mean = scale * (gated @ weight32) * _gelu_grad(pooled_mean) / (H * W)
+
+        groups = -(-C // 8)
+        gate_partial = torch.empty((B, H, W, L + 1, groups), **f32)
+        grad_weights = [None] * L
+        grad_pre_next = None
+        for level in reversed(range(L)):
+            last = level == L - 1
+            z_in = levels.pop()  # z_level, freed after this level
+            grad_pre = torch.empty((B, H, W, C), **f32)
+            kernels.launch(
+                "conv_level_bwd", z_in=z_in, weight=taps[level], gates=gates, level=level, scale=scale,
+                grad_ctx_all=grad_ctx_all, grad_mean=grad_mean if last else None, pooled=pooled if last else None,
+                grad_pre_next=grad_pre_next, weight_next=None if last else taps[level + 1], grad_pre=grad_pre,
+                gate_partial=gate_partial)
+            k = taps[level].shape[0]
+            row_strips = _strips(H, ROWS_PER_WEIGHT_STRIP)
+            weight_partial = torch.empty((B * row_strips, k, k, C), **f32)
+            kernels.launch("weight_grad", z_in=z_in, grad_pre=grad_pre, partial=weight_partial,
+                           rows_per_strip=ROWS_PER_WEIGHT_STRIP)
+            grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * row_strips, k * k * C))
+            grad_weights[level] = grad_taps.reshape(k, k, C).permute(2, 0, 1).contiguous().reshape(C, 1, k, k).to(dtype)
+            grad_pre_next = grad_pre
+        grad_ctx = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
+        kernels.launch("conv_adjoint", grad_pre=grad_pre_next, weight=taps[0], grad_in=grad_ctx)
+        grad_gates = kernels.reduce_sum(gate_partial.reshape(N * (L + 1), groups, 1)).reshape(B, H, W, L + 1)
+    return [grad_q, grad_ctx, grad_gates.to(dtype), grad_h_weight.to(dtype), grad_h_bias.to(dtype), *grad_weights]
+
+
+@torch.library.custom_op("focalfast::focal_modulation_cuda", mutates_args=())
+def _focal_modulation_op(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
+                         h_bias: Optional[Tensor], normalize_modulator: bool) -> Tuple[Tensor, Tensor]:
+    """``(out [B, H, W, C], pooled_mean [B, C] fp32)``; pooled_mean is saved for the backward."""
+    return _forward(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator)
+
+
+@_focal_modulation_op.register_fake
+def _(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator):
+    B, H, W, C = q.shape
+    return q.new_empty((B, H, W, C)), q.new_empty((B, C), dtype=torch.float32)
+
+
+@torch.library.custom_op("focalfast::focal_modulation_cuda_backward", mutates_args=())
+def _focal_modulation_backward_op(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor],
+                                  h_weight: Tensor, h_bias: Optional[Tensor], pooled_mean: Tensor,
+                                  normalize_modulator: bool) -> List[Tensor]:
+    """``[grad_q, grad_ctx, grad_gates, grad_h_weight, grad_h_bias, *grad_weights]``."""
+    return _backward(grad_out, q, ctx, gates, weights, h_weight, h_bias, pooled_mean, normalize_modulator)
+
+
+@_focal_modulation_backward_op.register_fake
+def _(grad_out, q, ctx, gates, weights, h_weight, h_bias, pooled_mean, normalize_modulator):
+    C = q.shape[-1]
+    return [q.new_empty(q.shape), ctx.new_empty(ctx.shape), gates.new_empty(gates.shape),
+            h_weight.new_empty(h_weight.shape), h_weight.new_empty((C,)), *(w.new_empty(w.shape) for w in weights)]
+
+
+def _setup_context(ctx, inputs, output):
+    q, c, gates, weights, h_weight, h_bias, normalize_modulator = inputs
+    _, pooled_mean = output
+    ctx.save_for_backward(q, c, gates, h_weight, h_bias, pooled_mean, *weights)
+    ctx.normalize_modulator = normalize_modulator
+    ctx.has_bias = h_bias is not None
+    ctx.mark_non_differentiable(pooled_mean)
+
+
+def _backward_autograd(ctx, grad_out, _grad_pooled_mean):
+    q, c, gates, h_weight, h_bias, pooled_mean, *weights = ctx.saved_tensors
+    grad_q, grad_ctx, grad_gates, grad_h_weight, grad_h_bias, *grad_weights = _focal_modulation_backward_op(
+        grad_out, q, c, gates, weights, h_weight, h_bias, pooled_mean, ctx.normalize_modulator)
+    return grad_q, grad_ctx, grad_gates, grad_weights, grad_h_weight, grad_h_bias if ctx.has_bias else None, None
+
+
+_focal_modulation_op.register_autograd(_backward_autograd, setup_context=_setup_context)
+
+
+def focal_modulation_cuda(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
+                          h_bias: Optional[Tensor] = None, normalize_modulator: bool = False) -> Tensor:
+    """``q * h(ctx_all)`` ``[B, H, W, C]`` on the CUDA C++ kernels; differentiable, compilable.
+
+    Arguments as ``focalfast.ops.focal_modulation.focal_modulation`` (already validated there);
+    dtypes float32, float16, bfloat16; 1 to 4 levels; odd kernel sizes up to 13.
+    """
+    if q.dtype not in DTYPES:
+        raise TypeError(f"q: the CUDA backend supports {', '.join(map(str, DTYPES))}, got {q.dtype}")
+    if not 1 <= len(weights) <= MAX_FOCAL_LEVEL:
+        raise ValueError(f"weights: the CUDA backend supports 1 to {MAX_FOCAL_LEVEL} focal levels, got {len(weights)}")
+    for i, w in enumerate(weights):
+        if w.shape[-1] > MAX_KERNEL_SIZE:
+            raise ValueError(f"weights[{i}]: the CUDA backend supports kernel sizes up to {MAX_KERNEL_SIZE}, "
+                             f"got {w.shape[-1]}")
+    out, _ = _focal_modulation_op(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
+    return out

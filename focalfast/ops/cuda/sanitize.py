@@ -1,0 +1,49 @@
+"""One forward and backward of the CUDA backend at a few small shapes, for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck  python -m focalfast.ops.cuda.sanitize
+    compute-sanitizer --tool racecheck python -m focalfast.ops.cuda.sanitize
+
+The shapes cover the scalar path (odd pixel stride, C not a multiple of 8, a 1x1 image) and the
+16-byte vector path (contiguous inputs, C % 8 == 0), fp32 and bf16. Exits non-zero on a non-finite result.
+"""
+
+import sys
+
+import torch
+
+from focalfast.ops.cuda.focal_modulation import focal_modulation_cuda
+from focalfast.testing import random_focal_inputs
+
+# (B, H, W, C, kernel sizes, dtype, normalize_modulator, contiguous q/ctx)
+SHAPES = (
+    (2, 7, 9, 20, (3, 5), torch.float32, True, False),
+    (1, 1, 1, 5, (3,), torch.bfloat16, False, False),
+    (2, 12, 10, 64, (3, 5, 7), torch.bfloat16, False, True),
+)
+
+
+def run_once(B, H, W, C, kernel_sizes, dtype, normalize_modulator, contiguous) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    inputs = random_focal_inputs(B, H, W, C, kernel_sizes, dtype=dtype, device="cuda", generator=generator)
+    if contiguous:
+        inputs["q"], inputs["ctx"] = inputs["q"].contiguous(), inputs["ctx"].contiguous()
+    leaves = [inputs["q"], inputs["ctx"], inputs["gates"], *inputs["weights"], inputs["h_weight"], inputs["h_bias"]]
+    for t in leaves:
+        t.requires_grad_(True)
+    out = focal_modulation_cuda(**inputs, normalize_modulator=normalize_modulator)
+    grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    torch.cuda.synchronize()
+    return all(bool(torch.isfinite(t).all()) for t in (out, *grads))
+
+
+def main() -> int:
+    ok = True
+    for shape in SHAPES:
+        finite = run_once(*shape)
+        print(f"{'ok' if finite else 'NON-FINITE'}: {shape}", flush=True)
+        ok &= finite
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

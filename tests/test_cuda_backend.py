@@ -1,0 +1,418 @@
+"""The CUDA C++ backend (csrc/, focalfast/ops/cuda/).
+
+Without a GPU: nvcc builds the extension through setup.py for sm_80 and sm_90 and the module imports;
+the install skips or survives a failed build; and the kernel bodies, which the extension can run
+serially on the host for CPU tensors (the same code as the GPU threads run), are checked against the
+float64 reference, together with the custom op's registration, fake tensors, saved tensors and
+torch.compile. With a GPU: the correctness matrix at FocalNet-T's stage shapes, determinism, saved
+tensors, torch.compile(fullgraph=True) with inductor, and the sanitizer entry point.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from focalfast.ops.cuda import extension
+from focalfast.ops.cuda import focal_modulation as cuda_op
+from focalfast.ops.cuda.focal_modulation import _Kernels, focal_modulation_cuda
+from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_ref
+from focalfast.testing import random_focal_inputs, rel_err
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_NAMES = {"conv_level_fwd", "output_fwd", "reduce_sum", "output_bwd", "conv_level_bwd", "weight_grad",
+                "conv_adjoint"}
+GRAD_NAMES = ("q", "ctx", "gates", "h_weight", "h_bias")
+
+needs_nvcc = pytest.mark.skipif(extension.find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The extension module (prebuilt by `pip install -e .`, else built now); skipped without nvcc."""
+    reason = extension.unavailable_reason()
+    if reason is None:
+        return extension.load()
+    if extension.find_nvcc() is None:
+        pytest.skip(f"the CUDA extension is unavailable and there is no nvcc to build it: {reason}")
+    pytest.fail(f"nvcc is here but the CUDA extension is unavailable: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Build: nvcc through setup.py, the skip switch, a failing compiler, the arch list
+# --------------------------------------------------------------------------------------------------
+
+
+def run_setup_build_ext(tmp_path: Path, **env_overrides) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (extension.SKIP_ENV, extension.ARCHS_ENV)}
+    env.update(env_overrides)
+    cmd = [sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+           "--build-temp", str(tmp_path / "temp")]
+    return subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=900)
+
+
+def built_module_path(tmp_path: Path) -> Path:
+    return tmp_path / "lib" / "focalfast" / "ops" / "cuda" / extension.extension_filename()
+
+
+@needs_nvcc
+def test_setup_py_builds_sm80_sm90_module_that_imports(tmp_path):
+    """A fresh build of every source for sm_80 and sm_90, warning-free; the module imports (no driver here)."""
+    pytest.importorskip("pybind11")
+    result = run_setup_build_ext(tmp_path, FOCALFAST_CUDA_ARCHS="8.0;9.0")
+    assert result.returncode == 0, result.stdout
+    path = built_module_path(tmp_path)
+    assert path.is_file(), f"no module built; setup.py said:\n{result.stdout}"
+    log = (tmp_path / "temp" / "focalfast_cuda" / "build.log").read_text()
+    for source in extension.CUDA_SOURCES:
+        compile_line = next(line for line in log.splitlines() if f"-c {REPO / 'csrc' / source}" in line)
+        assert "code=sm_80" in compile_line and "sm_90" in compile_line, compile_line
+    assert "warning" not in log.lower(), log
+
+    module = extension._import(path)  # a second copy beside the one the other tests use
+    assert set(module.kernel_names()) == KERNEL_NAMES
+    assert module.version() == "0.1.0"
+    assert module.source_hash() == extension.source_hash(archs=["80", "90"])
+
+
+def test_setup_py_skips_cuda_build_when_asked(tmp_path):
+    result = run_setup_build_ext(tmp_path, FOCALFAST_SKIP_CUDA_BUILD="1")
+    assert result.returncode == 0, result.stdout
+    assert "not building the CUDA extension: FOCALFAST_SKIP_CUDA_BUILD=1" in result.stdout
+    assert not built_module_path(tmp_path).exists()
+
+
+def test_setup_py_survives_a_failing_compiler(tmp_path):
+    """A broken toolkit (nvcc that always fails) warns and installs the pure-Python package anyway."""
+    pytest.importorskip("pybind11")
+    fake_cuda = tmp_path / "fake-cuda"
+    (fake_cuda / "bin").mkdir(parents=True)
+    nvcc = fake_cuda / "bin" / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'fake nvcc: failing on purpose' >&2\nexit 1\n")
+    nvcc.chmod(0o755)
+    result = run_setup_build_ext(tmp_path, CUDA_HOME=str(fake_cuda))
+    assert result.returncode == 0, result.stdout
+    assert "building the CUDA extension failed" in result.stdout
+    assert "fake nvcc: failing on purpose" in result.stdout
+    assert not built_module_path(tmp_path).exists()
+
+
+def test_cuda_archs_parsing_and_gencode():
+    assert extension.cuda_archs("8.0;9.0") == ["80", "90"]
+    assert extension.cuda_archs("80, 90a") == ["80", "90a"]
+    assert extension.cuda_archs("9.0a") == ["90a"]
+    for bad in ("sm_80", "8", "eight", "8.0;;x"):
+        with pytest.raises(ValueError, match="FOCALFAST_CUDA_ARCHS"):
+            extension.cuda_archs(bad)
+    assert extension.gencode_flags(["80", "90"]) == [
+        "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=[sm_90,compute_90]"]
+
+
+def test_unavailable_reason_explains_missing_sources_and_nvcc(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(extension, "_module", None)
+    monkeypatch.setattr(extension, "_error", None)
+    monkeypatch.setattr(extension, "PACKAGE_DIR", empty)  # no prebuilt module
+    monkeypatch.setattr(extension, "SOURCE_DIR", empty)  # no sources
+    assert "csrc/ sources are not here" in extension.unavailable_reason()
+
+    monkeypatch.setattr(extension, "_error", None)
+    monkeypatch.setattr(extension, "SOURCE_DIR", REPO / "csrc")
+    monkeypatch.setattr(extension, "find_nvcc", lambda: None)
+    assert "nvcc was not found" in extension.unavailable_reason()
+
+
+def test_build_reports_a_failing_step(tmp_path):
+    pytest.importorskip("pybind11")
+    with pytest.raises(extension.BuildError, match="building the CUDA extension failed"):
+        extension.build(tmp_path / "_C.so", tmp_path / "build", nvcc="/bin/false")
+
+
+# --------------------------------------------------------------------------------------------------
+# The kernels on the host (CPU tensors) against the float64 reference
+# --------------------------------------------------------------------------------------------------
+
+# B, H, W, C, kernel sizes, dtype, normalize_modulator, bias, q/ctx layout
+HOST_CASES = [
+    (2, 5, 7, 16, (3, 5), torch.float32, False, True, "views"),  # pixel stride 2C+3: scalar loads
+    (1, 6, 6, 24, (3, 5, 7), torch.float32, True, False, "views"),  # pixel stride 52: 16-byte vectors
+    (2, 4, 6, 16, (3, 5), torch.bfloat16, False, True, "contiguous"),  # bf16 vectors
+    (1, 1, 1, 5, (3, 13), torch.float16, True, True, "views"),  # one pixel, C < 8, kernel > image
+    (2, 3, 13, 8, (13,), torch.bfloat16, False, False, "views"),
+    (1, 9, 4, 20, (3, 5, 7, 9), torch.float32, True, True, "views"),  # L = 4, channel tail of 4
+    (2, 4, 3, 3, (1,), torch.float32, False, True, "views"),  # k = 1
+]
+
+
+def make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout, device="cpu", seed=0):
+    """Op arguments as leaves that require grad: views of one f-output tensor, or contiguous copies."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = random_focal_inputs(B, H, W, C, kernel_sizes, dtype=dtype, device=device, bias=bias,
+                                 generator=generator)
+    if layout == "contiguous":
+        inputs["q"], inputs["ctx"], inputs["gates"] = (inputs[n].contiguous() for n in ("q", "ctx", "gates"))
+    for t in differentiable(inputs):
+        t.requires_grad_(True)
+    return inputs
+
+
+def differentiable(inputs):
+    return [inputs[n] for n in GRAD_NAMES if inputs[n] is not None] + list(inputs["weights"])
+
+
+def grad_labels(inputs):
+    return [n for n in GRAD_NAMES if inputs[n] is not None] + [f"weights[{i}]" for i in range(len(inputs["weights"]))]
+
+
+def as_float64(inputs):
+    out = {}
+    for name, value in inputs.items():
+        if isinstance(value, list):
+            out[name] = [w.detach().double().requires_grad_(True) for w in value]
+        else:
+            out[name] = None if value is None else value.detach().double().requires_grad_(True)
+    return out
+
+
+def check_against_reference(inputs, normalize, out_tol, grad_tol, seed=1):
+    """Forward and every gradient of focal_modulation_cuda against the float64 reference."""
+    out = focal_modulation_cuda(**inputs, normalize_modulator=normalize)
+    inputs64 = as_float64(inputs)
+    ref = focal_modulation_ref(**inputs64, normalize_modulator=normalize)
+    assert out.shape == ref.shape and out.dtype == inputs["q"].dtype
+    err = rel_err(out, ref)
+    assert err < out_tol, f"output rel err {err:.3e}"
+
+    generator = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(ref.shape, generator=generator, dtype=torch.float64).to(ref.device)
+    grads = torch.autograd.grad(out, differentiable(inputs), grad_out.to(out.dtype))
+    grads64 = torch.autograd.grad(ref, differentiable(inputs64), grad_out)
+    for label, g, g64 in zip(grad_labels(inputs), grads, grads64):
+        assert g.shape == g64.shape, label
+        err = rel_err(g, g64)
+        assert err < grad_tol, f"grad of {label}: rel err {err:.3e}"
+
+
+@pytest.mark.parametrize("B,H,W,C,kernel_sizes,dtype,normalize,bias,layout", HOST_CASES)
+@pytest.mark.parametrize("pixels_per_strip", [1, 4])
+def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes, dtype, normalize, bias, layout,
+                                      pixels_per_strip):
+    # Small shapes get one-pixel strips; 4 exercises multi-pixel strips and a short last strip.
+    monkeypatch.setattr(cuda_op, "MIN_THREADS", 1)
+    monkeypatch.setattr(cuda_op, "PIXELS_PER_STRIP", pixels_per_strip)
+    inputs = make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout)
+    if dtype == torch.float32:
+        check_against_reference(inputs, normalize, out_tol=1e-5, grad_tol=1e-4)
+    else:
+        check_against_reference(inputs, normalize, out_tol=1e-2, grad_tol=1e-2)
+
+
+def test_host_saves_only_inputs_and_pooled_mean(ext):
+    """The autograd graph holds the inputs (or views of them) and O(B*C) extras, no level activations."""
+    B, H, W, C = 2, 6, 5, 16
+    inputs = make_inputs(B, H, W, C, (3, 5, 7), torch.float32, True, "views")
+    check_saved_tensors(inputs, B * C)
+
+
+def check_saved_tensors(inputs, small_numel):
+    input_storages = {t.untyped_storage().data_ptr() for t in differentiable(inputs)}
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = focal_modulation_cuda(**inputs)
+    extras = [t for t in saved if t.untyped_storage().data_ptr() not in input_storages]
+    assert saved, "nothing saved: the hook did not see the op"
+    assert sum(t.numel() for t in extras) <= small_numel, [tuple(t.shape) for t in extras]
+    torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))  # the backward still runs
+
+
+def test_custom_op_opcheck(ext):
+    """Schema, fake (meta) implementation, autograd registration of both custom ops."""
+    inputs = make_inputs(1, 4, 5, 8, (3, 5), torch.float32, True, "views")
+    args = (inputs["q"], inputs["ctx"], inputs["gates"], inputs["weights"], inputs["h_weight"],
+            inputs["h_bias"], True)
+    torch.library.opcheck(torch.ops.focalfast.focal_modulation_cuda.default, args)
+    out, pooled_mean = torch.ops.focalfast.focal_modulation_cuda(*args)
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:3]]
+    backward_args = (torch.randn_like(out), *detached, [w.detach() for w in inputs["weights"]],
+                     inputs["h_weight"].detach(), inputs["h_bias"].detach(), pooled_mean.detach(), True)
+    torch.library.opcheck(torch.ops.focalfast.focal_modulation_cuda_backward.default, backward_args)
+
+
+def test_compile_fullgraph_through_custom_op_on_host(ext):
+    """torch.compile(fullgraph=True) traces the op (fake impl + autograd); same values as eager."""
+    inputs = make_inputs(2, 5, 4, 8, (3, 5), torch.float32, True, "views")
+
+    def fn(q, ctx, gates, weights, h_weight, h_bias):
+        return focal_modulation_cuda(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator=True)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    args = [inputs[n] for n in ("q", "ctx", "gates", "weights", "h_weight", "h_bias")]
+    out, out_compiled = fn(*args), compiled(*args)
+    torch.testing.assert_close(out_compiled, out, rtol=0, atol=0)
+    grads = torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))
+    grads_compiled = torch.autograd.grad(out_compiled, differentiable(inputs), torch.ones_like(out))
+    for g, gc in zip(grads, grads_compiled):
+        torch.testing.assert_close(gc, g, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks: the binding's and the backend's
+# --------------------------------------------------------------------------------------------------
+
+
+def conv_level_fwd_args(B=1, H=3, W=4, C=8, L=2, k=3):
+    f32 = torch.float32
+    return dict(
+        z_in=torch.randn(B, H, W, C), weight=torch.randn(k, k, C), gates=torch.randn(B, H, W, L + 1),
+        level=0, scale=1.0, acc_in=None, acc_out=torch.empty(B, H, W, C, dtype=f32),
+        z_out=torch.empty(B, H, W, C, dtype=f32), ctx_out=None, pool_partial=None, pixels_per_strip=4)
+
+
+@pytest.mark.parametrize("change,error,words", [
+    (dict(weight=torch.randn(3, 3, 7)), ValueError, "weight: expected a tap-major kernel [k, k, C]"),
+    (dict(weight=torch.randn(4, 4, 8)), ValueError, "weight: kernel size must be odd"),
+    (dict(weight=torch.randn(15, 15, 8)), ValueError, "weight: kernel size must be odd and at most 13"),
+    (dict(gates=torch.randn(1, 3, 4, 7)), ValueError, "gates: expected shape [B, H, W, L + 1]"),
+    (dict(z_in=torch.randn(1, 3, 4, 8).half()), TypeError, "z_in: expected dtype float32"),
+    (dict(ctx_out=torch.empty(1, 3, 4, 8).bfloat16()), TypeError, "ctx_out: expected dtype float32"),
+    (dict(z_out=torch.empty(1, 3, 4, 8).half()), TypeError, "z_out: expected dtype float32"),
+    (dict(acc_out=torch.empty(1, 4, 3, 8)), ValueError, "acc_out: expected shape [1, 3, 4, 8]"),
+    (dict(acc_out=torch.empty(1, 3, 8, 4).transpose(2, 3)), ValueError, "acc_out: expected a contiguous tensor"),
+    (dict(z_in=torch.randn(1, 3, 4, 16)[..., ::2]), ValueError, "z_in: expected channels (the last dim) contiguous"),
+    (dict(level=2), ValueError, "level: expected 0 <= level < L = 2"),
+    (dict(pixels_per_strip=0), ValueError, "pixels_per_strip: must be >= 1"),
+])
+def test_binding_rejects_bad_arguments(ext, change, error, words):
+    kwargs = conv_level_fwd_args()
+    kwargs.update(change)
+    with pytest.raises(error) as info:
+        _Kernels(torch.device("cpu")).launch("conv_level_fwd", **kwargs)
+    assert words in str(info.value)
+
+
+def test_binding_rejects_mixed_devices(ext):
+    kernels = _Kernels(torch.device("cpu"))
+    kwargs = {k: kernels._arg(v) if isinstance(v, torch.Tensor) else v for k, v in conv_level_fwd_args().items()}
+    gates = kwargs["gates"]
+    kwargs["gates"] = ext.TensorArg(1 << 20, ext.DType.float32, gates.shape, gates.strides, 0)  # "cuda:0"
+    with pytest.raises(ValueError, match="gates: is on cuda:0 but the first tensor is on cpu"):
+        ext.conv_level_fwd(stream=0, **kwargs)
+
+
+def test_backend_rejects_what_the_kernels_do_not_support():
+    inputs = random_focal_inputs(1, 3, 3, 8, (3,), dtype=torch.float64)
+    with pytest.raises(TypeError, match="q: the CUDA backend supports"):
+        focal_modulation_cuda(**inputs)
+    inputs = random_focal_inputs(1, 3, 3, 8, (15,))
+    with pytest.raises(ValueError, match=r"weights\[0\]: the CUDA backend supports kernel sizes up to 13"):
+        focal_modulation_cuda(**inputs)
+    inputs = random_focal_inputs(1, 3, 3, 8, (3, 3, 3, 3, 3))
+    with pytest.raises(ValueError, match="weights: the CUDA backend supports 1 to 4 focal levels"):
+        focal_modulation_cuda(**inputs)
+
+
+# --------------------------------------------------------------------------------------------------
+# On a GPU (skipped elsewhere)
+# --------------------------------------------------------------------------------------------------
+
+# FocalNet-T stages (H = W, C) and focal levels: srf (3, 5) and lrf (3, 5, 7).
+STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]
+GPU_CASES = (
+    [(32, s, s, c, ks, dt, False, True) for s, c in STAGES for ks in [(3, 5), (3, 5, 7)]
+     for dt in (torch.float32, torch.bfloat16)]
+    + [(128, 56, 56, 96, (3, 5, 7), torch.bfloat16, False, True),
+       (64, 28, 28, 192, (3, 5), torch.float32, True, True)]
+    # odd sizes, L = 1..4, windows 3 and 5, normalize on/off, no bias
+    + [(3, 13, 17, 20, (3, 5, 7, 9), torch.float32, True, True),
+       (1, 1, 1, 8, (3,), torch.float32, False, True),
+       (2, 7, 5, 3, (5, 7), torch.bfloat16, True, False),
+       (5, 9, 11, 40, (5,), torch.float32, False, False),
+       (2, 16, 15, 64, (5, 7, 9), torch.bfloat16, True, True),
+       (2, 10, 10, 24, (11, 13), torch.float16, False, True)]
+)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("B,H,W,C,kernel_sizes,dtype,normalize,bias", GPU_CASES)
+@pytest.mark.parametrize("layout", ["views", "contiguous"])
+def test_gpu_matches_reference(ext, B, H, W, C, kernel_sizes, dtype, normalize, bias, layout):
+    assert not torch.backends.cuda.matmul.allow_tf32, "TF32 GEMMs cannot meet the fp32 tolerance"
+    inputs = make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout, device="cuda")
+    if dtype == torch.float32:
+        check_against_reference(inputs, normalize, out_tol=1e-5, grad_tol=1e-4)
+    else:
+        check_against_reference(inputs, normalize, out_tol=1e-2, grad_tol=1e-2)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gradients_are_bitwise_deterministic(ext, dtype):
+    inputs = make_inputs(32, 56, 56, 96, (3, 5, 7), dtype, True, "views", device="cuda")
+    runs = []
+    for _ in range(2):
+        out = focal_modulation_cuda(**inputs)
+        grad_out = torch.ones_like(out)
+        runs.append([out, *torch.autograd.grad(out, differentiable(inputs), grad_out)])
+    for label, a, b in zip(["out"] + grad_labels(inputs), *runs):
+        assert torch.equal(a, b), f"{label} differs between two identical runs"
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_saves_only_inputs_and_pooled_mean(ext):
+    B, C = 8, 96
+    inputs = make_inputs(B, 56, 56, C, (3, 5, 7), torch.bfloat16, True, "views", device="cuda")
+    check_saved_tensors(inputs, B * C)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_compile_fullgraph_inductor(ext):
+    inputs = make_inputs(4, 28, 28, 192, (3, 5), torch.float32, True, "views", device="cuda")
+
+    def fn(q, ctx, gates, weights, h_weight, h_bias):
+        return focal_modulation_cuda(q, ctx, gates, weights, h_weight, h_bias)
+
+    compiled = torch.compile(fn, fullgraph=True)
+    args = [inputs[n] for n in ("q", "ctx", "gates", "weights", "h_weight", "h_bias")]
+    out, out_compiled = fn(*args), compiled(*args)
+    assert rel_err(out_compiled, out) < 1e-6
+    grads = torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))
+    grads_compiled = torch.autograd.grad(out_compiled, differentiable(inputs), torch.ones_like(out))
+    for label, g, gc in zip(grad_labels(inputs), grads, grads_compiled):
+        assert rel_err(gc, g) < 1e-6, label
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_dispatch_and_current_stream(ext):
+    """backend="cuda" reaches this op, and the kernels run on the caller's current stream."""
+    inputs = make_inputs(2, 14, 14, 384, (3, 5), torch.float32, True, "views", device="cuda")
+    expected = focal_modulation_cuda(**inputs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = focal_modulation(**inputs, backend="cuda")
+    torch.cuda.current_stream().wait_stream(stream)
+    assert rel_err(out, expected) < 1e-6  # a launch on another stream than the allocations' would race
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_sanitize_entry_point_runs(ext):
+    from focalfast.ops.cuda import sanitize
+
+    assert sanitize.main() == 0
