@@ -1,0 +1,123 @@
+"""Row-streaming schedule of the focal level chain: lags, ring sizes and tile sizes.
+
+One program of ``focal_context_fwd`` / ``focal_context_bwd`` owns one (image, channel block) and
+sweeps the image top to bottom in steps of R rows. Level l (kernel K_l, P_l = K_l // 2) cannot
+produce row y before level l - 1 has produced row y + P_l, so each stage runs a fixed number of
+rows behind the one it reads, its *lag*. With z_0 = ctx read straight from memory:
+
+    forward level l       rows  s*R - D_l + [0, R),   D_l = P_2 + ... + P_l     (D_1 = 0)
+    gradient du_l         rows  s*R - B_l + [0, R),   B_L = D_L,  B_l = B_{l+1} + P_{l+1}
+    dctx (= dz_0)         rows  s*R - B_0 + [0, R),   B_0 = B_1 + P_1
+
+A stage keeps the rows that later stages still need in a *ring buffer* of a few rows (a small,
+cache-resident scratch owned by the program); the ring sizes below are the exact live spans:
+
+    forward  z_l  (l < L):  R + max(2 P_{l+1}, D_L - D_l)     (level l+1 halo; gated sum at lag D_L)
+    backward z_l  (l < L):  R + B_{l+1} + P_{l+1} - D_l        (weight gradient of level l+1)
+             GELU'(u_l):    R + B_l - D_l
+             du_l:          R + 2 P_l                          (transposed conv of level l)
+
+Rows outside the image are stored as zero rows and every ring row carries P_max zero columns on
+both sides, so the kernels read rings without masks: that is the zero padding of every level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import triton
+
+MAX_LEVELS = 4
+
+
+@dataclass(frozen=True)
+class ChainSchedule:
+    """Launch constants of one level-chain kernel for one problem shape."""
+
+    kernel_sizes: tuple  # (K_1, K_2, K_3, K_4), 1 for the levels past L
+    levels: int  # L
+    rows_per_step: int  # R
+    tile_width: int  # WT columns per tile; the row is swept in ceil(W / WT) tiles
+    channel_block: int  # BC channels per program
+    ring_z: int  # rows of each z_l ring
+    ring_g: int  # rows of each GELU'(u_l) ring (backward)
+    ring_d: int  # rows of each du_l ring (backward)
+    row_bias: int  # added to a row index before taking it modulo a ring size (keeps it >= 0)
+    pad: int  # zero columns on each side of a ring row
+    ring_width: int  # columns of a ring row: pad + ceil(W / WT) * WT + pad
+    n_steps: int
+    num_warps: int
+
+    def scratch_rows(self, backward: bool) -> int:
+        """Ring rows one program owns."""
+        L = self.levels
+        if backward:
+            return (L - 1) * (self.ring_z + self.ring_g) + L * self.ring_d
+        return (L - 1) * self.ring_z
+
+    def taps(self) -> int:
+        """Depthwise taps of all levels together (``sum K_l^2``)."""
+        return sum(k * k for k in self.kernel_sizes[: self.levels])
+
+
+def _lags(kernel_sizes):
+    """Forward lags D_1..D_L and backward lags B_0..B_L (see the module docstring)."""
+    P = [k // 2 for k in kernel_sizes]
+    L = len(P)
+    fwd = [sum(P[1:l]) for l in range(1, L + 1)]  # fwd[l - 1] = D_l
+    bwd = [fwd[-1] + sum(P[l:]) for l in range(L + 1)]  # bwd[l] = B_l
+    return P, fwd, bwd
+
+
+def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
+                   tile: Optional[Tuple[int, int, int]] = None) -> ChainSchedule:
+    """The schedule of the forward (``backward=False``) or backward chain kernel.
+
+    Under the Triton interpreter the tiles are as large as the image (one step, one program per
+    image and channel block), because there every Triton op costs a Python call. On a GPU a
+    tile holds about 2K values (R rows x WT columns x BC channels). ``tile = (R, WT, BC)``
+    (powers of two) overrides both, e.g. for tests of the multi-step, multi-tile paths.
+    """
+    ks = tuple(int(k) for k in kernel_sizes)
+    L = len(ks)
+    P, fwd, bwd = _lags(ks)
+    lag = bwd[0] if backward else fwd[-1]
+    np2 = triton.next_power_of_2
+    if tile is not None:
+        R, WT, BC = tile
+    elif interpret:
+        BC = min(np2(C), 64)
+        WT = min(np2(W), 64)
+        R = min(np2(H + lag), max(1, 16384 // (WT * BC)))
+    else:
+        BC = min(np2(C), 32)
+        WT = min(np2(W), 64)
+        R = max(1, min(np2(H + lag), 2048 // (WT * BC)))
+    # About 8 tile values per thread: sm_90 builds then take 100-250 registers and never spill.
+    num_warps = max(1, min(8, R * WT * BC // 256))
+
+    ring_z = ring_g = 1  # unused when L == 1
+    if L > 1:
+        if backward:
+            ring_z = max(R + bwd[l + 1] + P[l] - fwd[l - 1] for l in range(1, L))
+            ring_g = max(R + bwd[l] - fwd[l - 1] for l in range(1, L))
+        else:
+            ring_z = max(R + max(2 * P[l], fwd[-1] - fwd[l - 1]) for l in range(1, L))
+    ring_d = R + 2 * max(P)
+    pad = max(P)
+    return ChainSchedule(
+        kernel_sizes=ks + (1,) * (MAX_LEVELS - L),
+        levels=L,
+        rows_per_step=R,
+        tile_width=WT,
+        channel_block=BC,
+        ring_z=ring_z,
+        ring_g=ring_g,
+        ring_d=ring_d,
+        row_bias=bwd[0] + pad + R,
+        pad=pad,
+        ring_width=2 * pad + triton.cdiv(W, WT) * WT,
+        n_steps=triton.cdiv(H + lag, R),
+        num_warps=num_warps,
+    )
