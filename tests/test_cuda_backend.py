@@ -28,7 +28,6 @@ KERNEL_NAMES = {"conv_level_fwd", "output_fwd", "reduce_sum", "output_bwd", "con
 GRAD_NAMES = ("q", "ctx", "gates", "h_weight", "h_bias")
 
 needs_nvcc = pytest.mark.skipif(extension.find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +343,6 @@ GPU_CASES = (
 
 
 @pytest.mark.gpu
-@requires_gpu
 @pytest.mark.parametrize("B,H,W,C,kernel_sizes,dtype,normalize,bias", GPU_CASES)
 @pytest.mark.parametrize("layout", ["views", "contiguous"])
 def test_gpu_matches_reference(ext, B, H, W, C, kernel_sizes, dtype, normalize, bias, layout):
@@ -357,7 +355,6 @@ def test_gpu_matches_reference(ext, B, H, W, C, kernel_sizes, dtype, normalize, 
 
 
 @pytest.mark.gpu
-@requires_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_gradients_are_bitwise_deterministic(ext, dtype):
     inputs = make_inputs(32, 56, 56, 96, (3, 5, 7), dtype, True, "views", device="cuda")
@@ -371,7 +368,6 @@ def test_gpu_gradients_are_bitwise_deterministic(ext, dtype):
 
 
 @pytest.mark.gpu
-@requires_gpu
 def test_gpu_saves_only_inputs_and_pooled_mean(ext):
     B, C = 8, 96
     inputs = make_inputs(B, 56, 56, C, (3, 5, 7), torch.bfloat16, True, "views", device="cuda")
@@ -379,7 +375,6 @@ def test_gpu_saves_only_inputs_and_pooled_mean(ext):
 
 
 @pytest.mark.gpu
-@requires_gpu
 def test_gpu_compile_fullgraph_inductor(ext):
     inputs = make_inputs(4, 28, 28, 192, (3, 5), torch.float32, True, "views", device="cuda")
 
@@ -397,7 +392,6 @@ def test_gpu_compile_fullgraph_inductor(ext):
 
 
 @pytest.mark.gpu
-@requires_gpu
 def test_gpu_dispatch_and_current_stream(ext):
     """backend="cuda" reaches this op, and the kernels run on the caller's current stream."""
     inputs = make_inputs(2, 14, 14, 384, (3, 5), torch.float32, True, "views", device="cuda")
@@ -411,7 +405,6 @@ def test_gpu_dispatch_and_current_stream(ext):
 
 
 @pytest.mark.gpu
-@requires_gpu
 def test_gpu_sanitize_entry_point_runs(ext):
     from focalfast.ops.cuda import sanitize
 

@@ -9,7 +9,6 @@ import torch
 
 pytest.importorskip("triton")
 
-from conftest import requires_gpu  # noqa: E402
 from focalfast import build_convnext  # noqa: E402
 from focalfast.ops.dwconv_layernorm import dwconv_layernorm, dwconv_layernorm_ref  # noqa: E402
 from focalfast.ops.triton.dwconv_layernorm import (  # noqa: E402
@@ -150,14 +149,14 @@ def test_convnext_triton_matches_reference():
 STAGES = [(8, 56, 56, 96), (8, 28, 28, 192), (8, 14, 14, 384), (8, 7, 7, 768)]
 
 
-@requires_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("B,H,W,C", STAGES)
 @pytest.mark.parametrize("dtype,out_tol,grad_tol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 1e-2, 1e-2)])
 def test_gpu_convnext_tiny_stages(B, H, W, C, dtype, out_tol, grad_tol):
     check_against_reference(random_inputs(B, H, W, C, layout="nchw"), dtype, out_tol, grad_tol)
 
 
-@requires_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_gradients_are_bitwise_reproducible(dtype):
     args = random_inputs(8, 28, 28, 192)
@@ -168,7 +167,7 @@ def test_gpu_gradients_are_bitwise_reproducible(dtype):
         assert torch.equal(a, b), name
 
 
-@requires_gpu
+@pytest.mark.gpu
 def test_gpu_autocast_and_compile():
     args = random_inputs(2, 14, 14, 384)
     tensors = [args[n].float() for n in NAMES]

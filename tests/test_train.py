@@ -310,7 +310,6 @@ def test_data_order_and_shapes_are_functions_of_seed_and_epoch():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to PyTorch)")
 @pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
 def test_gpu_training_step_summary(tmp_path, backend):
     from focalfast.backends import unavailable_reason

@@ -25,13 +25,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's interpreter casts fp32 to bf16 by truncation (round toward zero), the GPU rounds to
 # nearest: bf16 results on CPU carry about twice the rounding error they have on a GPU.
 BF16_TOL = 1e-2 if torch.cuda.is_available() else 3e-2
-_no_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
-
-
-def requires_gpu(test):
-    return pytest.mark.gpu(_no_gpu(test))
-
-
 GRAD_NAMES = ("q", "ctx", "gates", "h_weight", "h_bias")
 
 
@@ -361,7 +354,7 @@ STAGES = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768)]  # FocalNet-T
 GPU_TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (5e-3, 1e-2), torch.bfloat16: (1e-2, 1e-2)}
 
 
-@requires_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("H,W,C", STAGES)
 @pytest.mark.parametrize("kernel_sizes", [(3, 5), (3, 5, 7)], ids=["srf", "lrf"])
@@ -371,7 +364,7 @@ def test_gpu_focalnet_t_stages(H, W, C, kernel_sizes, dtype):
                              device="cuda")
 
 
-@requires_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("normalize", [False, True])
 def test_gpu_stage1_batch128_bf16(normalize):
     _check_against_reference(128, 56, 56, 96, (3, 5), normalize, True, torch.bfloat16, 1e-2, 1e-2,
@@ -381,14 +374,14 @@ def test_gpu_stage1_batch128_bf16(normalize):
 ODD_SHAPES = [(9, 13, 40, (5, 7, 9, 11)), (1, 1, 24, (3,)), (3, 70, 20, (13,)), (130, 3, 8, (3, 5))]
 
 
-@requires_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("H,W,C,kernel_sizes", ODD_SHAPES)
 def test_gpu_odd_shapes_fp32(H, W, C, kernel_sizes):
     _check_against_reference(3, H, W, C, kernel_sizes, True, True, torch.float32, 1e-5, 1e-4,
                              device="cuda")
 
 
-@requires_gpu
+@pytest.mark.gpu
 def test_gpu_gradients_are_bitwise_deterministic():
     _, test_in, dout = _case(32, 56, 56, 96, (3, 5, 7), True, torch.bfloat16, "cuda")
     _, leaves = _leaves(test_in)
