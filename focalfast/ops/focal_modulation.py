@@ -146,7 +146,7 @@ def focal_modulation(
     ``focalfast.BackendUnavailableError`` saying why. Under ``torch.autocast`` every tensor is
     cast to the autocast dtype first.
     """
-    if torch.is_autocast_enabled(q.device.type):
+    if isinstance(q, Tensor) and torch.is_autocast_enabled(q.device.type):
         # Under autocast the op runs in the autocast dtype, like the convs and linears it replaces.
         dtype = torch.get_autocast_dtype(q.device.type)
         q, ctx, gates, h_weight = (t.to(dtype) for t in (q, ctx, gates, h_weight))
