@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-import torch
 from torch import Tensor, nn
 
 SOURCES = ("official", "timm", "hf")

@@ -15,7 +15,6 @@ reference; there is no CUDA C++ version, so ``cuda`` raises ``BackendUnavailable
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Optional
 
 import torch.nn.functional as F
@@ -23,8 +22,7 @@ from torch import Tensor
 
 from focalfast import backends
 from focalfast.backends import BackendUnavailableError
-
-TRITON_IMPLEMENTATION = "focalfast.ops.triton.dwconv_layernorm:dwconv_layernorm_triton"
+from focalfast.ops.checks import check_float_tensors_alike
 
 
 def check_dwconv_layernorm_inputs(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
@@ -33,15 +31,7 @@ def check_dwconv_layernorm_inputs(x_nhwc: Tensor, conv_weight: Tensor, conv_bias
     x = x_nhwc
     named = [("x_nhwc", x), ("conv_weight", conv_weight), ("conv_bias", conv_bias),
              ("ln_weight", ln_weight), ("ln_bias", ln_bias)]
-    for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-    for name, t in named[1:]:
-        if t.device != x.device or t.dtype != x.dtype:
-            raise ValueError(f"{name}: is {t.dtype} on {t.device} but x_nhwc is {x.dtype} on {x.device}; "
-                             "all tensors of the op must share one device and dtype")
+    check_float_tensors_alike(named)
     if x.dim() != 4 or min(x.shape) == 0:
         raise ValueError(f"x_nhwc: expected a non-empty channels-last [B, H, W, C] tensor, got {tuple(x.shape)}")
     C = x.shape[-1]
@@ -64,40 +54,19 @@ def dwconv_layernorm_ref(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor,
     return F.layer_norm(y.permute(0, 2, 3, 1), (C,), ln_weight, ln_bias, eps)
 
 
-def _triton_implementation() -> Callable:
-    module_name, attr = TRITON_IMPLEMENTATION.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (module_name, module_name.rpartition(".")[0]):
-            raise
-        raise BackendUnavailableError(
-            "backend='triton' is not available for dwconv_layernorm: this install has no fused Triton "
-            f"kernel for it ({module_name} is missing); use backend='reference' or 'auto'") from exc
-    return getattr(module, attr)
-
-
 def _implementation(backend: Optional[str], x: Tensor) -> Callable:
-    name = backends.get_backend() if backend is None else backend
-    if name not in backends.CHOICES:
-        raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {name!r}")
-    if name == "reference":
-        return dwconv_layernorm_ref
-    if name == "cuda":
+    """The Triton kernel where the focal-modulation dispatch resolves to Triton, else the reference.
+
+    There is no CUDA C++ kernel for this op: asking for ``"cuda"`` by name raises.
+    """
+    if (backends.get_backend() if backend is None else backend) == "cuda":
         raise BackendUnavailableError("backend='cuda' is not available for dwconv_layernorm: there is no "
                                       "CUDA C++ kernel for it; use 'triton', 'reference' or 'auto'")
-    reason = backends.unavailable_reason("triton", x.device)
-    if name == "triton":
-        if reason is not None:
-            raise BackendUnavailableError(f"backend='triton' is not available for dwconv_layernorm: {reason}")
-        return _triton_implementation()
-    # auto: the Triton kernel on a GPU when it is installed, else the reference
-    if x.device.type != "cuda" or reason is not None:
-        return dwconv_layernorm_ref
-    try:
-        return _triton_implementation()
-    except BackendUnavailableError:
-        return dwconv_layernorm_ref
+    if backends.resolve(backend, x.device) == "triton":
+        from focalfast.ops.triton.dwconv_layernorm import dwconv_layernorm_triton
+
+        return dwconv_layernorm_triton
+    return dwconv_layernorm_ref
 
 
 def dwconv_layernorm(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focalfast import backends
+from focalfast.ops.checks import check_float_tensors_alike
 
 
 def check_focal_modulation_inputs(
@@ -49,18 +50,7 @@ def check_focal_modulation_inputs(
     named += [(f"weights[{i}]", w) for i, w in enumerate(weights)]
     if h_bias is not None:
         named.append(("h_bias", h_bias))
-    for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-    for name, t in named[1:]:
-        if t.device != q.device:
-            raise ValueError(f"{name}: is on {t.device} but q is on {q.device}; "
-                             "all tensors of the op must be on one device")
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name}: has dtype {t.dtype} but q has {q.dtype}; "
-                             "all tensors of the op must share one dtype")
+    check_float_tensors_alike(named)
 
     if q.dim() != 4:
         raise ValueError(f"q: expected shape [B, H, W, C] (4 dims), got {tuple(q.shape)}")
