@@ -27,7 +27,8 @@ namespace {
 constexpr const char* kVersion = "0.1.0";
 
 const std::vector<std::string>& kernel_names() {
-  static const std::vector<std::string> names = {"conv_level_fwd", "output_fwd", "reduce_sum",   "output_bwd",
+  static const std::vector<std::string> names = {"context_fwd",    "context_bwd", "conv_level_fwd",
+                                                 "output_fwd",     "reduce_sum",  "output_bwd",
                                                  "conv_level_bwd", "weight_grad", "conv_adjoint"};
   return names;
 }
@@ -199,6 +200,89 @@ std::vector<int64_t> pixel_shape(const Geometry& geo) { return {geo.B, geo.H, ge
 DType level_input_dtype(const Checks& checks, const TensorArg& z_in, DType dtype) {
   if (z_in.dtype != dtype && z_in.dtype != DType::kFloat32) checks.dtype(z_in, "z_in", dtype);
   return z_in.dtype;
+}
+
+// Kernel sizes of a sweep: one per level (L from the gates), odd, at most kMaxKernelSize.
+SweepLevels sweep_levels(const Checks& c, const std::vector<int>& kernel_sizes, int L) {
+  if (int(kernel_sizes.size()) != L) {
+    c.fail_value("kernel_sizes", "expected one per focal level (L = " + std::to_string(L) + "), got " +
+                                     std::to_string(kernel_sizes.size()));
+  }
+  SweepLevels levels;
+  levels.L = L;
+  for (int l = 0; l < L; ++l) {
+    const int k = kernel_sizes[l];
+    if (k < 1 || k % 2 == 0 || k > kMaxKernelSize) {
+      c.fail_value("kernel_sizes", "kernel size must be odd and at most " + std::to_string(kMaxKernelSize) +
+                                       ", got " + std::to_string(k));
+    }
+    levels.k[l] = k;
+  }
+  return levels;
+}
+
+int sweep_chunk(const Checks& c, int chunk) {
+  if (chunk < kGroup || chunk % kGroup != 0) {
+    c.fail_value("chunk", "expected a positive multiple of " + std::to_string(kGroup) + ", got " + std::to_string(chunk));
+  }
+  return chunk;
+}
+
+int64_t sweep_smem_bytes_py(const std::vector<int>& kernel_sizes, int W, int chunk, bool backward) {
+  const Checks c("sweep_smem_bytes");
+  const SweepLevels levels = sweep_levels(c, kernel_sizes, int(kernel_sizes.size()));
+  c.positive(W, "W");
+  sweep_chunk(c, chunk);
+  return backward ? context_bwd_smem_bytes(levels, W, chunk) : context_fwd_smem_bytes(levels, W, chunk);
+}
+
+void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::vector<int>& kernel_sizes,
+                    const TensorArg& gates, float scale, int chunk, const TensorArg& ctx_local,
+                    const OptionalTensor& pooled_sum, uintptr_t stream) {
+  Checks c("context_fwd");
+  ContextFwdParams p;
+  p.geo = c.geometry(ctx, "ctx");
+  const Geometry& geo = p.geo;
+  p.dtype = ctx.dtype;
+  p.ctx = c.view(ctx, "ctx", p.dtype, pixel_shape(geo), false, geo.C);
+  p.gates = c.gates(gates, geo, p.dtype);
+  p.levels = sweep_levels(c, kernel_sizes, p.gates.L);
+  p.weights = c.view(weights, "weights", DType::kFloat32, {p.levels.taps(), geo.C}, true, geo.C);
+  p.scale = scale;
+  p.chunk = sweep_chunk(c, chunk);
+  p.ctx_local = c.view(ctx_local, "ctx_local", p.dtype, pixel_shape(geo), true, geo.C);
+  p.pooled_sum = c.optional_view(pooled_sum, "pooled_sum", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
+  context_fwd(p, c.stream(stream));
+}
+
+void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::vector<int>& kernel_sizes,
+                    const TensorArg& gates, float scale, int chunk, const TensorArg& grad_ctx_all,
+                    const TensorArg& grad_mean, const TensorArg& pooled, const TensorArg& grad_ctx,
+                    const TensorArg& weight_partial, const TensorArg& gate_partial, uintptr_t stream) {
+  Checks c("context_bwd");
+  ContextBwdParams p;
+  p.geo = c.geometry(ctx, "ctx");
+  const Geometry& geo = p.geo;
+  p.dtype = ctx.dtype;
+  p.ctx = c.view(ctx, "ctx", p.dtype, pixel_shape(geo), false, geo.C);
+  p.gates = c.gates(gates, geo, p.dtype);
+  p.levels = sweep_levels(c, kernel_sizes, p.gates.L);
+  const int taps = p.levels.taps();
+  p.weights = c.view(weights, "weights", DType::kFloat32, {taps, geo.C}, true, geo.C);
+  p.scale = scale;
+  p.chunk = sweep_chunk(c, chunk);
+  p.grad_ctx_all = c.view(grad_ctx_all, "grad_ctx_all", p.dtype, pixel_shape(geo), false, geo.C);
+  p.grad_mean = c.view(grad_mean, "grad_mean", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
+  p.pooled = c.view(pooled, "pooled", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
+  p.grad_ctx = c.view(grad_ctx, "grad_ctx", p.dtype, pixel_shape(geo), true, geo.C);
+  p.weight_partial = c.view(weight_partial, "weight_partial", DType::kFloat32, {geo.B, taps, geo.C}, true, geo.C);
+  const int64_t chunks = (geo.C + p.chunk - 1) / p.chunk;
+  c.device(gate_partial, "gate_partial");
+  c.dtype(gate_partial, "gate_partial", DType::kFloat32);
+  c.shape(gate_partial, "gate_partial", {geo.B, geo.H, geo.W, p.gates.L + 1, chunks});
+  c.contiguous(gate_partial, "gate_partial");
+  p.gate_partial = reinterpret_cast<float*>(gate_partial.ptr);
+  context_bwd(p, c.stream(stream));
 }
 
 void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const TensorArg& gates, int level, float scale,
@@ -399,6 +483,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("source_hash", [] { return std::string(FOCALFAST_SOURCE_HASH); },
         "Hash of the csrc/ sources and build flags this module was built from.");
   m.def("kernel_names", &kernel_names, "Names of the launchers.");
+  m.def("sweep_smem_bytes", &sweep_smem_bytes_py, "kernel_sizes"_a, "W"_a, "chunk"_a, "backward"_a,
+        "Shared memory of one block of context_fwd (backward=False) or context_bwd, in bytes.");
+  m.def("context_fwd", &context_fwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
+        "ctx_local"_a, "pooled_sum"_a, "stream"_a);
+  m.def("context_bwd", &context_bwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
+        "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "grad_ctx"_a, "weight_partial"_a, "gate_partial"_a, "stream"_a);
   m.def("conv_level_fwd", &conv_level_fwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a, "acc_in"_a,
         "acc_out"_a, "z_out"_a, "ctx_out"_a, "pool_partial"_a, "pixels_per_strip"_a, "stream"_a);
   m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "bias"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,

@@ -159,6 +159,71 @@ struct ReduceParams {
   float scale;
 };
 
+// The focal levels of a fused sweep (focal_modulation_sweep.cuh): kernel sizes k_l, radii r_l = k_l / 2,
+// offsets o_l = r_0 + ... + r_{l-1}; o_L is the total halo R.
+struct SweepLevels {
+  int L = 0;
+  int k[kMaxFocalLevel] = {};
+  FF_HD int r(int l) const { return k[l] / 2; }
+  FF_HD int offset(int l) const {
+    int o = 0;
+    for (int m = 0; m < l; ++m) o += k[m] / 2;
+    return o;
+  }
+  FF_HD int taps_before(int l) const {  // level l's first row in the concatenated [sum k^2, C] weights
+    int t = 0;
+    for (int m = 0; m < l; ++m) t += k[m] * k[m];
+    return t;
+  }
+  FF_HD int taps() const { return taps_before(L); }
+};
+
+// The fused forward of the context part, one block per (image, chunk of channels), rows top to bottom:
+//   ctx_local = scale * sum_l gates_l * z_{l+1}   (T [B, H, W, C])
+//   pooled_sum[b, c] = sum_p z_L[b, p, c]         (fp32 [B, C], optional)
+// The levels live in shared-memory rings only; nothing per level touches global memory.
+struct ContextFwdParams {
+  Geometry geo;
+  DType dtype;
+  SweepLevels levels;
+  int chunk;       // channels per block, a multiple of kGroup
+  View ctx;        // T [B, H, W, C]
+  View weights;    // fp32 [sum_l k_l^2, C], tap-major, the levels concatenated
+  GateView gates;
+  float scale;
+  View ctx_local;   // T [B, H, W, C]
+  View pooled_sum;  // fp32 [B, C] or absent
+};
+
+// The fused backward of the context part, one block per (image, chunk), rows bottom to top. It recomputes
+// the levels from ctx in the same sweep and runs the adjoint chain a few rows behind:
+//   grad_ctx                                    T [B, H, W, C]
+//   weight_partial[b, tap, c]  = sum over image b's pixels of grad_pre_l * z_l (shifted)   fp32 [B, taps, C]
+//   gate_partial[b, y, x, l, chunk] = scale * sum over the chunk's channels of
+//       grad_ctx_all * z_{l+1}  (l < L),  grad_ctx_all * G  (l = L)           fp32 [B, H, W, L + 1, chunks]
+struct ContextBwdParams {
+  Geometry geo;
+  DType dtype;
+  SweepLevels levels;
+  int chunk;
+  View ctx;      // T [B, H, W, C]
+  View weights;  // fp32 [taps, C]
+  GateView gates;
+  float scale;
+  View grad_ctx_all;  // T [B, H, W, C]: (grad_out * q) W
+  View grad_mean;     // fp32 [B, C]: dLoss / d mean_p z_L, divided by H W
+  View pooled;        // fp32 [B, C]: G
+  View grad_ctx;        // T [B, H, W, C]
+  View weight_partial;  // fp32 [B, taps, C]
+  float* gate_partial;  // fp32 [B, H, W, L + 1, chunks], contiguous
+};
+
+// Shared memory of one block of the fused kernels, in bytes (the launcher checks it against the device).
+int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk);
+int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk);
+void context_fwd(const ContextFwdParams& p, const Stream& stream);
+void context_bwd(const ContextBwdParams& p, const Stream& stream);
+
 void conv_level_fwd(const ConvLevelFwdParams& p, const Stream& stream);
 void output_fwd(const OutputFwdParams& p, const Stream& stream);
 void reduce_sum(const ReduceParams& p, const Stream& stream);

@@ -1,14 +1,214 @@
-// Backward kernels. Nothing per level is saved by the forward: the Python side recomputes z_1..z_{L-1}
-// with conv_level_fwd, then runs, with grad_ctx_all = grad_modulator W from a GEMM:
+// Backward kernels. Nothing per level is saved by the forward. The fused path: output_bwd (below), then
+// context_bwd, one row-streaming sweep that recomputes the levels and runs their adjoint chain.
+// The fallback for images too wide for its shared memory recomputes z_1..z_{L-1} with conv_level_fwd,
+// then runs, with grad_ctx_all = grad_modulator W from a GEMM:
 //   output_bwd      grad_q, grad_modulator and the per-strip partials that give dbias and dG
 //   conv_level_bwd  levels L-1 .. 0: grad_pre_l and the per-group gate-gradient partials
 //   weight_grad     per-level depthwise weight gradient partials (split reduction)
 //   conv_adjoint    grad_ctx from level 0's grad_pre
 // Every partial is reduced by reduce_sum in a fixed order: the gradients are bitwise deterministic.
-#include "focal_modulation_common.cuh"
+#include "focal_modulation_sweep.cuh"
 
 namespace focalfast {
 namespace {
+
+// Shared memory of context_bwd (fp32). With lag_l = 2R - o_{l+1} (the adjoint of level l runs that many
+// rows behind the ctx row being loaded) the rings are as deep as their readers need:
+//   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1), padded by r_l: read by the recompute,
+//                the weight gradient (rows y +- r_l at lag_l) and the gate gradient of level l - 1
+//   gelu_grad_l  GELU'(pre_l), 2R - 2 o_{l+1} + 1 rows: written at lag o_{l+1}, read at lag_l
+//   grad_ctx_all R - r_0 + 1 rows: loaded at lag R, read until lag_0
+//   grad_pre_l   k_l rows, padded by r_l: read by level l - 1's adjoint conv (grad_ctx for l = 0)
+// plus the block's weights and its weight-gradient sums.
+struct ContextBwdLayout {
+  int64_t weights = 0, weight_grad = 0, total = 0;
+  Ring z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_ctx_all, grad_pre[kMaxFocalLevel];
+
+  FF_HD ContextBwdLayout(const SweepLevels& lv, int W, int chunk) {
+    SmemAllocator a;
+    const int width = strips_of(W) * kStrip, R = lv.offset(lv.L);
+    weights = a.take(int64_t(lv.taps()) * chunk);
+    weight_grad = a.take(int64_t(lv.taps()) * chunk);
+    for (int l = 0; l <= lv.L; ++l) {
+      z[l] = a.ring(2 * (R - lv.offset(l)) + 1, width + (l < lv.L ? 2 * lv.r(l) : 0), chunk);
+    }
+    for (int l = 0; l < lv.L; ++l) gelu_grad[l] = a.ring(2 * (R - lv.offset(l + 1)) + 1, width, chunk);
+    grad_ctx_all = a.ring(R - lv.r(0) + 1, width, chunk);
+    for (int l = 0; l < lv.L; ++l) grad_pre[l] = a.ring(lv.k[l], width + 2 * lv.r(l), chunk);
+    total = a.used;
+  }
+};
+
+// A block: image b, channels [c_begin, c_begin + chunk), rows bottom to top; step t handles, for a
+// quantity produced `lag` rows behind, row y = H - 1 - t + lag:
+//   load          ctx row (lag 0) into z_0, grad_ctx_all row (lag R)
+//   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l)
+//   adjoint       level l = L-1 .. 0 at lag_l = 2R - o_{l+1}:
+//                   dz = scale * gates_l * grad_ctx_all + (grad_mean at the last level, else
+//                        the adjoint conv of grad_pre_{l+1}, whose rows y +- r_{l+1} are in by now)
+//                   grad_pre_l = dz * GELU'(pre_l)
+//   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R); weight-gradient sums
+//                 dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l), in x order;
+//                 gate partials over the chunk's channels (lag_l)
+template <typename T>
+struct ContextBwd {
+  using Params = ContextBwdParams;
+  static constexpr const char* kName = "context_bwd";
+
+  static FF_HD void run(const Params& p, int block, float* smem) {
+    const Geometry& geo = p.geo;
+    const SweepLevels& lv = p.levels;
+    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
+    const int chunk_index = block % chunks;
+    const int b = block / chunks, c_begin = chunk_index * chunk, cn = min_int(chunk, geo.C - c_begin);
+    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W), taps = lv.taps();
+    const ContextBwdLayout s(lv, W, chunk);
+    const float* weights = static_cast<const float*>(p.weights.ptr);
+
+    FF_FOR_EACH(i, int(s.total)) {
+      float v = 0.f;
+      if (i < taps * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
+      smem[i] = v;
+    }
+    FF_BARRIER();
+
+    for (int t = 0; t < H + 2 * R; ++t) {
+      const int y_top = H - 1 - t;  // the row at lag 0
+      FF_FOR_EACH(item, 2 * W * groups) {
+        const bool is_ctx = item < W * groups;
+        const int x = item % (W * groups) / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
+        const int y = is_ctx ? y_top : y_top + R;
+        const View& src = is_ctx ? p.ctx : p.grad_ctx_all;
+        const Group v = y >= 0 && y < H && n > 0 ? load_at<T>(src, b, y, x, c_begin + c, n) : Group{};
+        float* dst = is_ctx ? s.z[0].row(smem, y) + (lv.r(0) + x) * chunk + c
+                            : s.grad_ctx_all.row(smem, y) + x * chunk + c;
+FF_UNROLL
+        for (int e = 0; e < kGroup; ++e) dst[e] = v.v[e];
+      }
+      FF_BARRIER();
+
+      for (int l = 0; l < L; ++l) {  // recompute
+        const int y = y_top + lv.offset(l + 1);
+        const float* w = smem + s.weights + int64_t(lv.taps_before(l)) * chunk;
+        FF_FOR_EACH(item, strips * chunk) {
+          const int x0 = item / chunk * kStrip, c = item % chunk;
+          float pre[kStrip] = {}, z[kStrip] = {}, dg[kStrip] = {};
+          if (y >= 0 && y < H) {
+            conv_strip(smem, s.z[l], w + c, lv.k[l], chunk, y, x0, c, false, pre);
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) {
+              if (x0 + u < W) {
+                z[u] = gelu(pre[u]);
+                dg[u] = gelu_grad(pre[u]);
+              }
+            }
+          }
+          const int pad = l + 1 < L ? lv.r(l + 1) : 0;
+          float* z_dst = s.z[l + 1].row(smem, y) + (pad + x0) * chunk + c;
+          float* dg_dst = s.gelu_grad[l].row(smem, y) + x0 * chunk + c;
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) {
+            z_dst[u * chunk] = z[u];
+            dg_dst[u * chunk] = dg[u];
+          }
+        }
+        FF_BARRIER();
+      }
+
+      for (int l = L - 1; l >= 0; --l) {  // adjoint
+        const int y = y_top + 2 * R - lv.offset(l + 1);
+        FF_FOR_EACH(item, strips * chunk) {
+          const int x0 = item / chunk * kStrip, c = item % chunk;
+          float grad_pre[kStrip] = {};
+          if (y >= 0 && y < H && c < cn) {
+            if (l == L - 1) {
+              const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(b, 0, 0) + c_begin + c];
+FF_UNROLL
+              for (int u = 0; u < kStrip; ++u) grad_pre[u] = grad_mean;
+            } else {
+              const float* w_next = smem + s.weights + int64_t(lv.taps_before(l + 1)) * chunk;
+              conv_strip(smem, s.grad_pre[l + 1], w_next + c, lv.k[l + 1], chunk, y, x0, c, true, grad_pre);
+            }
+            const float* grad_ctx_all = s.grad_ctx_all.row(smem, y) + c;
+            const float* dg = s.gelu_grad[l].row(smem, y) + c;
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) {
+              const int x = x0 + u;
+              if (x >= W) {
+                grad_pre[u] = 0.f;
+                continue;
+              }
+              const float gate = p.scale * load_gate<T>(p.gates, b, y, x, l);
+              grad_pre[u] = fmaf(gate, grad_ctx_all[x * chunk], grad_pre[u]) * dg[x * chunk];
+            }
+          }
+          float* dst = s.grad_pre[l].row(smem, y) + (lv.r(l) + x0) * chunk + c;
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) dst[u * chunk] = grad_pre[u];
+        }
+        FF_BARRIER();
+      }
+
+      // Reduce: grad_ctx items, then weight-gradient items, then gate items.
+      const int ctx_items = strips * groups, weight_items = taps * chunk;
+      FF_FOR_EACH(item, ctx_items + weight_items + (L + 1) * W) {
+        if (item < ctx_items) {
+          const int y = y_top + 2 * R, x0 = item / groups * kStrip, c = item % groups * kGroup;
+          const int n = min_int(kGroup, cn - c);
+          if (y >= H || n <= 0) continue;
+          float grad[kGroup][kStrip] = {};
+FF_UNROLL
+          for (int e = 0; e < kGroup; ++e) {
+            conv_strip(smem, s.grad_pre[0], smem + s.weights + c + e, lv.k[0], chunk, y, x0, c + e, true, grad[e]);
+          }
+          for (int u = 0; u < kStrip && x0 + u < W; ++u) {
+            Group v;
+FF_UNROLL
+            for (int e = 0; e < kGroup; ++e) v.v[e] = grad[e][u];
+            store_at<T>(p.grad_ctx, b, y, x0 + u, c_begin + c, n, v);
+          }
+        } else if (item < ctx_items + weight_items) {
+          const int tap = (item - ctx_items) / chunk, c = (item - ctx_items) % chunk;
+          int l = 0;
+          while (tap >= lv.taps_before(l + 1)) ++l;
+          const int y = y_top + 2 * R - lv.offset(l + 1), k = lv.k[l], local = tap - lv.taps_before(l);
+          const int i = local / k, j = local % k;
+          if (y < 0 || y >= H) continue;
+          const float* grad_pre = s.grad_pre[l].row(smem, y) + lv.r(l) * chunk + c;
+          const float* z = s.z[l].row(smem, y + i - lv.r(l)) + j * chunk + c;
+          float sum = 0.f;
+          for (int x = 0; x < W; ++x) sum = fmaf(grad_pre[x * chunk], z[x * chunk], sum);
+          smem[s.weight_grad + item - ctx_items] += sum;
+        } else {
+          const int level = (item - ctx_items - weight_items) / W, x = (item - ctx_items - weight_items) % W;
+          const int l = min_int(level, L - 1), y = y_top + 2 * R - lv.offset(l + 1);
+          if (y < 0 || y >= H) continue;
+          const float* grad_ctx_all = s.grad_ctx_all.row(smem, y) + x * chunk;
+          float sum = 0.f;
+          if (level < L) {
+            const int pad = level + 1 < L ? lv.r(level + 1) : 0;
+            const float* z = s.z[level + 1].row(smem, y) + (pad + x) * chunk;
+            for (int c = 0; c < cn; ++c) sum = fmaf(grad_ctx_all[c], z[c], sum);
+          } else {
+            const float* pooled = static_cast<const float*>(p.pooled.ptr) + p.pooled.at(b, 0, 0) + c_begin;
+            for (int c = 0; c < cn; ++c) sum = fmaf(grad_ctx_all[c], pooled[c], sum);
+          }
+          const int64_t pixel = (int64_t(b) * H + y) * W + x;
+          p.gate_partial[(pixel * (L + 1) + level) * chunks + chunk_index] = p.scale * sum;
+        }
+      }
+      FF_BARRIER();
+    }
+
+    FF_FOR_EACH(item, taps * chunk) {
+      const int tap = item / chunk, c = item % chunk;
+      if (c < cn) {
+        static_cast<float*>(p.weight_partial.ptr)[p.weight_partial.at(b, tap, 0) + c_begin + c] =
+            smem[s.weight_grad + item];
+      }
+    }
+  }
+};
 
 // A thread: one channel group of a strip of pixels of image b.
 //   modulator = linear + bias + scale * gates_L * global_term
@@ -165,6 +365,19 @@ void dispatch_kernel_size(int k, F&& f) {
 }
 
 }  // namespace
+
+int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
+  return ContextBwdLayout(levels, W, chunk).total * int64_t(sizeof(float));
+}
+
+void context_bwd(const ContextBwdParams& p, const Stream& stream) {
+  const int blocks = p.geo.B * int(ceil_div(p.geo.C, p.chunk));
+  const int64_t smem = context_bwd_smem_bytes(p.levels, p.geo.W, p.chunk);
+  dispatch_dtype(p.dtype, [&](auto t_tag) {
+    using T = decltype(t_tag);
+    launch_sweep<ContextBwd<T>>(p, blocks, smem, stream);
+  });
+}
 
 void output_bwd(const OutputBwdParams& p, const Stream& stream) {
   const int64_t threads = int64_t(p.geo.B) * ceil_div(p.geo.pixels(), p.strip) * p.geo.groups();

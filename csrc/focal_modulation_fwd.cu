@@ -1,10 +1,124 @@
-// Forward kernels: one focal level (depthwise conv + GELU + gated sum, pooling partials at the last
-// level), the epilogue of the h GEMM (bias, rank-1 global term, q *), and the split reduction that
-// turns every per-strip fp32 partial into a sum in a fixed order (no atomics: deterministic).
-#include "focal_modulation_common.cuh"
+// Forward kernels: the fused row-streaming sweep over all focal levels (context_fwd), the level-at-a-time
+// fallback for images too wide for its shared memory (conv_level_fwd), the epilogue of the h GEMM (bias,
+// rank-1 global term, q *), and the split reduction that turns every per-strip fp32 partial into a sum in
+// a fixed order (no atomics: deterministic).
+#include "focal_modulation_sweep.cuh"
 
 namespace focalfast {
 namespace {
+
+// Shared memory of context_fwd (fp32): the block's weights, a ring of k_l rows per level input z_l
+// (padded by r_l), the gated sums of the rows between level 0 and the last level, and per-item pooling sums.
+struct ContextFwdLayout {
+  int64_t weights = 0, pool = 0, total = 0;
+  Ring z[kMaxFocalLevel];
+  Ring acc;
+
+  FF_HD ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
+    SmemAllocator a;
+    const int width = strips_of(W) * kStrip;
+    weights = a.take(int64_t(lv.taps()) * chunk);
+    for (int l = 0; l < lv.L; ++l) z[l] = a.ring(lv.k[l], width + 2 * lv.r(l), chunk);
+    acc = a.ring(lv.offset(lv.L) - lv.offset(1) + 1, width, chunk);
+    pool = a.take(int64_t(strips_of(W)) * chunk);
+    total = a.used;
+  }
+};
+
+// A block: image b, channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t, and level l
+// turns z_l's rows into z_{l+1}'s row y = t - o_{l+1} (its k_l input rows are in the ring by then):
+//   z_{l+1} = GELU(dwconv_l(z_l)),  acc += gates_l * z_{l+1};  at the last level
+//   ctx_local = scale * acc (row t - R), pool += z_L.
+// Rows outside the image enter the rings as zeros (each conv zero-pads its own input).
+template <typename T>
+struct ContextFwd {
+  using Params = ContextFwdParams;
+  static constexpr const char* kName = "context_fwd";
+
+  static FF_HD void run(const Params& p, int block, float* smem) {
+    const Geometry& geo = p.geo;
+    const SweepLevels& lv = p.levels;
+    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
+    const int b = block / chunks, c_begin = (block % chunks) * chunk, cn = min_int(chunk, geo.C - c_begin);
+    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W);
+    const ContextFwdLayout s(lv, W, chunk);
+    const float* weights = static_cast<const float*>(p.weights.ptr);
+
+    // The block's weights (zero past cn); everything else zero.
+    FF_FOR_EACH(i, int(s.total)) {
+      float v = 0.f;
+      if (i < lv.taps() * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
+      smem[i] = v;
+    }
+    FF_BARRIER();
+
+    for (int t = 0; t < H + R; ++t) {
+      // ctx row t (zeros past the image) into ring 0, 8 channels an item.
+      FF_FOR_EACH(item, W * groups) {
+        const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
+        const Group v = t < H && n > 0 ? load_at<T>(p.ctx, b, t, x, c_begin + c, n) : Group{};
+        float* dst = s.z[0].row(smem, t) + (lv.r(0) + x) * chunk + c;
+FF_UNROLL
+        for (int e = 0; e < kGroup; ++e) dst[e] = v.v[e];
+      }
+      FF_BARRIER();
+
+      for (int l = 0; l < L; ++l) {
+        const int y = t - lv.offset(l + 1);
+        const bool last = l == L - 1;
+        const float* w = smem + s.weights + int64_t(lv.taps_before(l)) * chunk;
+        FF_FOR_EACH(item, strips * chunk) {
+          const int x0 = item / chunk * kStrip, c = item % chunk;
+          float z[kStrip] = {};
+          if (y >= 0 && y < H) {
+            conv_strip(smem, s.z[l], w + c, lv.k[l], chunk, y, x0, c, false, z);
+            float* acc = s.acc.row(smem, y) + c;
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) {
+              const int x = x0 + u;
+              if (x >= W) {
+                z[u] = 0.f;
+                continue;
+              }
+              z[u] = gelu(z[u]);
+              const float gate = load_gate<T>(p.gates, b, y, x, l);
+              acc[x * chunk] = l == 0 ? gate * z[u] : fmaf(gate, z[u], acc[x * chunk]);
+              if (last) smem[s.pool + item] += z[u];
+            }
+          }
+          if (!last) {
+            float* dst = s.z[l + 1].row(smem, y) + (lv.r(l + 1) + x0) * chunk + c;
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) dst[u * chunk] = z[u];
+          }
+        }
+        FF_BARRIER();
+      }
+
+      const int y = t - R;  // its gated sum is complete
+      if (y >= 0) {
+        FF_FOR_EACH(item, W * groups) {
+          const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
+          if (n <= 0) continue;
+          const float* acc = s.acc.row(smem, y) + x * chunk + c;
+          Group v;
+FF_UNROLL
+          for (int e = 0; e < kGroup; ++e) v.v[e] = p.scale * acc[e];
+          store_at<T>(p.ctx_local, b, y, x, c_begin + c, n, v);
+        }
+        FF_BARRIER();
+      }
+    }
+
+    if (p.pooled_sum.ptr) {  // the items' sums in a fixed order
+      FF_FOR_EACH(c, cn) {
+        float sum = 0.f;
+        for (int i = 0; i < strips; ++i) sum += smem[s.pool + i * chunk + c];
+        static_cast<float*>(p.pooled_sum.ptr)[p.pooled_sum.at(b, 0, 0) + c_begin + c] = sum;
+      }
+    }
+  }
+};
 
 // A thread: one channel group of a strip of pixels of image b.
 //   z = GELU(sum_taps w * z_in);  acc = acc_in + gates_l * z;  ctx_out = scale * acc (last level);
@@ -80,6 +194,19 @@ struct ReduceSum {
 };
 
 }  // namespace
+
+int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
+  return ContextFwdLayout(levels, W, chunk).total * int64_t(sizeof(float));
+}
+
+void context_fwd(const ContextFwdParams& p, const Stream& stream) {
+  const int blocks = p.geo.B * int(ceil_div(p.geo.C, p.chunk));
+  const int64_t smem = context_fwd_smem_bytes(p.levels, p.geo.W, p.chunk);
+  dispatch_dtype(p.dtype, [&](auto t_tag) {
+    using T = decltype(t_tag);
+    launch_sweep<ContextFwd<T>>(p, blocks, smem, stream);
+  });
+}
 
 void conv_level_fwd(const ConvLevelFwdParams& p, const Stream& stream) {
   const int64_t threads = int64_t(p.geo.B) * ceil_div(p.geo.pixels(), p.strip) * p.geo.groups();

@@ -40,7 +40,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_DIR = PACKAGE_DIR.parents[2] / "csrc"
 CUDA_SOURCES = ("focal_modulation_fwd.cu", "focal_modulation_bwd.cu")
 BINDING_SOURCE = "focal_modulation.cpp"
-HEADERS = ("focal_modulation.h", "focal_modulation_common.cuh")
+HEADERS = ("focal_modulation.h", "focal_modulation_common.cuh", "focal_modulation_sweep.cuh")
 
 # Host and device code: -O3, C++17, position-independent, warnings on (the CI test wants none).
 COMMON_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall,-Wextra")

@@ -1,21 +1,26 @@
 """The fused focal-modulation op on the CUDA C++ kernels of ``csrc/``, with a fused backward.
 
 Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (DESIGN.md section 1):
-    conv_level_fwd x L   z_{l+1} = GELU(dwconv(z_l)), the gated sum in fp32, ctx_local = s * sum in T,
-                         and at the last level per-strip partial sums of z_L
-    reduce_sum           pooled_mean = mean_{H,W} z_L  [B, C] fp32;  G = GELU(pooled_mean)
+    context_fwd          one row-streaming sweep per (image, chunk of channels): z_{l+1} = GELU(dwconv(z_l))
+                         in shared-memory rings, ctx_local = s * sum_l g_l z_{l+1} in T, and
+                         pooled_sum = sum_{H,W} z_L [B, C] fp32;  G = GELU(pooled_sum / (H W))
     F.linear (cuBLAS)    linear = ctx_local W^T
     output_fwd           out = q * (linear + b + s * gates_L * (G W^T))
 The autograd graph keeps the inputs and ``pooled_mean`` only; no per-level activation.
 
-Backward recomputes the levels (conv_level_fwd, keeping z_1..z_{L-1} for this call only), then
+Backward:
+    context_fwd          recomputes ctx_local (no pooling)
     output_bwd           grad_q, grad_mod = grad_out * q, per-strip sums of grad_mod and g_L * grad_mod
     cuBLAS               grad_ctx_all = grad_mod W,  grad_W = grad_mod^T ctx_local + s * u^T G
-    conv_level_bwd x L   levels L-1..0: grad_pre_l and per-channel-group partials of the gate gradients
-    weight_grad x L      per-row-strip partials of the depthwise weight gradients
-    conv_adjoint         grad_ctx from level 0's grad_pre
+    context_bwd          one bottom-to-top sweep per (image, chunk): recomputes the levels and runs their
+                         adjoint chain a few rows behind; writes grad_ctx, per-image partials of the
+                         depthwise weight gradients and per-chunk partials of the gate gradients
 with u[b] = sum_p g_L grad_mod and dG = s * u W. Every partial sum is reduced by ``reduce_sum`` in a
 fixed order (no atomics): the gradients are bitwise deterministic.
+
+The sweep keeps every level's rows in shared memory, whose size grows with W (``sweep_smem_bytes``).
+Images too wide for it even with 8-channel chunks take the level-at-a-time kernels instead
+(conv_level_fwd, conv_level_bwd, weight_grad, conv_adjoint: one launch per level, fp32 scratch tensors).
 
 The op is the ``torch.library`` custom op ``focalfast::focal_modulation_cuda`` with a fake (meta)
 implementation and ``register_autograd`` (its backward is the custom op
@@ -38,6 +43,12 @@ from focalfast.ops.cuda import extension
 PIXELS_PER_STRIP = 32
 MIN_THREADS = 1 << 18
 ROWS_PER_WEIGHT_STRIP = 8  # image rows per thread in weight_grad
+# Channels per block of the fused sweep, in order of preference: the largest whose shared memory fits
+# SWEEP_SMEM_BYTES (None: the device's per-block opt-in maximum) and gives at least MIN_SWEEP_BLOCKS blocks.
+SWEEP_CHUNKS = (32, 16, 8)
+SWEEP_SMEM_BYTES: Optional[int] = None
+HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
+MIN_SWEEP_BLOCKS = 264
 MAX_KERNEL_SIZE = 13
 MAX_FOCAL_LEVEL = 4
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -80,6 +91,42 @@ def _tap_major(weight: Tensor) -> Tensor:
     """Depthwise kernel ``[C, 1, k, k]`` as fp32 ``[k, k, C]``: a tap's C weights are contiguous."""
     C, _, k, _ = weight.shape
     return weight.detach().to(torch.float32).reshape(C, k, k).permute(1, 2, 0).contiguous()
+
+
+def _taps_concat(weights: List[Tensor]) -> Tensor:
+    """The levels' kernels ``[C, 1, k, k]`` as one fp32 ``[sum_l k_l^2, C]``, tap-major."""
+    return torch.cat([_tap_major(w).reshape(-1, w.shape[0]) for w in weights])
+
+
+def _split_taps(grad_taps: Tensor, weights: List[Tensor]) -> List[Tensor]:
+    """Inverse of ``_taps_concat`` for gradients: ``[sum k^2, C]`` to ``[C, 1, k, k]`` each, in the weights' dtype."""
+    out, start = [], 0
+    for w in weights:
+        C, _, k, _ = w.shape
+        out.append(grad_taps[start:start + k * k].t().reshape(C, 1, k, k).to(w.dtype))
+        start += k * k
+    return out
+
+
+def _smem_limit(device: torch.device) -> int:
+    if SWEEP_SMEM_BYTES is not None:
+        return SWEEP_SMEM_BYTES
+    if device.type != "cuda":
+        return HOST_SMEM_BYTES
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_block_optin", 48 * 1024)
+
+
+def _sweep_chunk(kernels: "_Kernels", kernel_sizes: List[int], B: int, W: int, C: int, backward: bool,
+                 device: torch.device) -> Optional[int]:
+    """Channels per block of the fused sweep, or None if even the smallest chunk does not fit."""
+    limit = _smem_limit(device)
+    wanted = [c for c in SWEEP_CHUNKS if c < C + 8] or [min(SWEEP_CHUNKS)]
+    fits = [c for c in wanted if kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward) <= limit]
+    if not fits:
+        return None
+    busy = [c for c in fits if B * -(-C // c) >= MIN_SWEEP_BLOCKS]
+    return busy[0] if busy else fits[-1]
 
 
 def _gelu_grad(x: Tensor) -> Tensor:
@@ -133,9 +180,19 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
     q, ctx = _channels_contiguous(q), _channels_contiguous(ctx)
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
-        taps = [_tap_major(w) for w in weights]
-        ctx_local, _, pool_partial = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=False, pool=True)
-        pooled_mean = kernels.reduce_sum(pool_partial, scale=1.0 / (H * W))
+        kernel_sizes = [w.shape[-1] for w in weights]
+        chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
+        if chunk is not None:
+            ctx_local = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
+            pooled_sum = torch.empty((B, C), dtype=torch.float32, device=q.device)
+            kernels.launch("context_fwd", ctx=ctx, weights=_taps_concat(weights), kernel_sizes=kernel_sizes,
+                           gates=gates, scale=scale, chunk=chunk, ctx_local=ctx_local, pooled_sum=pooled_sum)
+            pooled_mean = pooled_sum / (H * W)
+        else:
+            taps = [_tap_major(w) for w in weights]
+            ctx_local, _, pool_partial = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=False,
+                                                         pool=True)
+            pooled_mean = kernels.reduce_sum(pool_partial, scale=1.0 / (H * W))
         global_term = F.gelu(pooled_mean) @ h_weight.to(torch.float32).t()
         linear = F.linear(ctx_local, h_weight)
         out = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
@@ -155,8 +212,16 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
     f32 = dict(dtype=torch.float32, device=q.device)
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
-        taps = [_tap_major(w) for w in weights]
-        ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
+        kernel_sizes = [w.shape[-1] for w in weights]
+        chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, True, q.device)
+        if chunk is not None:
+            ctx_local = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
+            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
+            kernels.launch("context_fwd", ctx=ctx, weights=_taps_concat(weights), kernel_sizes=kernel_sizes,
+                           gates=gates, scale=scale, chunk=fwd_chunk or chunk, ctx_local=ctx_local, pooled_sum=None)
+        else:
+            taps = [_tap_major(w) for w in weights]
+            ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
         weight32 = h_weight.to(torch.float32)
         pooled = F.gelu(pooled_mean)
         global_term = pooled @ weight32.t()
@@ -180,6 +245,22 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
         grad_ctx_all = (grad_mod_2d @ h_weight).reshape(B, H, W, C)
         # The global level: dG = s * u W, through GELU and the mean over H * W pixels.
         grad_mean = scale * (gated @ weight32) * _gelu_grad(pooled_mean) / (H * W)
+
+        if chunk is not None:
+            grad_ctx = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
+            chunks = -(-C // chunk)
+            taps_concat = _taps_concat(weights)
+            weight_partial = torch.empty((B, taps_concat.shape[0], C), **f32)
+            gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
+            kernels.launch(
+                "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
+                chunk=chunk, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled, grad_ctx=grad_ctx,
+                weight_partial=weight_partial, gate_partial=gate_partial)
+            grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B, -1)).reshape(-1, C)
+            grad_weights = _split_taps(grad_taps, weights)
+            grad_gates = kernels.reduce_sum(gate_partial.reshape(N * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
+            return [grad_q, grad_ctx, grad_gates.to(dtype), grad_h_weight.to(dtype), grad_h_bias.to(dtype),
+                    *grad_weights]
 
         groups = -(-C // 8)
         gate_partial = torch.empty((B, H, W, L + 1, groups), **f32)
