@@ -15,25 +15,28 @@ namespace {
 // Shared memory of context_bwd (fp32). With lag_l = 2R - o_{l+1} (the adjoint of level l runs that many
 // rows behind the ctx row being loaded) the rings are as deep as their readers need:
 //   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1), padded by r_l: read by the recompute,
-//                the weight gradient (rows y +- r_l at lag_l) and the gate gradient of level l - 1
+//                the weight gradient (rows y +- r_l at lag_l) and the gate gradient of level l - 1;
+//                z_0 = ctx only k_0 rows, for the recompute (level 0's weight gradient reads ctx itself)
 //   gelu_grad_l  GELU'(pre_l), 2R - 2 o_{l+1} + 1 rows: written at lag o_{l+1}, read at lag_l
-//   grad_ctx_all R - r_0 + 1 rows: loaded at lag R, read until lag_0
 //   grad_pre_l   k_l rows, padded by r_l: read by level l - 1's adjoint conv (grad_ctx for l = 0)
-// plus the block's weights and its weight-gradient sums.
+// plus the block's weights and its weight-gradient sums. ctx and grad_ctx_all rows that are read again
+// later come from global memory (L1/L2 hits): two blocks per SM fit where deeper rings would not.
+constexpr int kBwdStrip = 3;  // pixels per conv item of context_bwd (odd: no bank conflicts)
+
 struct ContextBwdLayout {
   int64_t weights = 0, weight_grad = 0, total = 0;
-  Ring z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_ctx_all, grad_pre[kMaxFocalLevel];
+  Ring z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel];
 
   FF_HD ContextBwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
-    const int width = strips_of(W) * kStrip, R = lv.offset(lv.L);
+    const int width = strips_of(W, kBwdStrip) * kBwdStrip, R = lv.offset(lv.L);
     weights = a.take(int64_t(lv.taps()) * chunk);
     weight_grad = a.take(int64_t(lv.taps()) * chunk);
     for (int l = 0; l <= lv.L; ++l) {
-      z[l] = a.ring(2 * (R - lv.offset(l)) + 1, width + (l < lv.L ? 2 * lv.r(l) : 0), chunk);
+      const int depth = l == 0 ? lv.k[0] : 2 * (R - lv.offset(l)) + 1;
+      z[l] = a.ring(depth, width + (l < lv.L ? 2 * lv.r(l) : 0), chunk);
     }
     for (int l = 0; l < lv.L; ++l) gelu_grad[l] = a.ring(2 * (R - lv.offset(l + 1)) + 1, width, chunk);
-    grad_ctx_all = a.ring(R - lv.r(0) + 1, width, chunk);
     for (int l = 0; l < lv.L; ++l) grad_pre[l] = a.ring(lv.k[l], width + 2 * lv.r(l), chunk);
     total = a.used;
   }
@@ -41,19 +44,55 @@ struct ContextBwdLayout {
 
 // A block: image b, channels [c_begin, c_begin + chunk), rows bottom to top; step t handles, for a
 // quantity produced `lag` rows behind, row y = H - 1 - t + lag:
-//   load          ctx row (lag 0) into z_0, grad_ctx_all row (lag R)
+//   load          ctx row (lag 0) into z_0
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l)
 //   adjoint       level l = L-1 .. 0 at lag_l = 2R - o_{l+1}:
 //                   dz = scale * gates_l * grad_ctx_all + (grad_mean at the last level, else
 //                        the adjoint conv of grad_pre_{l+1}, whose rows y +- r_{l+1} are in by now)
 //                   grad_pre_l = dz * GELU'(pre_l)
 //   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R); weight-gradient sums
-//                 dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l), in x order;
+//                 dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l), in x order,
+//                 one item per kernel row i and channel;
 //                 gate partials over the chunk's channels (lag_l)
 template <typename T>
 struct ContextBwd {
   using Params = ContextBwdParams;
   static constexpr const char* kName = "context_bwd";
+
+  // dw_l[i, j, c] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] for every j < k, summed in x order: a
+  // window of k values of z_l's row slides along x in registers (two loads per k FMAs). z_0 = ctx comes
+  // from global memory (zero outside the image), the other levels from their rings.
+  static FF_HD void weight_grad_row(const Params& p, const ContextBwdLayout& s, float* smem, int l, int i, int b,
+                                    int y, int c_begin, int c) {
+    const SweepLevels& lv = p.levels;
+    const int k = lv.k[l], r = lv.r(l), W = p.geo.W, chunk = p.chunk, yy = y + i - r;
+    if (l == 0 && (yy < 0 || yy >= p.geo.H)) return;
+    const float* z_row = l > 0 ? s.z[l].row(smem, yy) + c : nullptr;
+    const T* ctx_row = l == 0 ? static_cast<const T*>(p.ctx.ptr) + p.ctx.at(b, yy, 0) + c_begin + c : nullptr;
+    auto z_at = [&](int q) -> float {  // z_l at padded column q, image column q - r
+      if (z_row) return z_row[q * chunk];
+      return q >= r && q - r < W ? to_float(ctx_row[(q - r) * p.ctx.sx]) : 0.f;
+    };
+    const float* grad_pre = s.grad_pre[l].row(smem, y) + r * chunk + c;
+    float acc[kMaxKernelSize] = {}, window[kMaxKernelSize];
+FF_UNROLL
+    for (int j = 0; j < kMaxKernelSize; ++j) window[j] = j < k ? z_at(j) : 0.f;
+    for (int x = 0; x < W; ++x) {
+      const float g = grad_pre[x * chunk];
+      const float next = x + 1 < W ? z_at(x + k) : 0.f;
+FF_UNROLL
+      for (int j = 0; j < kMaxKernelSize; ++j) {
+        if (j < k) acc[j] = fmaf(g, window[j], acc[j]);
+      }
+FF_UNROLL
+      for (int j = 0; j < kMaxKernelSize; ++j) window[j] = j + 1 < k ? window[j < kMaxKernelSize - 1 ? j + 1 : j] : next;
+    }
+    float* dw = smem + s.weight_grad + int64_t(lv.taps_before(l) + i * k) * chunk + c;
+FF_UNROLL
+    for (int j = 0; j < kMaxKernelSize; ++j) {
+      if (j < k) dw[j * chunk] += acc[j];
+    }
+  }
 
   static FF_HD void run(const Params& p, int block, float* smem) {
     const Geometry& geo = p.geo;
@@ -61,7 +100,7 @@ struct ContextBwd {
     const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
     const int chunk_index = block % chunks;
     const int b = block / chunks, c_begin = chunk_index * chunk, cn = min_int(chunk, geo.C - c_begin);
-    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W), taps = lv.taps();
+    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W, kBwdStrip), taps = lv.taps();
     const ContextBwdLayout s(lv, W, chunk);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
@@ -74,16 +113,10 @@ struct ContextBwd {
 
     for (int t = 0; t < H + 2 * R; ++t) {
       const int y_top = H - 1 - t;  // the row at lag 0
-      FF_FOR_EACH(item, 2 * W * groups) {
-        const bool is_ctx = item < W * groups;
-        const int x = item % (W * groups) / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
-        const int y = is_ctx ? y_top : y_top + R;
-        const View& src = is_ctx ? p.ctx : p.grad_ctx_all;
-        const Group v = y >= 0 && y < H && n > 0 ? load_at<T>(src, b, y, x, c_begin + c, n) : Group{};
-        float* dst = is_ctx ? s.z[0].row(smem, y) + (lv.r(0) + x) * chunk + c
-                            : s.grad_ctx_all.row(smem, y) + x * chunk + c;
-FF_UNROLL
-        for (int e = 0; e < kGroup; ++e) dst[e] = v.v[e];
+      FF_FOR_EACH(item, W * groups) {
+        const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
+        const Group v = y_top >= 0 && n > 0 ? load_at<T>(p.ctx, b, y_top, x, c_begin + c, n) : Group{};
+        store8(s.z[0].row(smem, y_top) + (lv.r(0) + x) * chunk + c, v);
       }
       FF_BARRIER();
 
@@ -91,12 +124,12 @@ FF_UNROLL
         const int y = y_top + lv.offset(l + 1);
         const float* w = smem + s.weights + int64_t(lv.taps_before(l)) * chunk;
         FF_FOR_EACH(item, strips * chunk) {
-          const int x0 = item / chunk * kStrip, c = item % chunk;
-          float pre[kStrip] = {}, z[kStrip] = {}, dg[kStrip] = {};
+          const int x0 = item / chunk * kBwdStrip, c = item % chunk;
+          float pre[kBwdStrip] = {}, z[kBwdStrip] = {}, dg[kBwdStrip] = {};
           if (y >= 0 && y < H) {
             conv_strip(smem, s.z[l], w + c, lv.k[l], chunk, y, x0, c, false, pre);
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) {
+            for (int u = 0; u < kBwdStrip; ++u) {
               if (x0 + u < W) {
                 z[u] = gelu(pre[u]);
                 dg[u] = gelu_grad(pre[u]);
@@ -107,7 +140,7 @@ FF_UNROLL
           float* z_dst = s.z[l + 1].row(smem, y) + (pad + x0) * chunk + c;
           float* dg_dst = s.gelu_grad[l].row(smem, y) + x0 * chunk + c;
 FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) {
+          for (int u = 0; u < kBwdStrip; ++u) {
             z_dst[u * chunk] = z[u];
             dg_dst[u * chunk] = dg[u];
           }
@@ -118,80 +151,74 @@ FF_UNROLL
       for (int l = L - 1; l >= 0; --l) {  // adjoint
         const int y = y_top + 2 * R - lv.offset(l + 1);
         FF_FOR_EACH(item, strips * chunk) {
-          const int x0 = item / chunk * kStrip, c = item % chunk;
-          float grad_pre[kStrip] = {};
+          const int x0 = item / chunk * kBwdStrip, c = item % chunk;
+          float grad_pre[kBwdStrip] = {};
           if (y >= 0 && y < H && c < cn) {
             if (l == L - 1) {
               const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(b, 0, 0) + c_begin + c];
 FF_UNROLL
-              for (int u = 0; u < kStrip; ++u) grad_pre[u] = grad_mean;
+              for (int u = 0; u < kBwdStrip; ++u) grad_pre[u] = grad_mean;
             } else {
               const float* w_next = smem + s.weights + int64_t(lv.taps_before(l + 1)) * chunk;
               conv_strip(smem, s.grad_pre[l + 1], w_next + c, lv.k[l + 1], chunk, y, x0, c, true, grad_pre);
             }
-            const float* grad_ctx_all = s.grad_ctx_all.row(smem, y) + c;
+            const T* grad_ctx_all =
+                static_cast<const T*>(p.grad_ctx_all.ptr) + p.grad_ctx_all.at(b, y, 0) + c_begin + c;
             const float* dg = s.gelu_grad[l].row(smem, y) + c;
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) {
+            for (int u = 0; u < kBwdStrip; ++u) {
               const int x = x0 + u;
               if (x >= W) {
                 grad_pre[u] = 0.f;
                 continue;
               }
               const float gate = p.scale * load_gate<T>(p.gates, b, y, x, l);
-              grad_pre[u] = fmaf(gate, grad_ctx_all[x * chunk], grad_pre[u]) * dg[x * chunk];
+              grad_pre[u] = fmaf(gate, to_float(grad_ctx_all[x * p.grad_ctx_all.sx]), grad_pre[u]) * dg[x * chunk];
             }
           }
           float* dst = s.grad_pre[l].row(smem, y) + (lv.r(l) + x0) * chunk + c;
 FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) dst[u * chunk] = grad_pre[u];
+          for (int u = 0; u < kBwdStrip; ++u) dst[u * chunk] = grad_pre[u];
         }
         FF_BARRIER();
       }
 
       // Reduce: grad_ctx items, then weight-gradient items, then gate items.
-      const int ctx_items = strips * groups, weight_items = taps * chunk;
+      const int ctx_items = strips * groups, weight_items = (2 * R + L) * chunk;  // sum_l k_l kernel rows
       FF_FOR_EACH(item, ctx_items + weight_items + (L + 1) * W) {
         if (item < ctx_items) {
-          const int y = y_top + 2 * R, x0 = item / groups * kStrip, c = item % groups * kGroup;
+          const int y = y_top + 2 * R, x0 = item / groups * kBwdStrip, c = item % groups * kGroup;
           const int n = min_int(kGroup, cn - c);
           if (y >= H || n <= 0) continue;
-          float grad[kGroup][kStrip] = {};
+          float grad[kGroup][kBwdStrip] = {};
 FF_UNROLL
           for (int e = 0; e < kGroup; ++e) {
             conv_strip(smem, s.grad_pre[0], smem + s.weights + c + e, lv.k[0], chunk, y, x0, c + e, true, grad[e]);
           }
-          for (int u = 0; u < kStrip && x0 + u < W; ++u) {
+          for (int u = 0; u < kBwdStrip && x0 + u < W; ++u) {
             Group v;
 FF_UNROLL
             for (int e = 0; e < kGroup; ++e) v.v[e] = grad[e][u];
             store_at<T>(p.grad_ctx, b, y, x0 + u, c_begin + c, n, v);
           }
         } else if (item < ctx_items + weight_items) {
-          const int tap = (item - ctx_items) / chunk, c = (item - ctx_items) % chunk;
-          int l = 0;
-          while (tap >= lv.taps_before(l + 1)) ++l;
-          const int y = y_top + 2 * R - lv.offset(l + 1), k = lv.k[l], local = tap - lv.taps_before(l);
-          const int i = local / k, j = local % k;
-          if (y < 0 || y >= H) continue;
-          const float* grad_pre = s.grad_pre[l].row(smem, y) + lv.r(l) * chunk + c;
-          const float* z = s.z[l].row(smem, y + i - lv.r(l)) + j * chunk + c;
-          float sum = 0.f;
-          for (int x = 0; x < W; ++x) sum = fmaf(grad_pre[x * chunk], z[x * chunk], sum);
-          smem[s.weight_grad + item - ctx_items] += sum;
+          int l = 0, i = (item - ctx_items) / chunk;  // kernel row i of level l
+          while (i >= lv.k[l]) i -= lv.k[l++];
+          const int c = (item - ctx_items) % chunk, y = y_top + 2 * R - lv.offset(l + 1);
+          if (y >= 0 && y < H && c < cn) weight_grad_row(p, s, smem, l, i, b, y, c_begin, c);
         } else {
           const int level = (item - ctx_items - weight_items) / W, x = (item - ctx_items - weight_items) % W;
           const int l = min_int(level, L - 1), y = y_top + 2 * R - lv.offset(l + 1);
           if (y < 0 || y >= H) continue;
-          const float* grad_ctx_all = s.grad_ctx_all.row(smem, y) + x * chunk;
+          const int pad = level + 1 < L ? lv.r(level + 1) : 0;
+          const float* z = level < L ? s.z[level + 1].row(smem, y) + (pad + x) * chunk : nullptr;
           float sum = 0.f;
-          if (level < L) {
-            const int pad = level + 1 < L ? lv.r(level + 1) : 0;
-            const float* z = s.z[level + 1].row(smem, y) + (pad + x) * chunk;
-            for (int c = 0; c < cn; ++c) sum = fmaf(grad_ctx_all[c], z[c], sum);
-          } else {
-            const float* pooled = static_cast<const float*>(p.pooled.ptr) + p.pooled.at(b, 0, 0) + c_begin;
-            for (int c = 0; c < cn; ++c) sum = fmaf(grad_ctx_all[c], pooled[c], sum);
+          for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * (z_{level+1} or G)
+            const int n = min_int(kGroup, cn - c);
+            const Group g = load_at<T>(p.grad_ctx_all, b, y, x, c_begin + c, n);
+            const Group v = z ? load8(z + c) : load_at<float>(p.pooled, b, 0, 0, c_begin + c, n);
+FF_UNROLL
+            for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], v.v[e], sum);
           }
           const int64_t pixel = (int64_t(b) * H + y) * W + x;
           p.gate_partial[(pixel * (L + 1) + level) * chunks + chunk_index] = p.scale * sum;
@@ -375,7 +402,7 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
   const int64_t smem = context_bwd_smem_bytes(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextBwd<T>>(p, blocks, smem, stream);
+    launch_sweep<ContextBwd<T>>(p, blocks, sweep_threads(p.geo.W, kBwdStrip, p.chunk), smem, stream);
   });
 }
 

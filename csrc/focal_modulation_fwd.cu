@@ -9,6 +9,8 @@ namespace {
 
 // Shared memory of context_fwd (fp32): the block's weights, a ring of k_l rows per level input z_l
 // (padded by r_l), the gated sums of the rows between level 0 and the last level, and per-item pooling sums.
+constexpr int kFwdStrip = 3;  // pixels per conv item of context_fwd (odd: no bank conflicts)
+
 struct ContextFwdLayout {
   int64_t weights = 0, pool = 0, total = 0;
   Ring z[kMaxFocalLevel];
@@ -16,11 +18,11 @@ struct ContextFwdLayout {
 
   FF_HD ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
-    const int width = strips_of(W) * kStrip;
+    const int width = strips_of(W, kFwdStrip) * kFwdStrip;
     weights = a.take(int64_t(lv.taps()) * chunk);
     for (int l = 0; l < lv.L; ++l) z[l] = a.ring(lv.k[l], width + 2 * lv.r(l), chunk);
     acc = a.ring(lv.offset(lv.L) - lv.offset(1) + 1, width, chunk);
-    pool = a.take(int64_t(strips_of(W)) * chunk);
+    pool = a.take(int64_t(strips_of(W, kFwdStrip)) * chunk);
     total = a.used;
   }
 };
@@ -40,7 +42,7 @@ struct ContextFwd {
     const SweepLevels& lv = p.levels;
     const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
     const int b = block / chunks, c_begin = (block % chunks) * chunk, cn = min_int(chunk, geo.C - c_begin);
-    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W);
+    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W, kFwdStrip);
     const ContextFwdLayout s(lv, W, chunk);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
@@ -57,9 +59,7 @@ struct ContextFwd {
       FF_FOR_EACH(item, W * groups) {
         const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
         const Group v = t < H && n > 0 ? load_at<T>(p.ctx, b, t, x, c_begin + c, n) : Group{};
-        float* dst = s.z[0].row(smem, t) + (lv.r(0) + x) * chunk + c;
-FF_UNROLL
-        for (int e = 0; e < kGroup; ++e) dst[e] = v.v[e];
+        store8(s.z[0].row(smem, t) + (lv.r(0) + x) * chunk + c, v);
       }
       FF_BARRIER();
 
@@ -68,13 +68,13 @@ FF_UNROLL
         const bool last = l == L - 1;
         const float* w = smem + s.weights + int64_t(lv.taps_before(l)) * chunk;
         FF_FOR_EACH(item, strips * chunk) {
-          const int x0 = item / chunk * kStrip, c = item % chunk;
-          float z[kStrip] = {};
+          const int x0 = item / chunk * kFwdStrip, c = item % chunk;
+          float z[kFwdStrip] = {};
           if (y >= 0 && y < H) {
             conv_strip(smem, s.z[l], w + c, lv.k[l], chunk, y, x0, c, false, z);
             float* acc = s.acc.row(smem, y) + c;
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) {
+            for (int u = 0; u < kFwdStrip; ++u) {
               const int x = x0 + u;
               if (x >= W) {
                 z[u] = 0.f;
@@ -89,7 +89,7 @@ FF_UNROLL
           if (!last) {
             float* dst = s.z[l + 1].row(smem, y) + (lv.r(l + 1) + x0) * chunk + c;
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) dst[u * chunk] = z[u];
+            for (int u = 0; u < kFwdStrip; ++u) dst[u * chunk] = z[u];
           }
         }
         FF_BARRIER();
@@ -100,10 +100,9 @@ FF_UNROLL
         FF_FOR_EACH(item, W * groups) {
           const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
           if (n <= 0) continue;
-          const float* acc = s.acc.row(smem, y) + x * chunk + c;
-          Group v;
+          Group v = load8(s.acc.row(smem, y) + x * chunk + c);
 FF_UNROLL
-          for (int e = 0; e < kGroup; ++e) v.v[e] = p.scale * acc[e];
+          for (int e = 0; e < kGroup; ++e) v.v[e] *= p.scale;
           store_at<T>(p.ctx_local, b, y, x, c_begin + c, n, v);
         }
         FF_BARRIER();
@@ -204,7 +203,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int64_t smem = context_fwd_smem_bytes(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextFwd<T>>(p, blocks, smem, stream);
+    launch_sweep<ContextFwd<T>>(p, blocks, sweep_threads(p.geo.W, kFwdStrip, p.chunk), smem, stream);
   });
 }
 

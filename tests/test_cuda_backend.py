@@ -2,9 +2,11 @@
 
 Without a GPU: nvcc builds the extension through setup.py for sm_80 and sm_90 and the module imports;
 the install skips or survives a failed build; and the kernel bodies, which the extension can run
-serially on the host for CPU tensors (the same code as the GPU threads run), are checked against the
-float64 reference, together with the custom op's registration, fake tensors, saved tensors and
-torch.compile. With a GPU: the correctness matrix at FocalNet-T's stage shapes, determinism, saved
+serially on the host for CPU tensors (the same code as the GPU threads run; the fused sweep kernels
+run their blocks one after the other, each phase's items in order between barriers, with shared
+memory as a host array), are checked against the float64 reference on both paths (fused sweep with
+several chunk sizes, level-at-a-time fallback), together with the custom op's registration, fake
+tensors, saved tensors and torch.compile. With a GPU: the correctness matrix at FocalNet-T's stage shapes, determinism, saved
 tensors, torch.compile(fullgraph=True) with inductor, and the sanitizer entry point.
 """
 
@@ -23,8 +25,8 @@ from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_re
 from focalfast.testing import random_focal_inputs, rel_err
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_NAMES = {"conv_level_fwd", "output_fwd", "reduce_sum", "output_bwd", "conv_level_bwd", "weight_grad",
-                "conv_adjoint"}
+KERNEL_NAMES = {"context_fwd", "context_bwd", "conv_level_fwd", "output_fwd", "reduce_sum", "output_bwd",
+                "conv_level_bwd", "weight_grad", "conv_adjoint"}
 GRAD_NAMES = ("q", "ctx", "gates", "h_weight", "h_bias")
 
 needs_nvcc = pytest.mark.skipif(extension.find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
@@ -146,7 +148,17 @@ HOST_CASES = [
     (2, 3, 13, 8, (13,), torch.bfloat16, False, False, "views"),
     (1, 9, 4, 20, (3, 5, 7, 9), torch.float32, True, True, "views"),  # L = 4, channel tail of 4
     (2, 4, 3, 3, (1,), torch.float32, False, True, "views"),  # k = 1
+    (2, 17, 6, 12, (3, 5, 7), torch.float32, False, True, "views"),  # rings wrap; a 4-channel chunk tail
 ]
+
+# How the host test runs the context part: the fused sweep with 8- or 32-channel chunks (32 > C: one
+# partial chunk), or the level-at-a-time fallback with 1- or 4-pixel pooling strips.
+PATHS = {
+    "sweep8": dict(SWEEP_CHUNKS=(8,)),
+    "sweep32": dict(SWEEP_CHUNKS=(32,)),
+    "levels1": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=1),
+    "levels4": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=4),
+}
 
 
 def make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout, device="cpu", seed=0):
@@ -198,18 +210,100 @@ def check_against_reference(inputs, normalize, out_tol, grad_tol, seed=1):
         assert err < grad_tol, f"grad of {label}: rel err {err:.3e}"
 
 
+def launched_kernels(monkeypatch):
+    """Records the name of every kernel launch."""
+    names = []
+    launch = _Kernels.launch
+
+    def spy(self, name, **kwargs):
+        names.append(name)
+        return launch(self, name, **kwargs)
+
+    monkeypatch.setattr(_Kernels, "launch", spy)
+    return names
+
+
 @pytest.mark.parametrize("B,H,W,C,kernel_sizes,dtype,normalize,bias,layout", HOST_CASES)
-@pytest.mark.parametrize("pixels_per_strip", [1, 4])
+@pytest.mark.parametrize("path", list(PATHS))
 def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes, dtype, normalize, bias, layout,
-                                      pixels_per_strip):
-    # Small shapes get one-pixel strips; 4 exercises multi-pixel strips and a short last strip.
+                                      path):
     monkeypatch.setattr(cuda_op, "MIN_THREADS", 1)
-    monkeypatch.setattr(cuda_op, "PIXELS_PER_STRIP", pixels_per_strip)
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(cuda_op, name, value)
+    names = launched_kernels(monkeypatch)
     inputs = make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout)
     if dtype == torch.float32:
         check_against_reference(inputs, normalize, out_tol=1e-5, grad_tol=1e-4)
     else:
         check_against_reference(inputs, normalize, out_tol=1e-2, grad_tol=1e-2)
+    fused = {"context_fwd", "context_bwd"}
+    levelwise = {"conv_level_fwd", "conv_level_bwd", "weight_grad", "conv_adjoint"}
+    used, unused = (fused, levelwise) if path.startswith("sweep") else (levelwise, fused)
+    assert used <= set(names) and not unused & set(names), names
+
+
+def test_host_sweep_forward_with_level_backward(ext, monkeypatch):
+    """An image whose forward sweep fits but whose backward sweep does not: mixed paths, same gradients."""
+    B, H, W, C, kernel_sizes = 2, 6, 9, 16, (3, 5, 7)
+    monkeypatch.setattr(cuda_op, "SWEEP_CHUNKS", (8,))
+    monkeypatch.setattr(cuda_op, "SWEEP_SMEM_BYTES", ext.sweep_smem_bytes(list(kernel_sizes), W, 8, False))
+    names = launched_kernels(monkeypatch)
+    inputs = make_inputs(B, H, W, C, kernel_sizes, torch.float32, True, "views")
+    check_against_reference(inputs, True, out_tol=1e-5, grad_tol=1e-4)
+    assert "context_fwd" in names and "conv_level_bwd" in names and "context_bwd" not in names, names
+
+
+def test_host_sweep_is_deterministic_across_chunks(ext, monkeypatch):
+    """Every chunk size gives bitwise the same ctx_local and grad_ctx (per-channel math does not depend on
+    the chunk); the gate gradients only differ by their summation order."""
+    inputs = make_inputs(2, 9, 7, 24, (3, 5, 7), torch.float32, True, "views")
+    results = []
+    for chunks in [(8,), (16,), (32,), (8,)]:
+        monkeypatch.setattr(cuda_op, "SWEEP_CHUNKS", chunks)
+        out = focal_modulation_cuda(**inputs)
+        results.append([out, *torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))])
+    labels = ["out"] + grad_labels(inputs)
+    for label, a, b in zip(labels, results[0], results[3]):
+        assert torch.equal(a, b), f"{label}: two identical runs differ"
+    for label, a, b in zip(labels, results[0], results[2]):
+        if label in ("out", "q", "ctx", "h_weight", "h_bias") or label.startswith("weights"):
+            assert torch.equal(a, b), f"{label} depends on the chunk size"
+        else:
+            assert rel_err(a, b) < 1e-6, label
+
+
+def test_sweep_chunk_choice(ext, monkeypatch):
+    """Largest chunk with enough blocks that fits; smaller ones for wide images; None (fallback) when none fits."""
+    kernels = _Kernels(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    ks = [3, 5, 7]
+    fwd8, bwd8 = ext.sweep_smem_bytes(ks, 56, 8, False), ext.sweep_smem_bytes(ks, 56, 8, True)
+    assert ext.sweep_smem_bytes(ks, 56, 16, False) == 2 * fwd8 and bwd8 > fwd8
+    assert ext.sweep_smem_bytes(ks, 112, 8, True) > bwd8
+    monkeypatch.setattr(cuda_op, "SWEEP_SMEM_BYTES", 227 * 1024)
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 96, False, cpu) == 16  # 32 channels: one block per SM
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 14, 384, False, cpu) == 32
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 96, True, cpu) == 8  # 16 channels: 220 KB, one block per SM
+    assert cuda_op._sweep_chunk(kernels, ks, 2, 56, 96, False, cpu) == 8  # few images: the most blocks
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 4, False, cpu) == 8  # no chunk wider than C needs
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 4000, 96, False, cpu) is None
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(kernel_sizes=[3]), "kernel_sizes: expected one per focal level (L = 2), got 1"),
+    (dict(kernel_sizes=[3, 4]), "kernel_sizes: kernel size must be odd and at most 13, got 4"),
+    (dict(chunk=12), "chunk: expected a positive multiple of 8, got 12"),
+    (dict(weights=torch.randn(33, 8)), "weights: expected shape [34, 8]"),
+])
+def test_binding_rejects_bad_sweep_arguments(ext, change, words):
+    B, H, W, C = 1, 3, 4, 8
+    kwargs = dict(ctx=torch.randn(B, H, W, C), weights=torch.randn(34, C), kernel_sizes=[3, 5],
+                  gates=torch.randn(B, H, W, 3), scale=1.0, chunk=8, ctx_local=torch.empty(B, H, W, C),
+                  pooled_sum=None)
+    kwargs.update(change)
+    with pytest.raises(ValueError) as info:
+        _Kernels(torch.device("cpu")).launch("context_fwd", **kwargs)
+    assert words in str(info.value)
 
 
 def test_host_saves_only_inputs_and_pooled_mean(ext):

@@ -43,8 +43,9 @@ from focalfast.ops.cuda import extension
 PIXELS_PER_STRIP = 32
 MIN_THREADS = 1 << 18
 ROWS_PER_WEIGHT_STRIP = 8  # image rows per thread in weight_grad
-# Channels per block of the fused sweep, in order of preference: the largest whose shared memory fits
-# SWEEP_SMEM_BYTES (None: the device's per-block opt-in maximum) and gives at least MIN_SWEEP_BLOCKS blocks.
+# Channels per block of the fused sweep, in order of preference: of those whose shared memory fits
+# SWEEP_SMEM_BYTES (None: the device's per-block opt-in maximum), the largest that gives at least
+# MIN_SWEEP_BLOCKS blocks with two blocks per SM, else with one, else the smallest.
 SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
@@ -103,7 +104,7 @@ def _split_taps(grad_taps: Tensor, weights: List[Tensor]) -> List[Tensor]:
     out, start = [], 0
     for w in weights:
         C, _, k, _ = w.shape
-        out.append(grad_taps[start:start + k * k].t().reshape(C, 1, k, k).to(w.dtype))
+        out.append(grad_taps[start:start + k * k].t().reshape(C, 1, k, k).to(w.dtype, copy=True).contiguous())
         start += k * k
     return out
 
@@ -117,16 +118,18 @@ def _smem_limit(device: torch.device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 48 * 1024)
 
 
-def _sweep_chunk(kernels: "_Kernels", kernel_sizes: List[int], B: int, W: int, C: int, backward: bool,
+def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, W: int, C: int, backward: bool,
                  device: torch.device) -> Optional[int]:
     """Channels per block of the fused sweep, or None if even the smallest chunk does not fit."""
     limit = _smem_limit(device)
     wanted = [c for c in SWEEP_CHUNKS if c < C + 8] or [min(SWEEP_CHUNKS)]
-    fits = [c for c in wanted if kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward) <= limit]
+    smem = {c: kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward) for c in wanted}
+    fits = [c for c in wanted if smem[c] <= limit]
     if not fits:
         return None
     busy = [c for c in fits if B * -(-C // c) >= MIN_SWEEP_BLOCKS]
-    return busy[0] if busy else fits[-1]
+    two_per_sm = [c for c in busy if 2 * smem[c] <= limit]  # one block's barrier wait hides behind another's
+    return (two_per_sm or busy or fits[-1:])[0]
 
 
 def _gelu_grad(x: Tensor) -> Tensor:
@@ -202,6 +205,59 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
     return out, pooled_mean
 
 
+def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List[Tensor], taps_concat: Tensor,
+                    scale: float, chunk: int, grad_ctx_all: Tensor, grad_mean: Tensor, pooled: Tensor):
+    """The levels' backward in one context_bwd sweep: ``(grad_ctx, grad_gates fp32, grad_weights)``."""
+    B, H, W, C = ctx.shape
+    L, chunks = len(weights), -(-C // chunk)
+    f32 = dict(dtype=torch.float32, device=ctx.device)
+    grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
+    weight_partial = torch.empty((B, taps_concat.shape[0], C), **f32)
+    gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
+    kernels.launch(
+        "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=[w.shape[-1] for w in weights], gates=gates,
+        scale=scale, chunk=chunk, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled, grad_ctx=grad_ctx,
+        weight_partial=weight_partial, gate_partial=gate_partial)
+    grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B, -1)).reshape(-1, C)
+    grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
+    return grad_ctx, grad_gates, _split_taps(grad_taps, weights)
+
+
+def _levels_backward(kernels: _Kernels, levels: List[Tensor], gates: Tensor, taps: List[Tensor], scale: float,
+                     grad_ctx_all: Tensor, grad_mean: Tensor, pooled: Tensor):
+    """The levels' backward one level at a time (the fallback), from the level inputs ``[ctx, z_1, ...]``:
+    ``(grad_ctx, grad_gates fp32, grad_weights)``."""
+    ctx = levels[0]
+    B, H, W, C = ctx.shape
+    L, dtype = len(taps), ctx.dtype
+    f32 = dict(dtype=torch.float32, device=ctx.device)
+    groups = -(-C // 8)
+    gate_partial = torch.empty((B, H, W, L + 1, groups), **f32)
+    grad_weights = [None] * L
+    grad_pre_next = None
+    for level in reversed(range(L)):
+        last = level == L - 1
+        z_in = levels.pop()  # z_level, freed after this level
+        grad_pre = torch.empty((B, H, W, C), **f32)
+        kernels.launch(
+            "conv_level_bwd", z_in=z_in, weight=taps[level], gates=gates, level=level, scale=scale,
+            grad_ctx_all=grad_ctx_all, grad_mean=grad_mean if last else None, pooled=pooled if last else None,
+            grad_pre_next=grad_pre_next, weight_next=None if last else taps[level + 1], grad_pre=grad_pre,
+            gate_partial=gate_partial)
+        k = taps[level].shape[0]
+        row_strips = _strips(H, ROWS_PER_WEIGHT_STRIP)
+        weight_partial = torch.empty((B * row_strips, k, k, C), **f32)
+        kernels.launch("weight_grad", z_in=z_in, grad_pre=grad_pre, partial=weight_partial,
+                       rows_per_strip=ROWS_PER_WEIGHT_STRIP)
+        grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * row_strips, k * k * C))
+        grad_weights[level] = grad_taps.reshape(k, k, C).permute(2, 0, 1).contiguous().reshape(C, 1, k, k).to(dtype)
+        grad_pre_next = grad_pre
+    grad_ctx = torch.empty((B, H, W, C), dtype=dtype, device=ctx.device)
+    kernels.launch("conv_adjoint", grad_pre=grad_pre_next, weight=taps[0], grad_in=grad_ctx)
+    grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), groups, 1)).reshape(B, H, W, L + 1)
+    return grad_ctx, grad_gates, grad_weights
+
+
 def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
               h_bias: Optional[Tensor], pooled_mean: Tensor, normalize_modulator: bool) -> List[Tensor]:
     """``[grad_q, grad_ctx, grad_gates, grad_h_weight, grad_h_bias, *grad_weights]``."""
@@ -215,10 +271,11 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
         kernel_sizes = [w.shape[-1] for w in weights]
         chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, True, q.device)
         if chunk is not None:
+            taps_concat = _taps_concat(weights)
             ctx_local = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
             fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
-            kernels.launch("context_fwd", ctx=ctx, weights=_taps_concat(weights), kernel_sizes=kernel_sizes,
-                           gates=gates, scale=scale, chunk=fwd_chunk or chunk, ctx_local=ctx_local, pooled_sum=None)
+            kernels.launch("context_fwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates,
+                           scale=scale, chunk=fwd_chunk or chunk, ctx_local=ctx_local, pooled_sum=None)
         else:
             taps = [_tap_major(w) for w in weights]
             ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
@@ -247,45 +304,11 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
         grad_mean = scale * (gated @ weight32) * _gelu_grad(pooled_mean) / (H * W)
 
         if chunk is not None:
-            grad_ctx = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-            chunks = -(-C // chunk)
-            taps_concat = _taps_concat(weights)
-            weight_partial = torch.empty((B, taps_concat.shape[0], C), **f32)
-            gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
-            kernels.launch(
-                "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
-                chunk=chunk, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled, grad_ctx=grad_ctx,
-                weight_partial=weight_partial, gate_partial=gate_partial)
-            grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B, -1)).reshape(-1, C)
-            grad_weights = _split_taps(grad_taps, weights)
-            grad_gates = kernels.reduce_sum(gate_partial.reshape(N * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
-            return [grad_q, grad_ctx, grad_gates.to(dtype), grad_h_weight.to(dtype), grad_h_bias.to(dtype),
-                    *grad_weights]
-
-        groups = -(-C // 8)
-        gate_partial = torch.empty((B, H, W, L + 1, groups), **f32)
-        grad_weights = [None] * L
-        grad_pre_next = None
-        for level in reversed(range(L)):
-            last = level == L - 1
-            z_in = levels.pop()  # z_level, freed after this level
-            grad_pre = torch.empty((B, H, W, C), **f32)
-            kernels.launch(
-                "conv_level_bwd", z_in=z_in, weight=taps[level], gates=gates, level=level, scale=scale,
-                grad_ctx_all=grad_ctx_all, grad_mean=grad_mean if last else None, pooled=pooled if last else None,
-                grad_pre_next=grad_pre_next, weight_next=None if last else taps[level + 1], grad_pre=grad_pre,
-                gate_partial=gate_partial)
-            k = taps[level].shape[0]
-            row_strips = _strips(H, ROWS_PER_WEIGHT_STRIP)
-            weight_partial = torch.empty((B * row_strips, k, k, C), **f32)
-            kernels.launch("weight_grad", z_in=z_in, grad_pre=grad_pre, partial=weight_partial,
-                           rows_per_strip=ROWS_PER_WEIGHT_STRIP)
-            grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * row_strips, k * k * C))
-            grad_weights[level] = grad_taps.reshape(k, k, C).permute(2, 0, 1).contiguous().reshape(C, 1, k, k).to(dtype)
-            grad_pre_next = grad_pre
-        grad_ctx = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-        kernels.launch("conv_adjoint", grad_pre=grad_pre_next, weight=taps[0], grad_in=grad_ctx)
-        grad_gates = kernels.reduce_sum(gate_partial.reshape(N * (L + 1), groups, 1)).reshape(B, H, W, L + 1)
+            grad_ctx, grad_gates, grad_weights = _sweep_backward(
+                kernels, ctx, gates, weights, taps_concat, scale, chunk, grad_ctx_all, grad_mean, pooled)
+        else:
+            grad_ctx, grad_gates, grad_weights = _levels_backward(
+                kernels, levels, gates, taps, scale, grad_ctx_all, grad_mean, pooled)
     return [grad_q, grad_ctx, grad_gates.to(dtype), grad_h_weight.to(dtype), grad_h_bias.to(dtype), *grad_weights]
 
 

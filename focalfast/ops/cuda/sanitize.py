@@ -4,25 +4,31 @@
     compute-sanitizer --tool racecheck python -m focalfast.ops.cuda.sanitize
 
 The shapes cover the scalar path (odd pixel stride, C not a multiple of 8, a 1x1 image) and the
-16-byte vector path (contiguous inputs, C % 8 == 0), fp32 and bf16. Exits non-zero on a non-finite result.
+16-byte vector path (contiguous inputs, C % 8 == 0), fp32 and bf16; the fused sweep with 8- and
+32-channel chunks (racecheck: its shared-memory rings), and the level-at-a-time fallback of an image
+too wide for the sweep. Exits non-zero on a non-finite result.
 """
 
 import sys
 
 import torch
 
+from focalfast.ops.cuda import focal_modulation as cuda_op
 from focalfast.ops.cuda.focal_modulation import focal_modulation_cuda
 from focalfast.testing import random_focal_inputs
 
-# (B, H, W, C, kernel sizes, dtype, normalize_modulator, contiguous q/ctx)
+# (B, H, W, C, kernel sizes, dtype, normalize_modulator, contiguous q/ctx, sweep chunks)
 SHAPES = (
-    (2, 7, 9, 20, (3, 5), torch.float32, True, False),
-    (1, 1, 1, 5, (3,), torch.bfloat16, False, False),
-    (2, 12, 10, 64, (3, 5, 7), torch.bfloat16, False, True),
+    (2, 7, 9, 20, (3, 5), torch.float32, True, False, (8,)),
+    (1, 1, 1, 5, (3,), torch.bfloat16, False, False, (8,)),
+    (2, 12, 10, 64, (3, 5, 7), torch.bfloat16, False, True, (8,)),
+    (2, 12, 10, 40, (3, 5, 7), torch.float32, True, False, (32,)),
+    (1, 3, 1500, 8, (3, 5, 7), torch.float32, False, False, (8,)),  # too wide: the fallback
 )
 
 
-def run_once(B, H, W, C, kernel_sizes, dtype, normalize_modulator, contiguous) -> bool:
+def run_once(B, H, W, C, kernel_sizes, dtype, normalize_modulator, contiguous, chunks) -> bool:
+    cuda_op.SWEEP_CHUNKS = chunks
     generator = torch.Generator().manual_seed(0)
     inputs = random_focal_inputs(B, H, W, C, kernel_sizes, dtype=dtype, device="cuda", generator=generator)
     if contiguous:
@@ -37,11 +43,14 @@ def run_once(B, H, W, C, kernel_sizes, dtype, normalize_modulator, contiguous) -
 
 
 def main() -> int:
-    ok = True
-    for shape in SHAPES:
-        finite = run_once(*shape)
-        print(f"{'ok' if finite else 'NON-FINITE'}: {shape}", flush=True)
-        ok &= finite
+    ok, chunks = True, cuda_op.SWEEP_CHUNKS
+    try:
+        for shape in SHAPES:
+            finite = run_once(*shape)
+            print(f"{'ok' if finite else 'NON-FINITE'}: {shape}", flush=True)
+            ok &= finite
+    finally:
+        cuda_op.SWEEP_CHUNKS = chunks
     return 0 if ok else 1
 
 
