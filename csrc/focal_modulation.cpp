@@ -285,12 +285,10 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   context_bwd(p, c.stream(stream));
 }
 
-void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const TensorArg& gates, int level, float scale,
-                       const OptionalTensor& acc_in, const OptionalTensor& acc_out, const OptionalTensor& z_out,
-                       const OptionalTensor& ctx_out, const OptionalTensor& pool_partial, int pixels_per_strip,
-                       uintptr_t stream) {
-  Checks c("conv_level_fwd");
-  ConvLevelFwdParams p;
+// The arguments every level-at-a-time kernel takes: its input z_in, the level's weight, the gates.
+template <typename LevelParams>
+void check_level_args(Checks& c, LevelParams& p, const TensorArg& z_in, const TensorArg& weight,
+                      const TensorArg& gates, int level, float scale) {
   p.geo = c.geometry(z_in, "z_in");
   const Geometry& geo = p.geo;
   p.dtype = gates.dtype;
@@ -303,6 +301,16 @@ void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const Ten
   if (level < 0 || level >= p.gates.L) c.fail_value("level", "expected 0 <= level < L = " + std::to_string(p.gates.L));
   p.level = level;
   p.scale = scale;
+}
+
+void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const TensorArg& gates, int level, float scale,
+                       const OptionalTensor& acc_in, const OptionalTensor& acc_out, const OptionalTensor& z_out,
+                       const OptionalTensor& ctx_out, const OptionalTensor& pool_partial, int pixels_per_strip,
+                       uintptr_t stream) {
+  Checks c("conv_level_fwd");
+  ConvLevelFwdParams p;
+  check_level_args(c, p, z_in, weight, gates, level, scale);
+  const Geometry& geo = p.geo;
   c.positive(pixels_per_strip, "pixels_per_strip");
   p.strip = pixels_per_strip;
   const int64_t strips = (geo.pixels() + p.strip - 1) / p.strip;
@@ -386,18 +394,8 @@ void conv_level_bwd_py(const TensorArg& z_in, const TensorArg& weight, const Ten
                        const TensorArg& grad_pre, const TensorArg& gate_partial, uintptr_t stream) {
   Checks c("conv_level_bwd");
   ConvLevelBwdParams p;
-  p.geo = c.geometry(z_in, "z_in");
+  check_level_args(c, p, z_in, weight, gates, level, scale);
   const Geometry& geo = p.geo;
-  p.dtype = gates.dtype;
-  const DType z_dtype = level_input_dtype(c, z_in, p.dtype);
-  p.z_in_fp32 = z_dtype == DType::kFloat32;
-  p.z_in = c.view(z_in, "z_in", z_dtype, pixel_shape(geo), false, geo.C);
-  p.k = c.kernel_size(weight, "weight", geo.C);
-  p.weight = c.view(weight, "weight", DType::kFloat32, {p.k, p.k, geo.C}, true, geo.C);
-  p.gates = c.gates(gates, geo, p.dtype);
-  if (level < 0 || level >= p.gates.L) c.fail_value("level", "expected 0 <= level < L = " + std::to_string(p.gates.L));
-  p.level = level;
-  p.scale = scale;
   p.grad_ctx_all = c.view(grad_ctx_all, "grad_ctx_all", p.dtype, pixel_shape(geo), true, geo.C);
   const bool last = level == p.gates.L - 1;
   if (last != bool(grad_mean) || last != bool(pooled) || last == bool(grad_pre_next) || last == bool(weight_next)) {
