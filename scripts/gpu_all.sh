@@ -7,6 +7,9 @@
 # The device copy of the repo has no .git, so pass the commit in. Every stage runs under
 # `timeout` within GPU_ALL_BUDGET seconds (default 500, under the device's 600 s per call); a
 # failing or timed-out stage does not stop the next, and a stage summary ends the output.
+# GPU_ALL_STAGES selects stages (default: all of environment build tests memcheck racecheck bench
+# pytest-benchmark); GPU_ALL_TESTS (space-separated pytest arguments, e.g.
+# "tests/test_triton_backend.py -m gpu") overrides the selection of the tests stage.
 # Files in $OUT (flat, 7 of the 8 allowed):
 #   results.md             device, versions, commit, date, stages, the bench table, test and sanitizer summaries
 #   gpu_all.log            environment, build, bench and pytest-benchmark output
@@ -21,6 +24,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 PY=${PYTHON:-python3}
 BUDGET=${GPU_ALL_BUDGET:-500}
+# A later call can redo some stages only, e.g. GPU_ALL_STAGES="build tests".
+STAGES=${GPU_ALL_STAGES:-environment build tests memcheck racecheck bench pytest-benchmark}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_all.log
 START=$SECONDS
@@ -40,6 +45,10 @@ left() { echo $((BUDGET - (SECONDS - START))); }
 stage() {
     local name=$1 cap=$2 reserve=$3 logfile=$4
     shift 4
+    if [[ " $STAGES " != *" $name "* ]]; then
+        SUMMARY+=("$name: not selected (GPU_ALL_STAGES)")
+        return 0
+    fi
     local limit=$(($(left) - reserve))
     ((limit > cap)) && limit=$cap
     if ((limit < 15)); then
@@ -77,8 +86,9 @@ $PY -c 'from focalfast.ops.cuda import extension; r = extension.unavailable_reas
 print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'"
 
 # 3. GPU tests
+if [ -n "${GPU_ALL_TESTS:-}" ]; then read -r -a TEST_ARGS <<<"$GPU_ALL_TESTS"; else TEST_ARGS=(tests -m "not slow"); fi
 stage tests 180 190 "$OUT/tests.log" \
-    $PY -m pytest tests -q -m "not slow" --maxfail=10 -rfEs --durations=15 -p no:cacheprovider
+    $PY -m pytest "${TEST_ARGS[@]}" -q --maxfail=10 -rfEs --durations=15 -p no:cacheprovider
 
 # 4. compute-sanitizer on the CUDA kernels (no caching allocator, so out-of-bounds is seen)
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
