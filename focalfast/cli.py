@@ -1,4 +1,4 @@
-"""The ``focalfast`` command: ``focalfast {demo,bench,train,visualize} ...``.
+"""focalfast: fused FocalNet kernels. Subcommands: demo, bench, train, visualize.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
 """

@@ -168,6 +168,19 @@ def test_default_build_is_convnext_tiny():
     assert ours.stages[0].blocks[0].dwconv.kernel_size == (7, 7)
 
 
+def test_trains_under_autocast():
+    """The fused-op boundary casts to the autocast dtype, as the conv and LayerNorm it replaces do."""
+    torch.manual_seed(0)
+    model = build_convnext(image_size=32, patch_size=4, depths=[1, 1], dims=[8, 16], num_classes=3)
+    images = torch.randn(2, 3, 32, 32)
+    expected = model(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+    assert rel_err(logits.float(), expected) < 5e-2
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("options", [
     dict(),
     dict(num_classes=7),

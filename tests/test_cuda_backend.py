@@ -253,6 +253,13 @@ def test_host_sweep_forward_with_level_backward(ext, monkeypatch):
     assert "context_fwd" in names and "conv_level_bwd" in names and "context_bwd" not in names, names
 
 
+def test_host_runs_under_autocast(ext):
+    """Under autocast the op's own products keep the kernels' dtypes (autocast is off inside)."""
+    inputs = make_inputs(1, 5, 6, 16, (3, 5), torch.bfloat16, True, "views")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check_against_reference(inputs, normalize=True, out_tol=1e-2, grad_tol=1e-2)
+
+
 def test_host_sweep_is_deterministic_across_chunks(ext, monkeypatch):
     """Every chunk size gives bitwise the same ctx_local and grad_ctx (per-channel math does not depend on
     the chunk); the gate gradients only differ by their summation order."""
@@ -405,13 +412,13 @@ def test_binding_rejects_mixed_devices(ext):
 
 def test_backend_rejects_what_the_kernels_do_not_support():
     inputs = random_focal_inputs(1, 3, 3, 8, (3,), dtype=torch.float64)
-    with pytest.raises(TypeError, match="q: the CUDA backend supports"):
+    with pytest.raises(TypeError, match="q: the fused kernels support"):
         focal_modulation_cuda(**inputs)
     inputs = random_focal_inputs(1, 3, 3, 8, (15,))
-    with pytest.raises(ValueError, match=r"weights\[0\]: the CUDA backend supports kernel sizes up to 13"):
+    with pytest.raises(ValueError, match=r"weights\[0\]: the fused kernels support kernel sizes up to 13"):
         focal_modulation_cuda(**inputs)
     inputs = random_focal_inputs(1, 3, 3, 8, (3, 3, 3, 3, 3))
-    with pytest.raises(ValueError, match="weights: the CUDA backend supports 1 to 4 focal levels"):
+    with pytest.raises(ValueError, match="weights: the fused kernels support 1 to 4 focal levels"):
         focal_modulation_cuda(**inputs)
 
 

@@ -150,11 +150,34 @@ def test_input_layouts_agree():
     as_views = fn(**test_in, normalize_modulator=False)
     contiguous = dict(test_in, **{k: test_in[k].detach().contiguous() for k in ("q", "ctx", "gates")})
     assert torch.equal(fn(**contiguous, normalize_modulator=False), as_views)
-    # q as a transposed-storage tensor: channel stride != 1, so the wrapper copies it.
+    # q with a non-uniform pixel stride (W and H swapped in memory): the wrapper copies it.
     q_t = test_in["q"].detach().transpose(1, 2).contiguous().transpose(1, 2)
-    assert q_t.stride(-1) != 1 or not q_t.is_contiguous()
-    odd = dict(contiguous, q=q_t)
-    assert torch.equal(fn(**odd, normalize_modulator=False), as_views)
+    assert q_t.stride(-1) == 1 and not q_t.is_contiguous()
+    assert torch.equal(fn(**dict(contiguous, q=q_t), normalize_modulator=False), as_views)
+    # q channels-first in memory: channel stride != 1.
+    q_nchw = test_in["q"].detach().permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    assert q_nchw.stride(-1) != 1
+    assert torch.equal(fn(**dict(contiguous, q=q_nchw), normalize_modulator=False), as_views)
+
+
+def test_strided_h_bias_through_the_dispatch():
+    """A non-contiguous bias (every other element of a larger tensor) gives the reference's answer."""
+    ref_in, test_in, _ = _case(1, 4, 5, 16, (3, 5), True, torch.float32, DEVICE)
+    wide = torch.randn(32, dtype=torch.float64)
+    ref_in["h_bias"], test_in["h_bias"] = wide[::2], wide.to(torch.float32)[::2]
+    assert not test_in["h_bias"].is_contiguous()
+    out = focal_modulation(**test_in, backend="triton")
+    assert rel_err(out, focal_modulation_ref(**ref_in)) < 1e-5
+
+
+def test_configurations_the_kernels_do_not_handle():
+    """float64 and more than 4 levels: ValueError for backend="triton" (auto runs the reference)."""
+    _, test_in, _ = _case(1, 3, 3, 8, (3, 3, 3, 3, 3), True, torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="backend='triton': weights: the fused kernels support 1 to 4"):
+        focal_modulation(**test_in, backend="triton")
+    ref_in, _, _ = _case(1, 3, 3, 8, (3,), True, torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="backend='triton': q: the fused kernels support"):
+        focal_modulation(**ref_in, backend="triton")
 
 
 def test_dispatch_runs_the_triton_op():

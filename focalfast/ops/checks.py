@@ -1,9 +1,10 @@
-"""Argument checks shared by the ops: clear errors that name the argument."""
+"""Argument handling shared by the ops: checks with errors that name the argument, and autocast."""
 
 from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 
@@ -26,3 +27,25 @@ def check_float_tensors_alike(named: Sequence[Tuple[str, Tensor]]) -> None:
         if t.dtype != first.dtype:
             raise ValueError(f"{name}: has dtype {t.dtype} but {first_name} has {first.dtype}; "
                              "all tensors of the op must share one dtype")
+
+
+def to_autocast_dtype(*args):
+    """``args`` with every float tensor (also inside lists) cast to the autocast dtype when autocast
+    is on for the first tensor's device, as autocast does for the convs and linears an op replaces.
+
+    float64 tensors, non-float tensors and non-tensors are returned as they are, so that the op's
+    checks still name them.
+    """
+    first = next((a for a in args if isinstance(a, Tensor)), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return args
+    dtype = torch.get_autocast_dtype(first.device.type)
+
+    def cast(a):
+        if isinstance(a, (list, tuple)):
+            return [cast(x) for x in a]
+        if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64:
+            return a.to(dtype)
+        return a
+
+    return tuple(cast(a) for a in args)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from focalfast import backends
 from focalfast.backends import BackendUnavailableError
-from focalfast.ops.checks import check_float_tensors_alike
+from focalfast.ops.checks import check_float_tensors_alike, to_autocast_dtype
 
 
 def check_dwconv_layernorm_inputs(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
@@ -74,8 +74,11 @@ def dwconv_layernorm(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_
     """``LayerNorm(dwconv(x) + bias)`` on channels-last ``[B, H, W, C]`` -> ``[B, H, W, C]``.
 
     ``backend``: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``; None follows
-    ``focalfast.set_backend``. An unavailable backend raises ``BackendUnavailableError``.
+    ``focalfast.set_backend``. An unavailable backend raises ``BackendUnavailableError``. Under
+    ``torch.autocast`` the float tensors are cast to the autocast dtype first.
     """
+    x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias = to_autocast_dtype(x_nhwc, conv_weight, conv_bias,
+                                                                           ln_weight, ln_bias)
     check_dwconv_layernorm_inputs(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, eps)
     impl = _implementation(backend, x_nhwc)
     return impl(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, float(eps))

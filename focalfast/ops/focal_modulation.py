@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from focalfast import backends
-from focalfast.ops.checks import check_float_tensors_alike
+from focalfast.ops.checks import check_float_tensors_alike, to_autocast_dtype
 
 
 def check_focal_modulation_inputs(
@@ -133,15 +132,20 @@ def focal_modulation(
 
     ``backend`` is ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``; ``None`` takes the
     process-wide default (``focalfast.set_backend``). An unavailable backend raises
-    ``focalfast.BackendUnavailableError`` saying why. Under ``torch.autocast`` every tensor is
-    cast to the autocast dtype first.
+    ``focalfast.BackendUnavailableError`` saying why; a configuration the fused kernels do not
+    handle (float64, more than 4 levels, kernels over 13) runs the reference under ``"auto"`` and
+    raises ValueError for an explicit fused backend. Under ``torch.autocast`` every float tensor
+    (float64 aside) is cast to the autocast dtype first.
     """
-    if isinstance(q, Tensor) and torch.is_autocast_enabled(q.device.type):
-        # Under autocast the op runs in the autocast dtype, like the convs and linears it replaces.
-        dtype = torch.get_autocast_dtype(q.device.type)
-        q, ctx, gates, h_weight = (t.to(dtype) for t in (q, ctx, gates, h_weight))
-        weights = [w.to(dtype) for w in weights]
-        h_bias = None if h_bias is None else h_bias.to(dtype)
+    q, ctx, gates, weights, h_weight, h_bias = to_autocast_dtype(q, ctx, gates, weights, h_weight, h_bias)
     h_weight = check_focal_modulation_inputs(q, ctx, gates, weights, h_weight, h_bias)
-    impl = backends.implementation(backends.resolve(backend, q.device))
-    return impl(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
+    name = backends.resolve(backend, q.device)
+    if name != "reference":
+        reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
+        if reason is not None:
+            if (backends.get_backend() if backend is None else backend) != "auto":
+                raise ValueError(f"backend={name!r}: {reason}")
+            name = "reference"
+    if h_bias is not None:
+        h_bias = h_bias.contiguous()
+    return backends.implementation(name)(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from focalfast import backends
 from focalfast.ops.cuda import extension
 
 # Kernels that emit per-strip partial sums (the pooling level, output_bwd) give a thread a strip of up
@@ -55,8 +56,6 @@ SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
 MIN_SWEEP_BLOCKS = 264
-MAX_KERNEL_SIZE = 13
-MAX_FOCAL_LEVEL = 4
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -321,7 +320,8 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
 def _focal_modulation_op(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
                          h_bias: Optional[Tensor], normalize_modulator: bool) -> Tuple[Tensor, Tensor]:
     """``(out [B, H, W, C], pooled_mean [B, C] fp32)``; pooled_mean is saved for the backward."""
-    return _forward(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator)
+    with torch.autocast(q.device.type, enabled=False):  # the products inside keep the kernels' dtypes
+        return _forward(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator)
 
 
 @_focal_modulation_op.register_fake
@@ -335,7 +335,8 @@ def _focal_modulation_backward_op(grad_out: Tensor, q: Tensor, ctx: Tensor, gate
                                   h_weight: Tensor, h_bias: Optional[Tensor], pooled_mean: Tensor,
                                   normalize_modulator: bool) -> List[Tensor]:
     """``[grad_q, grad_ctx, grad_gates, grad_h_weight, grad_h_bias, *grad_weights]``."""
-    return _backward(grad_out, q, ctx, gates, weights, h_weight, h_bias, pooled_mean, normalize_modulator)
+    with torch.autocast(q.device.type, enabled=False):
+        return _backward(grad_out, q, ctx, gates, weights, h_weight, h_bias, pooled_mean, normalize_modulator)
 
 
 @_focal_modulation_backward_op.register_fake
@@ -369,15 +370,11 @@ def focal_modulation_cuda(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[T
     """``q * h(ctx_all)`` ``[B, H, W, C]`` on the CUDA C++ kernels; differentiable, compilable.
 
     Arguments as ``focalfast.ops.focal_modulation.focal_modulation`` (already validated there);
-    dtypes float32, float16, bfloat16; 1 to 4 levels; odd kernel sizes up to 13.
+    what the fused kernels handle (``focalfast.backends.fused_unsupported_reason``): float32,
+    float16, bfloat16; 1 to 4 levels; odd kernel sizes up to 13.
     """
-    if q.dtype not in DTYPES:
-        raise TypeError(f"q: the CUDA backend supports {', '.join(map(str, DTYPES))}, got {q.dtype}")
-    if not 1 <= len(weights) <= MAX_FOCAL_LEVEL:
-        raise ValueError(f"weights: the CUDA backend supports 1 to {MAX_FOCAL_LEVEL} focal levels, got {len(weights)}")
-    for i, w in enumerate(weights):
-        if w.shape[-1] > MAX_KERNEL_SIZE:
-            raise ValueError(f"weights[{i}]: the CUDA backend supports kernel sizes up to {MAX_KERNEL_SIZE}, "
-                             f"got {w.shape[-1]}")
+    reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
+    if reason is not None:
+        raise (TypeError if reason.startswith("q:") else ValueError)(reason)
     out, _ = _focal_modulation_op(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
     return out

@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 
 import triton
 
-MAX_LEVELS = 4
+from focalfast.backends import FUSED_MAX_LEVELS as MAX_LEVELS  # the K1..K4 kernel arguments
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,9 @@ import torch
 from torch import Tensor
 
 from focalfast import backends
+from focalfast.ops.checks import to_autocast_dtype
 from focalfast.ops.triton.focal_context_bwd import focal_context_bwd
 from focalfast.ops.triton.focal_context_fwd import focal_context_fwd
-from focalfast.ops.triton.chain_schedule import MAX_LEVELS
 from focalfast.ops.triton.modulation_gemm import modulation_gemm
 from focalfast.ops.triton.modulation_gemm_bwd import context_grad, weight_grad
 
@@ -218,19 +218,15 @@ def focal_modulation_triton(
     """``q * h(ctx_all)`` ``[B, H, W, C]`` with the fused Triton kernels (the backend contract).
 
     Arguments as in ``focalfast.ops.focal_modulation.focal_modulation_ref`` (validated by the
-    caller), with ``h_weight`` ``[C, C]`` and at most 4 focal levels. Under autocast every
-    tensor is cast to the autocast dtype first (the kernels take one dtype), so the output has
-    that dtype; fp32, fp16 and bf16 all accumulate in fp32.
+    caller), with ``h_weight`` ``[C, C]``, within what the fused kernels handle
+    (``focalfast.backends.fused_unsupported_reason``: fp32, fp16 or bf16, 1 to 4 levels, kernels
+    up to 13). Under autocast every tensor is cast to the autocast dtype first (the kernels take
+    one dtype), so the output has that dtype; all three accumulate in fp32.
     """
-    if not 1 <= len(weights) <= MAX_LEVELS:
-        raise ValueError(f"weights: the Triton backend supports 1 to {MAX_LEVELS} focal levels, "
-                         f"got {len(weights)}")
-    device_type = q.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        q, ctx, gates, h_weight = (t.to(dtype) for t in (q, ctx, gates, h_weight))
-        weights = [w.to(dtype) for w in weights]
-        h_bias = h_bias.to(dtype) if h_bias is not None else None
+    reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
+    if reason is not None:
+        raise (TypeError if reason.startswith("q:") else ValueError)(reason)
+    q, ctx, gates, weights, h_weight, h_bias = to_autocast_dtype(q, ctx, gates, weights, h_weight, h_bias)
     h_weight = h_weight.reshape(h_weight.shape[0], -1)
     out, _, _ = focal_modulation_op(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
     return out
