@@ -323,6 +323,19 @@ void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const Ten
   conv_level_fwd(p, c.stream(stream));
 }
 
+// The arguments of the modulator epilogue, shared by output_fwd and output_bwd.
+ModulatorArgs check_modulator_args(Checks& c, const Geometry& geo, DType dtype, const TensorArg& linear,
+                                   const OptionalTensor& bias, const TensorArg& gates, const TensorArg& global_term,
+                                   float scale) {
+  ModulatorArgs m;
+  m.linear = c.view(linear, "linear", dtype, pixel_shape(geo), true, geo.C);
+  m.bias = c.optional_view(bias, "bias", DType::kFloat32, {geo.C}, true, geo.C);
+  m.gates = c.gates(gates, geo, dtype);
+  m.global_term = c.view(global_term, "global_term", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
+  m.scale = scale;
+  return m;
+}
+
 void output_fwd_py(const TensorArg& q, const TensorArg& linear, const OptionalTensor& bias, const TensorArg& gates,
                    const TensorArg& global_term, float scale, const TensorArg& out, uintptr_t stream) {
   Checks c("output_fwd");
@@ -331,11 +344,7 @@ void output_fwd_py(const TensorArg& q, const TensorArg& linear, const OptionalTe
   const Geometry& geo = p.geo;
   p.dtype = q.dtype;
   p.q = c.view(q, "q", p.dtype, pixel_shape(geo), false, geo.C);
-  p.linear = c.view(linear, "linear", p.dtype, pixel_shape(geo), true, geo.C);
-  p.bias = c.optional_view(bias, "bias", DType::kFloat32, {geo.C}, true, geo.C);
-  p.gates = c.gates(gates, geo, p.dtype);
-  p.global_term = c.view(global_term, "global_term", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
-  p.scale = scale;
+  p.mod = check_modulator_args(c, geo, p.dtype, linear, bias, gates, global_term, scale);
   p.out = c.view(out, "out", p.dtype, pixel_shape(geo), true, geo.C);
   output_fwd(p, c.stream(stream));
 }
@@ -374,11 +383,7 @@ void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorAr
   p.dtype = q.dtype;
   p.grad_out = c.view(grad_out, "grad_out", p.dtype, pixel_shape(geo), false, geo.C);
   p.q = c.view(q, "q", p.dtype, pixel_shape(geo), false, geo.C);
-  p.linear = c.view(linear, "linear", p.dtype, pixel_shape(geo), true, geo.C);
-  p.bias = c.optional_view(bias, "bias", DType::kFloat32, {geo.C}, true, geo.C);
-  p.gates = c.gates(gates, geo, p.dtype);
-  p.global_term = c.view(global_term, "global_term", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
-  p.scale = scale;
+  p.mod = check_modulator_args(c, geo, p.dtype, linear, bias, gates, global_term, scale);
   p.grad_q = c.view(grad_q, "grad_q", p.dtype, pixel_shape(geo), true, geo.C);
   p.grad_modulator = c.view(grad_modulator, "grad_modulator", p.dtype, pixel_shape(geo), true, geo.C);
   c.positive(pixels_per_strip, "pixels_per_strip");

@@ -76,15 +76,22 @@ struct ConvLevelFwdParams {
   int strip;          // pixels per thread
 };
 
-// out = q * (linear + bias + scale * gates_L * global_term), linear = ctx_local W^T.
+// What makes the modulator h(ctx_all) = linear + bias + scale * gates_L * global_term,
+// with linear = ctx_local W^T (cuBLAS) and global_term = G W^T.
+struct ModulatorArgs {
+  View linear;       // T [B, H, W, C]
+  View bias;         // fp32 [C] or absent
+  View global_term;  // fp32 [B, C]
+  GateView gates;
+  float scale;
+};
+
+// out = q * modulator.
 struct OutputFwdParams {
   Geometry geo;
   DType dtype;
-  View q, linear;    // T [B, H, W, C]
-  View bias;         // fp32 [C] or absent
-  View global_term;  // fp32 [B, C]: G W^T
-  GateView gates;
-  float scale;
+  View q;  // T [B, H, W, C]
+  ModulatorArgs mod;
   View out;  // T [B, H, W, C]
 };
 
@@ -93,11 +100,8 @@ struct OutputFwdParams {
 struct OutputBwdParams {
   Geometry geo;
   DType dtype;
-  View grad_out, q, linear;  // T [B, H, W, C]
-  View bias;                 // fp32 [C] or absent
-  View global_term;          // fp32 [B, C]
-  GateView gates;
-  float scale;
+  View grad_out, q;  // T [B, H, W, C]
+  ModulatorArgs mod;
   View grad_q, grad_modulator;  // T [B, H, W, C]
   View partial;                 // fp32 [B, strips, 2, C]
   int strip;

@@ -250,19 +250,20 @@ struct OutputBwd {
     const Geometry& geo = p.geo;
     const StripTask task = strip_task(t, geo, p.strip);
     const int b = task.b, c0 = task.c0, n = task.n;
-    const Group bias = p.bias.ptr ? load_at<float>(p.bias, 0, 0, 0, c0, n) : Group{};
-    const Group global_term = load_at<float>(p.global_term, b, 0, 0, c0, n);
+    const ModulatorArgs& m = p.mod;
+    const Group bias = m.bias.ptr ? load_at<float>(m.bias, 0, 0, 0, c0, n) : Group{};
+    const Group global_term = load_at<float>(m.global_term, b, 0, 0, c0, n);
     Group sum = {}, gated_sum = {};
     for (int64_t pixel = task.begin; pixel < task.end; ++pixel) {
       const int y = int(pixel / geo.W), x = int(pixel % geo.W);
       const Group grad_out = load_at<T>(p.grad_out, b, y, x, c0, n);
       const Group q = load_at<T>(p.q, b, y, x, c0, n);
-      const Group linear = load_at<T>(p.linear, b, y, x, c0, n);
-      const float global_gate = load_gate<T>(p.gates, b, y, x, p.gates.L);
+      const Group linear = load_at<T>(m.linear, b, y, x, c0, n);
+      const float global_gate = load_gate<T>(m.gates, b, y, x, m.gates.L);
       Group grad_q, grad_modulator;
 FF_UNROLL
       for (int e = 0; e < kGroup; ++e) {
-        const float modulator = linear.v[e] + bias.v[e] + p.scale * global_gate * global_term.v[e];
+        const float modulator = linear.v[e] + bias.v[e] + m.scale * global_gate * global_term.v[e];
         grad_q.v[e] = grad_out.v[e] * modulator;
         grad_modulator.v[e] = grad_out.v[e] * q.v[e];
         sum.v[e] += grad_modulator.v[e];

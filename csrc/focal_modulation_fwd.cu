@@ -165,10 +165,11 @@ struct OutputFwd {
     const PixelTask task = pixel_task(t, p.geo);
     const int b = task.b, y = task.y, x = task.x, c0 = task.c0, n = task.n;
     const Group q = load_at<T>(p.q, b, y, x, c0, n);
-    const Group linear = load_at<T>(p.linear, b, y, x, c0, n);
-    const Group bias = p.bias.ptr ? load_at<float>(p.bias, 0, 0, 0, c0, n) : Group{};
-    const Group global_term = load_at<float>(p.global_term, b, 0, 0, c0, n);
-    const float global_gate = p.scale * load_gate<T>(p.gates, b, y, x, p.gates.L);
+    const ModulatorArgs& m = p.mod;
+    const Group linear = load_at<T>(m.linear, b, y, x, c0, n);
+    const Group bias = m.bias.ptr ? load_at<float>(m.bias, 0, 0, 0, c0, n) : Group{};
+    const Group global_term = load_at<float>(m.global_term, b, 0, 0, c0, n);
+    const float global_gate = m.scale * load_gate<T>(m.gates, b, y, x, m.gates.L);
     Group out;
 FF_UNROLL
     for (int e = 0; e < kGroup; ++e) {
