@@ -56,6 +56,11 @@ def _validate(name: str) -> str:
     return name
 
 
+def requested(name: Optional[str]) -> str:
+    """The backend asked for: ``name``, or the process-wide default where it is None."""
+    return _validate(_default if name is None else name)
+
+
 def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -106,7 +111,7 @@ def available_backends(device: Union[str, torch.device, None] = None) -> list:
 
 def resolve(name: Optional[str], device: Union[str, torch.device]) -> str:
     """Turn ``name`` (or the default, or ``"auto"``) into a concrete backend for ``device``."""
-    name = _validate(_default if name is None else name)
+    name = requested(name)
     device = torch.device(device)
     if name == "auto":
         if device.type != "cuda":

@@ -59,7 +59,7 @@ def _implementation(backend: Optional[str], x: Tensor) -> Callable:
 
     There is no CUDA C++ kernel for this op: asking for ``"cuda"`` by name raises.
     """
-    if (backends.get_backend() if backend is None else backend) == "cuda":
+    if backends.requested(backend) == "cuda":
         raise BackendUnavailableError("backend='cuda' is not available for dwconv_layernorm: there is no "
                                       "CUDA C++ kernel for it; use 'triton', 'reference' or 'auto'")
     if backends.resolve(backend, x.device) == "triton":

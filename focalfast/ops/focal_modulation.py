@@ -143,7 +143,7 @@ def focal_modulation(
     if name != "reference":
         reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
         if reason is not None:
-            if (backends.get_backend() if backend is None else backend) != "auto":
+            if backends.requested(backend) != "auto":
                 raise ValueError(f"backend={name!r}: {reason}")
             name = "reference"
     if h_bias is not None:
