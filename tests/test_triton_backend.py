@@ -116,16 +116,53 @@ SMALL_TILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,tile", SMALL_TILE_CASES)
-def test_fp32_small_tiles_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, tile):
+def _force_schedule(monkeypatch, **overrides):
+    """Make both chain kernels use ``chain_schedule(..., **overrides)`` (tile, band_rows)."""
     import functools
 
     from focalfast.ops.triton import chain_schedule, focal_context_bwd, focal_context_fwd
 
-    small = functools.partial(chain_schedule.chain_schedule, tile=tile)
-    monkeypatch.setattr(focal_context_fwd, "chain_schedule", small)
-    monkeypatch.setattr(focal_context_bwd, "chain_schedule", small)
+    forced = functools.partial(chain_schedule.chain_schedule, **overrides)
+    monkeypatch.setattr(focal_context_fwd, "chain_schedule", forced)
+    monkeypatch.setattr(focal_context_bwd, "chain_schedule", forced)
+
+
+@pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,tile", SMALL_TILE_CASES)
+def test_fp32_small_tiles_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, tile):
+    _force_schedule(monkeypatch, tile=tile)
     _check_against_reference(B, H, W, C, kernel_sizes, normalize, bias, torch.float32, 1e-5, 1e-4)
+
+
+# Bands (what the GPU schedule does at small batch and high resolution): halos shorter and longer
+# than a band, a ragged last band, one-row bands, with whole-image and small tiles.
+BAND_CASES = [
+    (1, 9, 5, 12, (3, 5, 7), True, True, 2, None),
+    (2, 7, 4, 20, (3, 5), False, True, 3, (2, 4, 16)),
+    (1, 6, 6, 9, (5,), True, False, 1, None),
+    (1, 8, 3, 8, (3, 5, 7, 9), False, True, 4, (2, 4, 8)),
+    (1, 5, 4, 10, (3, 3), True, True, 2, (1, 4, 8)),
+]
+
+
+@pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,band_rows,tile", BAND_CASES)
+def test_fp32_bands_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, band_rows, tile):
+    _force_schedule(monkeypatch, band_rows=band_rows, tile=tile)
+    _check_against_reference(B, H, W, C, kernel_sizes, normalize, bias, torch.float32, 1e-5, 1e-4)
+
+
+def test_bands_only_when_the_gpu_would_idle():
+    """Whole-image sweeps when they fill the GPU, bands of at least 4 lags when they do not."""
+    from focalfast.ops.triton.chain_schedule import chain_schedule
+
+    def bands(H, batch, backward=False):
+        return chain_schedule(H, H, 96, (3, 5, 7), backward, interpret=False, batch=batch, sm_count=132).bands
+
+    assert bands(56, 128) == 1 and bands(56, 128, backward=True) == 1  # FocalNet-T 224, B = 128: 384 programs
+    assert chain_schedule(256, 256, 96, (3, 5, 7), False, interpret=True, batch=1, sm_count=132).bands == 1
+    # 1024 px, B = 8: 24 programs; bands of 24 rows forward (lag 5), 44 backward (lag 11)
+    assert bands(256, 8) == 11 and bands(256, 8, backward=True) == 6
+    assert bands(128, 32) == 3 and bands(128, 32, backward=True) == 3  # 512 px, B = 32
+    assert bands(7, 1) == 1  # too short to pay for a halo
 
 
 @settings(max_examples=10, deadline=None, derandomize=True, database=None)
@@ -352,8 +389,12 @@ def build(self, *args, grid, warmup, **kwargs):
     print("built", self.fn.__name__)
 
 JITFunction.run = build
-CASES = [(2, 56, 56, 96, (3, 5, 7), torch.bfloat16), (2, 9, 70, 40, (13,), torch.float32)]
-for B, H, W, C, ks, dtype in CASES:
+import focalfast.ops.triton.focal_context_bwd as bwd, focalfast.ops.triton.focal_context_fwd as fwd
+# (B, H, W, C, kernel sizes, dtype, multiprocessors): the last one is cut into bands.
+CASES = [(2, 56, 56, 96, (3, 5, 7), torch.bfloat16, None), (2, 9, 70, 40, (13,), torch.float32, None),
+         (1, 128, 128, 96, (3, 5), torch.float16, 132)]
+for B, H, W, C, ks, dtype, sms in CASES:
+    fwd.sm_count = bwd.sm_count = lambda device: sms
     inp = random_focal_inputs(B, H, W, C, ks, dtype=dtype, device="meta")
     out, mean, glob = focal_modulation_forward(**inp, normalize_modulator=True)
     focal_modulation_backward(torch.empty_like(out), **inp, mean=mean, glob=glob, normalize_modulator=True)
@@ -380,7 +421,7 @@ def test_kernels_build_for_sm90():
     run = subprocess.run([sys.executable, "-c", _SM90_BUILD], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0 and "ALL-BUILT" in run.stdout, run.stdout + run.stderr[-4000:]
-    assert run.stdout.count("built ") == 2 * 6, run.stdout
+    assert run.stdout.count("built ") == 3 * 6, run.stdout
 
 
 # ---------------------------------------------------------------------------------------------- GPU
@@ -403,6 +444,19 @@ def test_gpu_focalnet_t_stages(H, W, C, kernel_sizes, dtype):
 def test_gpu_stage1_batch128_bf16(normalize):
     _check_against_reference(128, 56, 56, 96, (3, 5), normalize, True, torch.bfloat16, 1e-2, 1e-2,
                              device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,H,C,dtype", [(1, 128, 96, torch.float32), (2, 256, 96, torch.bfloat16)], ids=str)
+def test_gpu_high_resolution_small_batch(B, H, C, dtype):
+    """Stage 1 at 512 and 1024 px with one or two images: the sweeps are cut into bands."""
+    from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
+
+    sched = chain_schedule(H, H, C, (3, 5, 7), True, interpret=False, batch=B,
+                           sm_count=sm_count(torch.device("cuda")))
+    assert sched.bands > 1
+    out_tol, grad_tol = GPU_TOL[dtype]
+    _check_against_reference(B, H, H, C, (3, 5, 7), True, True, dtype, out_tol, grad_tol, device="cuda")
 
 
 ODD_SHAPES = [(9, 13, 40, (5, 7, 9, 11)), (1, 1, 24, (3,)), (3, 70, 20, (13,)), (130, 3, 8, (3, 5))]

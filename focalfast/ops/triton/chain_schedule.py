@@ -1,7 +1,7 @@
 """Row-streaming schedule of the focal level chain: lags, ring sizes and tile sizes.
 
-One program of ``focal_context_fwd`` / ``focal_context_bwd`` owns one (image, channel block) and
-sweeps the image top to bottom in steps of R rows. Level l (kernel K_l, P_l = K_l // 2) cannot
+One program of ``focal_context_fwd`` / ``focal_context_bwd`` owns one (image, channel block, band of
+rows) and sweeps its band top to bottom in steps of R rows. Level l (kernel K_l, P_l = K_l // 2) cannot
 produce row y before level l - 1 has produced row y + P_l, so each stage runs a fixed number of
 rows behind the one it reads, its *lag*. With z_0 = ctx read straight from memory:
 
@@ -19,13 +19,25 @@ cache-resident scratch owned by the program); the ring sizes below are the exact
 
 Rows outside the image are stored as zero rows and every ring row carries P_max zero columns on
 both sides, so the kernels read rings without masks: that is the zero padding of every level.
+
+Bands. A sweep over the whole image gives B * cdiv(C, BC) programs: too few to fill a GPU at
+small batch and high resolution (B = 8 at 1024 x 1024 gives 24 programs for FocalNet stage 1).
+The image is then cut into bands of ``band_rows`` rows, one program each. A band [y0, y1) starts
+its sweep ``lag`` rows early (``top = max(0, y0 - lag)``, lag = D_L forward, B_0 backward): a stage
+whose inputs above ``top`` are missing (read as zero rows) is wrong only in its first rows, and
+by induction over the stages everything the band writes (rows y0..y1-1 of ctx_local, dctx,
+dgates; its share of the pool and of the weight gradients) is exact. The halo costs ``lag``
+rows of recompute per band, so bands are at least 4 * lag rows high and only used when the
+programs would not fill the GPU twice over.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import torch
 import triton
 
 from focalfast.backends import FUSED_MAX_LEVELS as MAX_LEVELS  # the K1..K4 kernel arguments
@@ -46,7 +58,8 @@ class ChainSchedule:
     row_bias: int  # added to a row index before taking it modulo a ring size (keeps it >= 0)
     pad: int  # zero columns on each side of a ring row
     ring_width: int  # columns of a ring row: pad + ceil(W / WT) * WT + pad
-    n_steps: int
+    band_rows: int  # image rows per program (H: one band)
+    bands: int  # cdiv(H, band_rows)
     num_warps: int
 
     def scratch_rows(self, backward: bool) -> int:
@@ -61,6 +74,18 @@ class ChainSchedule:
         return sum(k * k for k in self.kernel_sizes[: self.levels])
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> Optional[int]:
+    """Multiprocessors of a CUDA device (None for other devices: no bands)."""
+    if device.type != "cuda":
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _lags(kernel_sizes):
     """Forward lags D_1..D_L and backward lags B_0..B_L (see the module docstring)."""
     P = [k // 2 for k in kernel_sizes]
@@ -70,14 +95,29 @@ def _lags(kernel_sizes):
     return P, fwd, bwd
 
 
+def _band_rows(H: int, lag: int, R: int, programs: int, sm_count: Optional[int]) -> int:
+    """Rows per band: the whole image unless ``programs`` whole-image sweeps leave the
+    ``sm_count`` multiprocessors less than two programs each (see the module docstring)."""
+    if sm_count is None:
+        return H
+    wanted = triton.cdiv(2 * sm_count, programs)
+    if wanted <= 1:
+        return H
+    return min(H, max(4 * lag, R, triton.cdiv(H, wanted)))
+
+
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
-                   tile: Optional[Tuple[int, int, int]] = None) -> ChainSchedule:
+                   batch: int = 1, sm_count: Optional[int] = None,
+                   tile: Optional[Tuple[int, int, int]] = None,
+                   band_rows: Optional[int] = None) -> ChainSchedule:
     """The schedule of the forward (``backward=False``) or backward chain kernel.
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    tile holds about 2K values (R rows x WT columns x BC channels). ``tile = (R, WT, BC)``
-    (powers of two) overrides both, e.g. for tests of the multi-step, multi-tile paths.
+    tile holds about 2K values (R rows x WT columns x BC channels), and images are cut into
+    bands when ``batch`` images give too few programs for the GPU's ``sm_count``
+    multiprocessors. ``tile = (R, WT, BC)`` (powers of two) and ``band_rows`` override this,
+    e.g. for tests of the multi-step, multi-tile and banded paths.
     """
     ks = tuple(int(k) for k in kernel_sizes)
     L = len(ks)
@@ -106,6 +146,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
             ring_z = max(R + max(2 * P[l], fwd[-1] - fwd[l - 1]) for l in range(1, L))
     ring_d = R + 2 * max(P)
     pad = max(P)
+    if band_rows is None:
+        band_rows = _band_rows(H, lag, R, batch * triton.cdiv(C, BC), None if interpret else sm_count)
     return ChainSchedule(
         kernel_sizes=ks + (1,) * (MAX_LEVELS - L),
         levels=L,
@@ -118,6 +160,7 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         row_bias=bwd[0] + pad + R,
         pad=pad,
         ring_width=2 * pad + triton.cdiv(W, WT) * WT,
-        n_steps=triton.cdiv(H + lag, R),
+        band_rows=band_rows,
+        bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
     )

@@ -11,14 +11,15 @@ The global term ``gates[L] * glob`` is left to the ``h`` GEMM (``modulation_gemm
 (``chain_schedule``): z_1 is computed from ctx read in place, z_1..z_{L-1} pass through
 per-program ring buffers of a few rows each (cache-resident scratch), z_L is consumed in
 registers: no level exists as a tensor in memory. The pool is a sequential sum inside one
-program (deterministic, no atomics).
+program (deterministic, no atomics). When the image is cut into bands (``chain_schedule``) each
+band leaves its share of the mean, summed afterwards in band order.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from focalfast.ops.triton.chain_schedule import chain_schedule
+from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
 from focalfast.ops.triton.depthwise_conv import dwconv_tile, ring_row_offsets, zero_fill
 from focalfast.ops.triton.gelu import gelu
 
@@ -26,14 +27,15 @@ from focalfast.ops.triton.gelu import gelu
 @triton.jit
 def _forward_level(
     s, l: tl.constexpr, pool, ctx_src, rings, ring_size, ring_row, gate_img, out_img, w_l, chans,
-    H, W, C, ctx_stride, gates_stride,
+    top, y0, y1, H, W, C, ctx_stride, gates_stride,
     L: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, K4: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING_Z: tl.constexpr, ROW_BIAS: tl.constexpr,
 ):
-    """Step ``s`` of level ``l``: z_l of its R rows into ring l, or (l = L) ctx_local and the pool."""
+    """Step ``s`` of level ``l``: z_l of its R rows into ring l, or (l = L) ctx_local and the pool
+    of the band's own rows ``[y0, y1)``; the sweep starts at row ``top``."""
     K: tl.constexpr = K1 if l == 1 else (K2 if l == 2 else (K3 if l == 3 else K4))
     LAG: tl.constexpr = (K2 // 2) * (l >= 2) + (K3 // 2) * (l >= 3) + (K4 // 2) * (l >= 4)  # D_l
-    rows = s * R - LAG + tl.arange(0, R)[:, None, None]
+    rows = top + s * R - LAG + tl.arange(0, R)[:, None, None]
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         inside = (rows >= 0) & (rows < H) & (cols < W)
@@ -51,28 +53,42 @@ def _forward_level(
             # ctx_local = sum_j gates[j - 1] * z_j; z_1..z_{L-1} of these rows are still in their rings.
             pix = rows * W + cols
             gate = gate_img + pix * gates_stride
-            acc = z * tl.load(gate + (L - 1), mask=inside, other=0.0).to(tl.float32)
+            own = inside & (rows >= y0) & (rows < y1)
+            acc = z * tl.load(gate + (L - 1), mask=own, other=0.0).to(tl.float32)
             for j in tl.static_range(1, L):
                 z_j = tl.load(rings + (j - 1) * ring_size + ring_at).to(tl.float32)
-                acc += z_j * tl.load(gate + (j - 1), mask=inside, other=0.0).to(tl.float32)
-            tl.store(out_img + pix * C, acc.to(out_img.dtype.element_ty), mask=inside & (chans < C))
-            pool += tl.sum(tl.sum(z, axis=1, keep_dims=True), axis=0, keep_dims=True)
+                acc += z_j * tl.load(gate + (j - 1), mask=own, other=0.0).to(tl.float32)
+            tl.store(out_img + pix * C, acc.to(out_img.dtype.element_ty), mask=own & (chans < C))
+            z_own = tl.where(own, z, 0.0)
+            pool += tl.sum(tl.sum(z_own, axis=1, keep_dims=True), axis=0, keep_dims=True)
     return pool
 
 
 @triton.jit
 def focal_context_fwd_kernel(
     ctx, gates, w1, w2, w3, w4,  # inputs: ctx [B,H,W,C] and gates [B,H,W,L+1] (pixel strides below)
-    ctx_local, mean, glob, scratch,  # outputs [B,H,W,C], [B,C], [B,C]; ring scratch
-    H, W, C, ctx_stride, gates_stride, n_steps, ring_width,
+    ctx_local, mean, glob, scratch,  # outputs [B,H,W,C], [B,bands,C], [B,C]; ring scratch
+    H, W, C, ctx_stride, gates_stride, band_rows, ring_width,
     L: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, K4: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr,
-    RING_Z: tl.constexpr, ROW_BIAS: tl.constexpr, PAD: tl.constexpr,
+    RING_Z: tl.constexpr, ROW_BIAS: tl.constexpr, PAD: tl.constexpr, ONE_BAND: tl.constexpr,
 ):
-    """One program per (channel block, image); grid ``(cdiv(C, BC), B)``."""
+    """One program per (channel block, image, band); grid ``(cdiv(C, BC), B, bands)``.
+
+    ``mean[b, band]`` gets the band's share of the mean of z_L; with one band (``ONE_BAND``)
+    that is the mean, and ``glob`` = GELU(mean) is written too.
+    """
     cb = tl.program_id(0)
     b = tl.program_id(1)
+    band = tl.program_id(2)
+    n_bands = tl.num_programs(2)
     HW = H * W
+    # The band's own rows [y0, y1); the sweep starts D_L rows above them (the halo).
+    LAG: tl.constexpr = K2 // 2 + K3 // 2 + K4 // 2
+    y0 = band * band_rows
+    y1 = tl.minimum(y0 + band_rows, H)
+    top = tl.maximum(y0 - LAG, 0)
+    n_steps = tl.cdiv(y1 - top + LAG, R)
     cc = tl.arange(0, BC)[None, None, :]
     chans = cb * BC + cc
     img = b.to(tl.int64) * HW  # first pixel of this image
@@ -83,7 +99,7 @@ def focal_context_fwd_kernel(
     # Rings z_1..z_{L-1}: RING_Z rows each of ring_width columns x BC channels, zeroed first.
     ring_row = ring_width * BC
     ring_size = RING_Z * ring_row
-    prog = (b * tl.num_programs(0) + cb).to(tl.int64)
+    prog = ((b * n_bands + band) * tl.num_programs(0) + cb).to(tl.int64)
     scratch_prog = scratch + prog * ((L - 1) * ring_size)
     zero_fill(scratch_prog, (L - 1) * ring_size, R * WT * BC)
     tl.debug_barrier()
@@ -95,13 +111,14 @@ def focal_context_fwd_kernel(
             pool = _forward_level(
                 s, l, pool, ctx_src, rings, ring_size, ring_row, gate_img, out_img,
                 w1 if l == 1 else (w2 if l == 2 else (w3 if l == 3 else w4)), chans,
-                H, W, C, ctx_stride, gates_stride, L, K1, K2, K3, K4, R, WT, BC, RING_Z, ROW_BIAS,
+                top, y0, y1, H, W, C, ctx_stride, gates_stride, L, K1, K2, K3, K4, R, WT, BC, RING_Z, ROW_BIAS,
             )
             tl.debug_barrier()  # level l's rows are visible to level l + 1 (and to the next step)
 
     m = pool / HW
-    tl.store(mean + b * C + chans, m, mask=chans < C)
-    tl.store(glob + b * C + chans, gelu(m), mask=chans < C)
+    tl.store(mean + (b * n_bands + band) * C + chans, m, mask=chans < C)
+    if ONE_BAND:
+        tl.store(glob + b * C + chans, gelu(m), mask=chans < C)
 
 
 def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: bool):
@@ -112,21 +129,26 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
     """
     B, H, W, C = ctx.shape
     L = len(weights)
-    sched = chain_schedule(H, W, C, [w.shape[-1] for w in weights], backward=False, interpret=interpret)
+    sched = chain_schedule(H, W, C, [w.shape[-1] for w in weights], backward=False, interpret=interpret,
+                           batch=B, sm_count=sm_count(ctx.device))
     n_cb = triton.cdiv(C, sched.channel_block)
+    bands = sched.bands
     ctx_local = torch.empty((B, H, W, C), device=ctx.device, dtype=ctx.dtype)
-    mean = torch.empty((B, C), device=ctx.device, dtype=torch.float32)
-    glob = torch.empty_like(mean)
+    mean = torch.empty((B, bands, C), device=ctx.device, dtype=torch.float32)
+    glob = torch.empty((B, C), device=ctx.device, dtype=torch.float32)
     scratch = torch.empty(
-        max(1, B * n_cb * sched.scratch_rows(False) * sched.ring_width * sched.channel_block),
+        max(1, B * n_cb * bands * sched.scratch_rows(False) * sched.ring_width * sched.channel_block),
         device=ctx.device, dtype=ctx.dtype,
     )
     w = list(weights) + [weights[0]] * (4 - L)
-    focal_context_fwd_kernel[(n_cb, B)](
+    focal_context_fwd_kernel[(n_cb, B, bands)](
         ctx, gates, *w, ctx_local, mean, glob, scratch,
-        H, W, C, ctx_stride, gates_stride, sched.n_steps, sched.ring_width,
+        H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width,
         L, *sched.kernel_sizes, sched.rows_per_step, sched.tile_width, sched.channel_block,
-        sched.ring_z, sched.row_bias, sched.pad,
+        sched.ring_z, sched.row_bias, sched.pad, bands == 1,
         num_warps=sched.num_warps, num_stages=1,
     )
-    return ctx_local, mean, glob
+    if bands == 1:
+        return ctx_local, mean.view(B, C), glob
+    mean = mean.sum(1)  # the bands' shares, in band order
+    return ctx_local, mean, torch.nn.functional.gelu(mean)
