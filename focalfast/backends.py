@@ -62,7 +62,8 @@ def requested(name: Optional[str]) -> str:
 
 
 def triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether ``TRITON_INTERPRET`` is on, with the values Triton itself accepts."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
 def unavailable_reason(name: str, device: Union[str, torch.device, None] = None) -> Optional[str]:

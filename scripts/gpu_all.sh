@@ -13,8 +13,8 @@
 # Files in $OUT (flat, 7 of the 8 allowed):
 #   results.md             device, versions, commit, date, stages, the bench table, test and sanitizer summaries
 #   gpu_all.log            environment, build, bench and pytest-benchmark output
-#   tests.log              python -m pytest on the kernel and training test files (on a GPU their
-#                          tests run on CUDA tensors; CI runs everything else on CPU)
+#   tests.log              python -m pytest on the kernel and training test files (their tests run on
+#                          CUDA tensors there) and the timm parity tests (timm imports only there)
 #   sanitizer.log          compute-sanitizer memcheck and racecheck of python -m focalfast.ops.cuda.sanitize
 #   bench.json, bench.png  focalfast bench --suite full (cut by its time budget)
 #   pytest_benchmark.json  pytest benchmarks (quick scope, no torch.compile), if time is left
@@ -88,7 +88,8 @@ print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'
 
 # 3. GPU tests
 if [ -n "${GPU_ALL_TESTS:-}" ]; then read -r -a TEST_ARGS <<<"$GPU_ALL_TESTS"; else TEST_ARGS=(tests/test_triton_backend.py tests/test_cuda_backend.py
-    tests/test_dwconv_layernorm_triton.py tests/test_train.py tests/test_module.py); fi
+    tests/test_dwconv_layernorm_triton.py tests/test_train.py tests/test_module.py
+    tests/test_models.py::test_timm_parity_and_patch tests/test_patch.py::test_patch_timm_model); fi
 stage tests 180 190 "$OUT/tests.log" \
     $PY -m pytest "${TEST_ARGS[@]}" -q --maxfail=10 -rfEs --durations=15 -p no:cacheprovider
 

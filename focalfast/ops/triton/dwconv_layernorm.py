@@ -36,8 +36,6 @@ are ``focalfast.ops.triton.depthwise_conv``'s helpers (shared with the focal-mod
 kernels). Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Tuple
 

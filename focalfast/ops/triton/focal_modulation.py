@@ -45,8 +45,6 @@ Runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` (the same k
 Triton's interpreter; small shapes only).
 """
 
-from __future__ import annotations
-
 import contextlib
 from typing import List, Optional, Tuple
 
