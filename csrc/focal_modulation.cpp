@@ -228,6 +228,12 @@ int sweep_chunk(const Checks& c, int chunk) {
   return chunk;
 }
 
+// Rows per band of a sweep (1 .. H); returns the number of bands.
+int64_t sweep_bands(const Checks& c, int band_rows, const Geometry& geo) {
+  if (band_rows < 1) c.fail_value("band_rows", "expected a positive number of rows, got " + std::to_string(band_rows));
+  return (geo.H + band_rows - 1) / band_rows;
+}
+
 int64_t sweep_smem_bytes_py(const std::vector<int>& kernel_sizes, int W, int chunk, bool backward) {
   const Checks c("sweep_smem_bytes");
   const SweepLevels levels = sweep_levels(c, kernel_sizes, int(kernel_sizes.size()));
@@ -237,7 +243,7 @@ int64_t sweep_smem_bytes_py(const std::vector<int>& kernel_sizes, int W, int chu
 }
 
 void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::vector<int>& kernel_sizes,
-                    const TensorArg& gates, float scale, int chunk, const TensorArg& ctx_local,
+                    const TensorArg& gates, float scale, int chunk, int band_rows, const TensorArg& ctx_local,
                     const OptionalTensor& pooled_sum, uintptr_t stream) {
   Checks c("context_fwd");
   ContextFwdParams p;
@@ -251,12 +257,14 @@ void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.scale = scale;
   p.chunk = sweep_chunk(c, chunk);
   p.ctx_local = c.view(ctx_local, "ctx_local", p.dtype, pixel_shape(geo), true, geo.C);
-  p.pooled_sum = c.optional_view(pooled_sum, "pooled_sum", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
+  p.band_rows = band_rows;
+  const int64_t bands = sweep_bands(c, band_rows, geo);
+  p.pooled_sum = c.optional_view(pooled_sum, "pooled_sum", DType::kFloat32, {geo.B * bands, geo.C}, true, geo.C);
   context_fwd(p, c.stream(stream));
 }
 
 void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::vector<int>& kernel_sizes,
-                    const TensorArg& gates, float scale, int chunk, const TensorArg& grad_ctx_all,
+                    const TensorArg& gates, float scale, int chunk, int band_rows, const TensorArg& grad_ctx_all,
                     const TensorArg& grad_mean, const TensorArg& pooled, const TensorArg& grad_ctx,
                     const TensorArg& weight_partial, const TensorArg& gate_partial, uintptr_t stream) {
   Checks c("context_bwd");
@@ -275,7 +283,10 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.grad_mean = c.view(grad_mean, "grad_mean", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
   p.pooled = c.view(pooled, "pooled", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
   p.grad_ctx = c.view(grad_ctx, "grad_ctx", p.dtype, pixel_shape(geo), true, geo.C);
-  p.weight_partial = c.view(weight_partial, "weight_partial", DType::kFloat32, {geo.B, taps, geo.C}, true, geo.C);
+  p.band_rows = band_rows;
+  const int64_t bands = sweep_bands(c, band_rows, geo);
+  p.weight_partial =
+      c.view(weight_partial, "weight_partial", DType::kFloat32, {geo.B * bands, taps, geo.C}, true, geo.C);
   const int64_t chunks = (geo.C + p.chunk - 1) / p.chunk;
   c.device(gate_partial, "gate_partial");
   c.dtype(gate_partial, "gate_partial", DType::kFloat32);
@@ -489,9 +500,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("sweep_smem_bytes", &sweep_smem_bytes_py, "kernel_sizes"_a, "W"_a, "chunk"_a, "backward"_a,
         "Shared memory of one block of context_fwd (backward=False) or context_bwd, in bytes.");
   m.def("context_fwd", &context_fwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
-        "ctx_local"_a, "pooled_sum"_a, "stream"_a);
+        "band_rows"_a, "ctx_local"_a, "pooled_sum"_a, "stream"_a);
   m.def("context_bwd", &context_bwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
-        "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "grad_ctx"_a, "weight_partial"_a, "gate_partial"_a, "stream"_a);
+        "band_rows"_a, "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "grad_ctx"_a, "weight_partial"_a,
+        "gate_partial"_a, "stream"_a);
   m.def("conv_level_fwd", &conv_level_fwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a, "acc_in"_a,
         "acc_out"_a, "z_out"_a, "ctx_out"_a, "pool_partial"_a, "pixels_per_strip"_a, "stream"_a);
   m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "bias"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,

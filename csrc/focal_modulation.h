@@ -182,27 +182,32 @@ struct SweepLevels {
   FF_HD int taps() const { return taps_before(L); }
 };
 
-// The fused forward of the context part, one block per (image, chunk of channels), rows top to bottom:
-//   ctx_local = scale * sum_l gates_l * z_{l+1}   (T [B, H, W, C])
-//   pooled_sum[b, c] = sum_p z_L[b, p, c]         (fp32 [B, C], optional)
-// The levels live in shared-memory rings only; nothing per level touches global memory.
+// The fused forward of the context part, one block per (image, band of rows, chunk of channels), rows top
+// to bottom:
+//   ctx_local = scale * sum_l gates_l * z_{l+1}          (T [B, H, W, C])
+//   pooled_sum[b * bands + band, c] = sum_p z_L[b, p, c]  (fp32 [B * bands, C], optional; p in the band)
+// The levels live in shared-memory rings only; nothing per level touches global memory. With bands
+// (band_rows < H: images too few to fill the GPU) a block starts its sweep a halo of rows above its band
+// and recomputes it (see SweepBand in focal_modulation_sweep.cuh).
 struct ContextFwdParams {
   Geometry geo;
   DType dtype;
   SweepLevels levels;
   int chunk;       // channels per block, a multiple of kGroup
+  int band_rows;   // image rows per block (H: whole images)
   View ctx;        // T [B, H, W, C]
   View weights;    // fp32 [sum_l k_l^2, C], tap-major, the levels concatenated
   GateView gates;
   float scale;
   View ctx_local;   // T [B, H, W, C]
-  View pooled_sum;  // fp32 [B, C] or absent
+  View pooled_sum;  // fp32 [B * bands, C] or absent
 };
 
-// The fused backward of the context part, one block per (image, chunk), rows bottom to top. It recomputes
-// the levels from ctx in the same sweep and runs the adjoint chain a few rows behind:
+// The fused backward of the context part, one block per (image, band, chunk), rows bottom to top. It
+// recomputes the levels from ctx in the same sweep and runs the adjoint chain a few rows behind:
 //   grad_ctx                                    T [B, H, W, C]
-//   weight_partial[b, tap, c]  = sum over image b's pixels of grad_pre_l * z_l (shifted)   fp32 [B, taps, C]
+//   weight_partial[b * bands + band, tap, c] = sum over the band's pixels of grad_pre_l * z_l (shifted)
+//                                                                                  fp32 [B * bands, taps, C]
 //   gate_partial[b, y, x, l, chunk] = scale * sum over the chunk's channels of
 //       grad_ctx_all * z_{l+1}  (l < L),  grad_ctx_all * G  (l = L)           fp32 [B, H, W, L + 1, chunks]
 struct ContextBwdParams {
@@ -210,6 +215,7 @@ struct ContextBwdParams {
   DType dtype;
   SweepLevels levels;
   int chunk;
+  int band_rows;
   View ctx;      // T [B, H, W, C]
   View weights;  // fp32 [taps, C]
   GateView gates;
@@ -218,7 +224,7 @@ struct ContextBwdParams {
   View grad_mean;     // fp32 [B, C]: dLoss / d mean_p z_L, divided by H W
   View pooled;        // fp32 [B, C]: G
   View grad_ctx;        // T [B, H, W, C]
-  View weight_partial;  // fp32 [B, taps, C]
+  View weight_partial;  // fp32 [B * bands, taps, C]
   float* gate_partial;  // fp32 [B, H, W, L + 1, chunks], contiguous
 };
 

@@ -42,8 +42,9 @@ struct ContextBwdLayout {
   }
 };
 
-// A block: image b, channels [c_begin, c_begin + chunk), rows bottom to top; step t handles, for a
-// quantity produced `lag` rows behind, row y = H - 1 - t + lag:
+// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
+// y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
+// behind, row y = y_start - t + lag (outputs: rows of the band only):
 //   load          ctx row (lag 0) into z_0
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l)
 //   adjoint       level l = L-1 .. 0 at lag_l = 2R - o_{l+1}:
@@ -98,9 +99,10 @@ FF_UNROLL
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
     const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
-    const int chunk_index = block % chunks;
-    const int b = block / chunks, c_begin = chunk_index * chunk, cn = min_int(chunk, geo.C - c_begin);
+    const SweepBand band(block, geo, p.band_rows, chunk);
+    const int b = band.b, c_begin = band.c_begin, cn = band.cn, chunk_index = band.chunk_index;
     const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W, kBwdStrip), taps = lv.taps();
+    const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const ContextBwdLayout s(lv, W, chunk);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
@@ -111,8 +113,8 @@ FF_UNROLL
     }
     FF_BARRIER();
 
-    for (int t = 0; t < H + 2 * R; ++t) {
-      const int y_top = H - 1 - t;  // the row at lag 0
+    for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
+      const int y_top = y_start - t;  // the row at lag 0
       FF_FOR_EACH(item, W * groups) {
         const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
         const Group v = y_top >= 0 && n > 0 ? load_at<T>(p.ctx, b, y_top, x, c_begin + c, n) : Group{};
@@ -189,7 +191,7 @@ FF_UNROLL
         if (item < ctx_items) {
           const int y = y_top + 2 * R, x0 = item / groups * kBwdStrip, c = item % groups * kGroup;
           const int n = min_int(kGroup, cn - c);
-          if (y >= H || n <= 0) continue;
+          if (!band.owns(y) || n <= 0) continue;
           float grad[kGroup][kBwdStrip] = {};
 FF_UNROLL
           for (int e = 0; e < kGroup; ++e) {
@@ -205,11 +207,11 @@ FF_UNROLL
           int l = 0, i = (item - ctx_items) / chunk;  // kernel row i of level l
           while (i >= lv.k[l]) i -= lv.k[l++];
           const int c = (item - ctx_items) % chunk, y = y_top + 2 * R - lv.offset(l + 1);
-          if (y >= 0 && y < H && c < cn) weight_grad_row(p, s, smem, l, i, b, y, c_begin, c);
+          if (band.owns(y) && c < cn) weight_grad_row(p, s, smem, l, i, b, y, c_begin, c);
         } else {
           const int level = (item - ctx_items - weight_items) / W, x = (item - ctx_items - weight_items) % W;
           const int l = min_int(level, L - 1), y = y_top + 2 * R - lv.offset(l + 1);
-          if (y < 0 || y >= H) continue;
+          if (!band.owns(y)) continue;
           const int pad = level + 1 < L ? lv.r(level + 1) : 0;
           const float* z = level < L ? s.z[level + 1].row(smem, y) + (pad + x) * chunk : nullptr;
           float sum = 0.f;
@@ -230,7 +232,7 @@ FF_UNROLL
     FF_FOR_EACH(item, taps * chunk) {
       const int tap = item / chunk, c = item % chunk;
       if (c < cn) {
-        static_cast<float*>(p.weight_partial.ptr)[p.weight_partial.at(b, tap, 0) + c_begin + c] =
+        static_cast<float*>(p.weight_partial.ptr)[p.weight_partial.at(band.partial_row(), tap, 0) + c_begin + c] =
             smem[s.weight_grad + item];
       }
     }
@@ -399,7 +401,7 @@ int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
 }
 
 void context_bwd(const ContextBwdParams& p, const Stream& stream) {
-  const int blocks = p.geo.B * int(ceil_div(p.geo.C, p.chunk));
+  const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   const int64_t smem = context_bwd_smem_bytes(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);

@@ -32,6 +32,7 @@ namespace focalfast {
 constexpr int kThreadsPerBlock = 256;
 
 FF_HD int min_int(int a, int b) { return a < b ? a : b; }
+FF_HD int max_int(int a, int b) { return a > b ? a : b; }
 FF_HD int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 FF_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

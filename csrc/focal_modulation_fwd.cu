@@ -27,11 +27,12 @@ struct ContextFwdLayout {
   }
 };
 
-// A block: image b, channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t, and level l
-// turns z_l's rows into z_{l+1}'s row y = t - o_{l+1} (its k_l input rows are in the ring by then):
+// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t,
+// and level l turns z_l's rows into z_{l+1}'s row y = t - o_{l+1} (its k_l input rows are in the ring by then):
 //   z_{l+1} = GELU(dwconv_l(z_l)),  acc += gates_l * z_{l+1};  at the last level
-//   ctx_local = scale * acc (row t - R), pool += z_L.
-// Rows outside the image enter the rings as zeros (each conv zero-pads its own input).
+//   ctx_local = scale * acc (row t - R), pool += z_L   (rows of the band only).
+// Rows outside the image enter the rings as zeros (each conv zero-pads its own input). The sweep starts at
+// t = y0 - R (the halo; 0 for the first band) and ends when row y1 - 1 is out.
 template <typename T>
 struct ContextFwd {
   using Params = ContextFwdParams;
@@ -40,8 +41,9 @@ struct ContextFwd {
   static FF_HD void run(const Params& p, int block, float* smem) {
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
-    const int b = block / chunks, c_begin = (block % chunks) * chunk, cn = min_int(chunk, geo.C - c_begin);
+    const int chunk = p.chunk, groups = chunk / kGroup;
+    const SweepBand band(block, geo, p.band_rows, chunk);
+    const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W, kFwdStrip);
     const ContextFwdLayout s(lv, W, chunk);
     const float* weights = static_cast<const float*>(p.weights.ptr);
@@ -54,7 +56,7 @@ struct ContextFwd {
     }
     FF_BARRIER();
 
-    for (int t = 0; t < H + R; ++t) {
+    for (int t = max_int(0, band.y0 - R); t < band.y1 + R; ++t) {
       // ctx row t (zeros past the image) into ring 0, 8 channels an item.
       FF_FOR_EACH(item, W * groups) {
         const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
@@ -83,7 +85,7 @@ FF_UNROLL
               z[u] = gelu(z[u]);
               const float gate = load_gate<T>(p.gates, b, y, x, l);
               acc[x * chunk] = l == 0 ? gate * z[u] : fmaf(gate, z[u], acc[x * chunk]);
-              if (last) smem[s.pool + item] += z[u];
+              if (last && band.owns(y)) smem[s.pool + item] += z[u];
             }
           }
           if (!last) {
@@ -96,7 +98,7 @@ FF_UNROLL
       }
 
       const int y = t - R;  // its gated sum is complete
-      if (y >= 0) {
+      if (band.owns(y)) {
         FF_FOR_EACH(item, W * groups) {
           const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
           if (n <= 0) continue;
@@ -113,7 +115,7 @@ FF_UNROLL
       FF_FOR_EACH(c, cn) {
         float sum = 0.f;
         for (int i = 0; i < strips; ++i) sum += smem[s.pool + i * chunk + c];
-        static_cast<float*>(p.pooled_sum.ptr)[p.pooled_sum.at(b, 0, 0) + c_begin + c] = sum;
+        static_cast<float*>(p.pooled_sum.ptr)[p.pooled_sum.at(band.partial_row(), 0, 0) + c_begin + c] = sum;
       }
     }
   }
@@ -200,7 +202,7 @@ int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
 }
 
 void context_fwd(const ContextFwdParams& p, const Stream& stream) {
-  const int blocks = p.geo.B * int(ceil_div(p.geo.C, p.chunk));
+  const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   const int64_t smem = context_fwd_smem_bytes(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);

@@ -114,6 +114,29 @@ FF_UNROLL
   }
 }
 
+// The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
+// A band [y0, y1) is swept from `halo` rows beyond its first row in the sweep's direction: a stage that reads
+// rows the sweep has not produced (still zero in its ring) is wrong only within the halo, since a stage running
+// `lag` rows behind the first row is exact from `lag` rows on; so with halo = the largest lag everything the
+// block writes for rows y0 .. y1 - 1 is exact. Whole images (band_rows >= H) need no halo.
+struct SweepBand {
+  int b, band, bands, y0, y1, c_begin, cn, chunk_index;
+
+  FF_HD SweepBand(int block, const Geometry& geo, int band_rows, int chunk) {
+    const int chunks = int(ceil_div(geo.C, chunk));
+    bands = int(ceil_div(geo.H, band_rows));
+    chunk_index = block % chunks;
+    band = block / chunks % bands;
+    b = block / chunks / bands;
+    y0 = band * band_rows;
+    y1 = min_int(y0 + band_rows, geo.H);
+    c_begin = chunk_index * chunk;
+    cn = min_int(chunk, geo.C - c_begin);
+  }
+  FF_HD bool owns(int y) const { return y >= y0 && y < y1; }
+  FF_HD int64_t partial_row() const { return int64_t(b) * bands + band; }
+};
+
 // Threads of a sweep block: one per item of the conv phases (strips x chunk), whole warps, 64 to kSweepThreads.
 inline int sweep_threads(int W, int S, int chunk) {
   const int items = strips_of(W, S) * chunk;

@@ -152,10 +152,13 @@ HOST_CASES = [
 ]
 
 # How the host test runs the context part: the fused sweep with 8- or 32-channel chunks (32 > C: one
-# partial chunk), or the level-at-a-time fallback with 1- or 4-pixel pooling strips.
+# partial chunk), whole images or bands of 2 or 3 rows (halos longer than a band, ragged last bands), or
+# the level-at-a-time fallback with 1- or 4-pixel pooling strips.
 PATHS = {
     "sweep8": dict(SWEEP_CHUNKS=(8,)),
     "sweep32": dict(SWEEP_CHUNKS=(32,)),
+    "sweep8-bands2": dict(SWEEP_CHUNKS=(8,), SWEEP_BAND_ROWS=2),
+    "sweep32-bands3": dict(SWEEP_CHUNKS=(32,), SWEEP_BAND_ROWS=3),
     "levels1": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=1),
     "levels4": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=4),
 }
@@ -296,17 +299,29 @@ def test_sweep_chunk_choice(ext, monkeypatch):
     assert cuda_op._sweep_chunk(kernels, ks, 128, 4000, 96, False, cpu) is None
 
 
+def test_sweep_band_choice():
+    """Whole images when they give enough blocks; else bands of at least four halos (R forward, 2R backward)."""
+    ks = [3, 5, 7]  # R = 6
+    assert cuda_op._sweep_band_rows(ks, 128, 56, 96, 16, False) == 56  # 768 blocks
+    assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, False) == 24  # 24 blocks want 11 bands; 24 rows at least
+    assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, True) == 48
+    assert cuda_op._sweep_band_rows(ks, 8, 256, 96, 8, False) == 86  # 1024 px, B = 8: 96 blocks want 3 bands
+    assert cuda_op._sweep_band_rows(ks, 1, 7, 768, 8, True) == 7
+
+
 @pytest.mark.parametrize("change,words", [
     (dict(kernel_sizes=[3]), "kernel_sizes: expected one per focal level (L = 2), got 1"),
     (dict(kernel_sizes=[3, 4]), "kernel_sizes: kernel size must be odd and at most 13, got 4"),
     (dict(chunk=12), "chunk: expected a positive multiple of 8, got 12"),
+    (dict(band_rows=0), "band_rows: expected a positive number of rows, got 0"),
+    (dict(band_rows=2, pooled_sum=torch.empty(1, 8)), "pooled_sum: expected shape [2, 8]"),
     (dict(weights=torch.randn(33, 8)), "weights: expected shape [34, 8]"),
 ])
 def test_binding_rejects_bad_sweep_arguments(ext, change, words):
     B, H, W, C = 1, 3, 4, 8
     kwargs = dict(ctx=torch.randn(B, H, W, C), weights=torch.randn(34, C), kernel_sizes=[3, 5],
-                  gates=torch.randn(B, H, W, 3), scale=1.0, chunk=8, ctx_local=torch.empty(B, H, W, C),
-                  pooled_sum=None)
+                  gates=torch.randn(B, H, W, 3), scale=1.0, chunk=8, band_rows=H,
+                  ctx_local=torch.empty(B, H, W, C), pooled_sum=None)
     kwargs.update(change)
     with pytest.raises(ValueError) as info:
         _Kernels(torch.device("cpu")).launch("context_fwd", **kwargs)
@@ -433,6 +448,9 @@ GPU_CASES = (
      for dt in (torch.float32, torch.bfloat16)]
     + [(128, 56, 56, 96, (3, 5, 7), torch.bfloat16, False, True),
        (64, 28, 28, 192, (3, 5), torch.float32, True, True)]
+    # stage 1 at 512 and 1024 px with one or two images: the sweeps run in bands of rows
+    + [(1, 128, 128, 96, (3, 5, 7), torch.float32, True, True),
+       (2, 256, 256, 96, (3, 5), torch.bfloat16, False, True)]
     # odd sizes, L = 1..4, windows 3 and 5, normalize on/off, no bias
     + [(3, 13, 17, 20, (3, 5, 7, 9), torch.float32, True, True),
        (1, 1, 1, 8, (3,), torch.float32, False, True),

@@ -23,6 +23,10 @@ context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of DES
 the whole forward about 14 (with the GEMM and the epilogue), the whole backward about 36. The sweeps
 are then bound by shared-memory bandwidth (about 65 reads per element forward, 180 backward).
 
+When images x chunks give fewer than MIN_SWEEP_BLOCKS blocks (small batch, high resolution), each image is
+cut into bands of rows, a block each, which recompute a halo of R = sum_l k_l // 2 rows (forward) or 2R
+(backward) next to their band: at least 4 halos high, so the recompute stays under a quarter.
+
 The sweep keeps every level's rows in shared memory, whose size grows with W (``sweep_smem_bytes``).
 Images too wide for it even with 8-channel chunks take the level-at-a-time kernels instead
 (conv_level_fwd, conv_level_bwd, weight_grad, conv_adjoint: one launch per level, fp32 scratch tensors).
@@ -56,6 +60,7 @@ SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
 MIN_SWEEP_BLOCKS = 264
+SWEEP_BAND_ROWS: Optional[int] = None  # rows per band of the sweeps (None: _sweep_band_rows decides)
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -136,6 +141,17 @@ def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, W: int, C: 
     return (two_per_sm or busy or fits[-1:])[0]
 
 
+def _sweep_band_rows(kernel_sizes: List[int], B: int, H: int, C: int, chunk: int, backward: bool) -> int:
+    """Rows per band of the sweep: H (whole images) unless B * chunks blocks are fewer than MIN_SWEEP_BLOCKS."""
+    if SWEEP_BAND_ROWS is not None:
+        return min(SWEEP_BAND_ROWS, H)
+    wanted = -(-MIN_SWEEP_BLOCKS // (B * -(-C // chunk)))
+    if wanted <= 1:
+        return H
+    halo = sum(k // 2 for k in kernel_sizes) * (2 if backward else 1)
+    return min(H, max(4 * halo, -(-H // wanted)))
+
+
 def _gelu_grad(x: Tensor) -> Tensor:
     """d GELU(x) / dx for the exact (erf) GELU."""
     cdf = 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
@@ -190,11 +206,14 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
         kernel_sizes = [w.shape[-1] for w in weights]
         chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
         if chunk is not None:
+            band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, False)
+            bands = -(-H // band_rows)
             ctx_local = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
-            pooled_sum = torch.empty((B, C), dtype=torch.float32, device=q.device)
+            pooled_sum = torch.empty((B * bands, C), dtype=torch.float32, device=q.device)
             kernels.launch("context_fwd", ctx=ctx, weights=_taps_concat(weights), kernel_sizes=kernel_sizes,
-                           gates=gates, scale=scale, chunk=chunk, ctx_local=ctx_local, pooled_sum=pooled_sum)
-            pooled_mean = pooled_sum / (H * W)
+                           gates=gates, scale=scale, chunk=chunk, band_rows=band_rows, ctx_local=ctx_local,
+                           pooled_sum=pooled_sum)
+            pooled_mean = kernels.reduce_sum(pooled_sum.reshape(B, bands, C), scale=1.0 / (H * W))
         else:
             taps = [_tap_major(w) for w in weights]
             ctx_local, _, pool_partial = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=False,
@@ -214,15 +233,18 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
     """The levels' backward in one context_bwd sweep: ``(grad_ctx, grad_gates fp32, grad_weights)``."""
     B, H, W, C = ctx.shape
     L, chunks = len(weights), -(-C // chunk)
+    kernel_sizes = [w.shape[-1] for w in weights]
+    band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True)
+    bands = -(-H // band_rows)
     f32 = dict(dtype=torch.float32, device=ctx.device)
     grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
-    weight_partial = torch.empty((B, taps_concat.shape[0], C), **f32)
+    weight_partial = torch.empty((B * bands, taps_concat.shape[0], C), **f32)
     gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
     kernels.launch(
-        "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=[w.shape[-1] for w in weights], gates=gates,
-        scale=scale, chunk=chunk, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled, grad_ctx=grad_ctx,
-        weight_partial=weight_partial, gate_partial=gate_partial)
-    grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B, -1)).reshape(-1, C)
+        "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
+        chunk=chunk, band_rows=band_rows, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled,
+        grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial)
+    grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * bands, -1)).reshape(-1, C)
     grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
     return grad_ctx, grad_gates, _split_taps(grad_taps, weights)
 
@@ -277,9 +299,11 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
         if chunk is not None:
             taps_concat = _taps_concat(weights)
             ctx_local = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
+            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device) or chunk
             kernels.launch("context_fwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates,
-                           scale=scale, chunk=fwd_chunk or chunk, ctx_local=ctx_local, pooled_sum=None)
+                           scale=scale, chunk=fwd_chunk,
+                           band_rows=_sweep_band_rows(kernel_sizes, B, H, C, fwd_chunk, False),
+                           ctx_local=ctx_local, pooled_sum=None)
         else:
             taps = [_tap_major(w) for w in weights]
             ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
