@@ -8,7 +8,8 @@
 # `timeout` within GPU_ALL_BUDGET seconds (default 500, under the device's 600 s per call); a
 # failing or timed-out stage does not stop the next, and a stage summary ends the output.
 # GPU_ALL_STAGES selects stages (default: all of environment build tests memcheck racecheck bench
-# pytest-benchmark); GPU_ALL_TESTS (space-separated pytest arguments, e.g.
+# pytest-benchmark; "tune", the Triton schedule search, runs only when named, e.g.
+# GPU_ALL_STAGES="environment tune"); GPU_ALL_TESTS (space-separated pytest arguments, e.g.
 # "tests/test_triton_backend.py -m gpu") overrides the selection of the tests stage.
 # Files in $OUT (flat, 7 of the 8 allowed):
 #   results.md             device, versions, commit, date, stages, the bench table, test and sanitizer summaries
@@ -18,6 +19,7 @@
 #   sanitizer.log          compute-sanitizer memcheck and racecheck of python -m focalfast.ops.cuda.sanitize
 #   bench.json, bench.png  focalfast bench --suite full (cut by its time budget)
 #   pytest_benchmark.json  pytest benchmarks (quick scope, no torch.compile), if time is left
+#   tune.json              the tune stage's rows (its table goes into results.md)
 # Copy results.md to benchmarks/results/<date>-<device>.md to commit it (benchmarks/results/README.md).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +106,14 @@ else
     SUMMARY+=("sanitizer: skipped (no focalfast.ops.cuda.sanitize module or no compute-sanitizer)")
 fi
 
+# 4b. only when GPU_ALL_STAGES names it: the search over Triton chain-kernel schedules (tiles, warps,
+# bands) at FocalNet-T stage 1 and 3, bf16; each candidate is checked against the default schedule
+TUNE_TXT=$(mktemp)
+if [[ " $STAGES " == *" tune "* ]]; then
+    stage tune 420 30 "$TUNE_TXT" $PY -m focalfast.ops.triton.tune_chain --shapes T.s1,T.s3 --dtype bf16 \
+        --budget $(($(left) > 400 ? 360 : $(left) - 60)) --out "$OUT/tune.json" --no-progress
+fi
+
 # 5. benchmarks: the bench table first; its own budget stops new rows in time to write its files
 BENCH_DIR=$(mktemp -d)
 bench_limit=$(($(left) - 20))
@@ -157,8 +167,16 @@ print(json.dumps(bench.environment(bench.default_device()), indent=1))" 2>&1
         tail -n 10 "$OUT/sanitizer.log"
         echo '```'
     fi
+    if [ -s "$TUNE_TXT" ]; then
+        echo
+        echo "## Triton chain-kernel schedules (tune stage)"
+        echo
+        echo '```'
+        grep -v "^== " "$TUNE_TXT"
+        echo '```'
+    fi
 } >"$OUT/results.md"
-rm -rf "$BENCH_DIR"
+rm -rf "$BENCH_DIR" "$TUNE_TXT"
 
 echo
 echo "================ summary ================"

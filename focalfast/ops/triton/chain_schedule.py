@@ -106,23 +106,30 @@ def _band_rows(H: int, lag: int, R: int, programs: int, sm_count: Optional[int])
     return min(H, max(4 * lag, R, triton.cdiv(H, wanted)))
 
 
+def sweep_lag(kernel_sizes, backward: bool) -> int:
+    """Rows the last stage of a sweep trails the first: D_L forward, B_0 backward (the band halo)."""
+    _, fwd, bwd = _lags(tuple(int(k) for k in kernel_sizes))
+    return bwd[0] if backward else fwd[-1]
+
+
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
                    batch: int = 1, sm_count: Optional[int] = None,
                    tile: Optional[Tuple[int, int, int]] = None,
-                   band_rows: Optional[int] = None) -> ChainSchedule:
+                   band_rows: Optional[int] = None, num_warps: Optional[int] = None) -> ChainSchedule:
     """The schedule of the forward (``backward=False``) or backward chain kernel.
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
     tile holds about 2K values (R rows x WT columns x BC channels), and images are cut into
     bands when ``batch`` images give too few programs for the GPU's ``sm_count``
-    multiprocessors. ``tile = (R, WT, BC)`` (powers of two) and ``band_rows`` override this,
-    e.g. for tests of the multi-step, multi-tile and banded paths.
+    multiprocessors. ``tile = (R, WT, BC)`` (powers of two), ``band_rows`` and ``num_warps``
+    override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
+    (``focalfast.ops.triton.tune_chain``).
     """
     ks = tuple(int(k) for k in kernel_sizes)
     L = len(ks)
     P, fwd, bwd = _lags(ks)
-    lag = bwd[0] if backward else fwd[-1]
+    lag = sweep_lag(ks, backward)
     np2 = triton.next_power_of_2
     if tile is not None:
         R, WT, BC = tile
@@ -135,7 +142,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         WT = min(np2(W), 64)
         R = max(1, min(np2(H + lag), 2048 // (WT * BC)))
     # About 8 tile values per thread: sm_90 builds then take 100-250 registers and never spill.
-    num_warps = max(1, min(8, R * WT * BC // 256))
+    if num_warps is None:
+        num_warps = max(1, min(8, R * WT * BC // 256))
 
     ring_z = ring_g = 1  # unused when L == 1
     if L > 1:

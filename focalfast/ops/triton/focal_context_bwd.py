@@ -20,6 +20,8 @@ Sums over channels (dgates, when C spans several blocks) and over images (dw) le
 partials per program, reduced afterwards in a fixed order: bitwise reproducible, no atomics.
 """
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -256,17 +258,18 @@ def focal_context_bwd_kernel(
 
 
 def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, d_glob_part, mean, glob,
-                      interpret: bool):
+                      interpret: bool, schedule: Optional[dict] = None):
     """``(dctx [B,H,W,C], dgates [B,H,W,L+1], dweights (L x [C,1,K,K]), ctx_local [B,H,W,C])``.
 
     ctx/gates as in ``focal_context_fwd``; d_ctx_all ``[B,H,W,C]`` contiguous; d_glob_part
-    ``[B, T, C]`` fp32 partial sums of d_glob; mean and glob ``[B, C]`` fp32 from the forward.
+    ``[B, T, C]`` fp32 partial sums of d_glob; mean and glob ``[B, C]`` fp32 from the forward;
+    schedule: overrides for ``chain_schedule``.
     """
     B, H, W, C = ctx.shape
     L = len(weights)
     ks = [w.shape[-1] for w in weights]
     sched = chain_schedule(H, W, C, ks, backward=True, interpret=interpret,
-                           batch=B, sm_count=sm_count(ctx.device))
+                           batch=B, sm_count=sm_count(ctx.device), **(schedule or {}))
     BC = sched.channel_block
     n_cb = triton.cdiv(C, BC)
     bands = sched.bands

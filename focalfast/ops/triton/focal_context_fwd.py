@@ -15,6 +15,8 @@ program (deterministic, no atomics). When the image is cut into bands (``chain_s
 band leaves its share of the mean, summed afterwards in band order.
 """
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -121,16 +123,17 @@ def focal_context_fwd_kernel(
         tl.store(glob + b * C + chans, gelu(m), mask=chans < C)
 
 
-def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: bool):
+def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: bool,
+                      schedule: Optional[dict] = None):
     """``ctx_local`` [B,H,W,C] (ctx's dtype), ``mean`` and ``glob`` [B,C] fp32.
 
     ctx/gates: tensors whose element ``(b, y, x, c)`` sits at ``((b*H + y)*W + x) * stride + c``.
-    weights: L contiguous ``[C, 1, K, K]`` kernels.
+    weights: L contiguous ``[C, 1, K, K]`` kernels. schedule: overrides for ``chain_schedule``.
     """
     B, H, W, C = ctx.shape
     L = len(weights)
     sched = chain_schedule(H, W, C, [w.shape[-1] for w in weights], backward=False, interpret=interpret,
-                           batch=B, sm_count=sm_count(ctx.device))
+                           batch=B, sm_count=sm_count(ctx.device), **(schedule or {}))
     n_cb = triton.cdiv(C, sched.channel_block)
     bands = sched.bands
     ctx_local = torch.empty((B, H, W, C), device=ctx.device, dtype=ctx.dtype)
