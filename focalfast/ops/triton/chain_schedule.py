@@ -143,8 +143,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         R = max(1, min(np2(H + lag), 2048 // (WT * BC)))
     # About 8 tile values per thread. ptxas -v of the sm_90a builds (Triton 3.9, bf16, FocalNet-T
     # stages 1 and 3, 2 or 3 levels, banded or not): 128-169 registers forward, 170-176 backward,
-    # no spills; so one 8-warp program per SM, whose latency only more programs or a smaller tile
-    # can hide (what tune_chain measures).
+    # no spills; so two 8-warp programs per SM at 128 registers, one above, whose load latency
+    # only more programs or smaller tiles can hide (what tune_chain measures).
     if num_warps is None:
         num_warps = max(1, min(8, R * WT * BC // 256))
 
