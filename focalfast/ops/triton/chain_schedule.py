@@ -39,6 +39,7 @@ from typing import Optional, Tuple
 
 import torch
 import triton
+import triton.language as tl
 
 from focalfast.backends import FUSED_MAX_LEVELS as MAX_LEVELS  # the K1..K4 kernel arguments
 
@@ -110,6 +111,16 @@ def sweep_lag(kernel_sizes, backward: bool) -> int:
     """Rows the last stage of a sweep trails the first: D_L forward, B_0 backward (the band halo)."""
     _, fwd, bwd = _lags(tuple(int(k) for k in kernel_sizes))
     return bwd[0] if backward else fwd[-1]
+
+
+@triton.jit
+def sweep_band(band, band_rows, H, LAG: tl.constexpr, R: tl.constexpr):
+    """``(y0, y1, top, n_steps)`` of band ``band`` in a kernel: its own rows [y0, y1), the first
+    row ``top`` of its sweep (LAG rows above y0: the halo) and the R-row steps that reach y1."""
+    y0 = band * band_rows
+    y1 = tl.minimum(y0 + band_rows, H)
+    top = tl.maximum(y0 - LAG, 0)
+    return y0, y1, top, tl.cdiv(y1 - top + LAG, R)
 
 
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
+from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count, sweep_band
 from focalfast.ops.triton.depthwise_conv import (
     dwconv_tile,
     dwconv_weight_grad_tile,
@@ -196,12 +196,7 @@ def focal_context_bwd_kernel(
     b = tl.program_id(1)
     band = tl.program_id(2)
     HW = H * W
-    # The band's own rows [y0, y1); the sweep starts B_0 rows above them (the halo).
-    LAG: tl.constexpr = 2 * (K2 // 2 + K3 // 2 + K4 // 2) + K1 // 2
-    y0 = band * band_rows
-    y1 = tl.minimum(y0 + band_rows, H)
-    top = tl.maximum(y0 - LAG, 0)
-    n_steps = tl.cdiv(y1 - top + LAG, R)
+    y0, y1, top, n_steps = sweep_band(band, band_rows, H, 2 * (K2 // 2 + K3 // 2 + K4 // 2) + K1 // 2, R)  # B_0
     cc = tl.arange(0, BC)[None, None, :]
     chans = cb * BC + cc
     cmask = chans < C

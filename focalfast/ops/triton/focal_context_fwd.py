@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
+from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count, sweep_band
 from focalfast.ops.triton.depthwise_conv import dwconv_tile, ring_row_offsets, zero_fill
 from focalfast.ops.triton.gelu import gelu
 
@@ -85,12 +85,7 @@ def focal_context_fwd_kernel(
     band = tl.program_id(2)
     n_bands = tl.num_programs(2)
     HW = H * W
-    # The band's own rows [y0, y1); the sweep starts D_L rows above them (the halo).
-    LAG: tl.constexpr = K2 // 2 + K3 // 2 + K4 // 2
-    y0 = band * band_rows
-    y1 = tl.minimum(y0 + band_rows, H)
-    top = tl.maximum(y0 - LAG, 0)
-    n_steps = tl.cdiv(y1 - top + LAG, R)
+    y0, y1, top, n_steps = sweep_band(band, band_rows, H, K2 // 2 + K3 // 2 + K4 // 2, R)  # halo D_L
     cc = tl.arange(0, BC)[None, None, :]
     chans = cb * BC + cc
     img = b.to(tl.int64) * HW  # first pixel of this image

@@ -18,9 +18,10 @@ forward, 5 C-tensors (10 C bytes in bf16):
   through per-program ring buffers of a few rows (cache-resident scratch, never a per-level
   tensor), z_L in registers. When B * cdiv(C, BC) programs would leave the GPU idle (small
   batch, high resolution) each image is cut into bands of rows, one program each, which re-read
-  and recompute a halo of D_L rows (forward) or B_0 rows (backward; ``chain_schedule``). The global term is a rank-1 update of the GEMM's operand, which
-  is the epilogue form g_L * (h_weight @ glob) without a separate [B, C] GEMM; scale, bias and
-  ``q *`` are the epilogue. The ideal would be 3 C-tensors (read q, ctx; write out): the
+  and recompute a halo of D_L rows (forward) or B_0 rows (backward; ``chain_schedule``).
+  The global term is a rank-1 update of the GEMM's operand, which is the epilogue form
+  g_L * (h_weight @ glob) without a separate [B, C] GEMM; scale, bias and ``q *`` are the
+  epilogue. The ideal would be 3 C-tensors (read q, ctx; write out): the
   ctx_local round trip is the price of a chain that runs per channel block while ``h`` needs
   all channels of a pixel, and of the global level, which needs the whole image's pool.
 
