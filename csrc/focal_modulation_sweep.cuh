@@ -115,10 +115,8 @@ FF_UNROLL
 }
 
 // The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
-// A band [y0, y1) is swept from `halo` rows beyond its first row in the sweep's direction: a stage that reads
-// rows the sweep has not produced (still zero in its ring) is wrong only within the halo, since a stage running
-// `lag` rows behind the first row is exact from `lag` rows on; so with halo = the largest lag everything the
-// block writes for rows y0 .. y1 - 1 is exact. Whole images (band_rows >= H) need no halo.
+// A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's
+// direction and writes rows y0 .. y1 - 1 only: why that is exact is in focalfast/ops/bands.py.
 struct SweepBand {
   int b, band, bands, y0, y1, c_begin, cn, chunk_index;
 

@@ -24,8 +24,8 @@ the whole forward about 14 (with the GEMM and the epilogue), the whole backward 
 are then bound by shared-memory bandwidth (about 65 reads per element forward, 180 backward).
 
 When images x chunks give fewer than MIN_SWEEP_BLOCKS blocks (small batch, high resolution), each image is
-cut into bands of rows, a block each, which recompute a halo of R = sum_l k_l // 2 rows (forward) or 2R
-(backward) next to their band: at least 4 halos high, so the recompute stays under a quarter.
+cut into bands of rows (``focalfast.ops.bands``), a block each, with a halo of R = sum_l k_l // 2 rows
+(forward) or 2R (backward).
 
 The sweep keeps every level's rows in shared memory, whose size grows with W (``sweep_smem_bytes``).
 Images too wide for it even with 8-channel chunks take the level-at-a-time kernels instead
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focalfast import backends
+from focalfast.ops.bands import rows_per_band
 from focalfast.ops.cuda import extension
 
 # Kernels that emit per-strip partial sums (the pooling level, output_bwd) give a thread a strip of up
@@ -145,11 +146,8 @@ def _sweep_band_rows(kernel_sizes: List[int], B: int, H: int, C: int, chunk: int
     """Rows per band of the sweep: H (whole images) unless B * chunks blocks are fewer than MIN_SWEEP_BLOCKS."""
     if SWEEP_BAND_ROWS is not None:
         return min(SWEEP_BAND_ROWS, H)
-    wanted = -(-MIN_SWEEP_BLOCKS // (B * -(-C // chunk)))
-    if wanted <= 1:
-        return H
     halo = sum(k // 2 for k in kernel_sizes) * (2 if backward else 1)
-    return min(H, max(4 * halo, -(-H // wanted)))
+    return rows_per_band(H, halo, B * -(-C // chunk), MIN_SWEEP_BLOCKS)
 
 
 def _gelu_grad(x: Tensor) -> Tensor:

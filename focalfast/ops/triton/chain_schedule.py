@@ -20,15 +20,9 @@ cache-resident scratch owned by the program); the ring sizes below are the exact
 Rows outside the image are stored as zero rows and every ring row carries P_max zero columns on
 both sides, so the kernels read rings without masks: that is the zero padding of every level.
 
-Bands. A sweep over the whole image gives B * cdiv(C, BC) programs: too few to fill a GPU at
-small batch and high resolution (B = 8 at 1024 x 1024 gives 24 programs for FocalNet stage 1).
-The image is then cut into bands of ``band_rows`` rows, one program each. A band [y0, y1) starts
-its sweep ``lag`` rows early (``top = max(0, y0 - lag)``, lag = D_L forward, B_0 backward): a stage
-whose inputs above ``top`` are missing (read as zero rows) is wrong only in its first rows, and
-by induction over the stages everything the band writes (rows y0..y1-1 of ctx_local, dctx,
-dgates; its share of the pool and of the weight gradients) is exact. The halo costs ``lag``
-rows of recompute per band, so bands are at least 4 * lag rows high and only used when the
-programs would not fill the GPU twice over.
+Bands (``focalfast.ops.bands``): when B * cdiv(C, BC) programs would leave the GPU's
+multiprocessors less than two each, images are cut into bands of ``band_rows`` rows, one program
+each, whose sweep starts at ``top = max(0, y0 - lag)`` (lag = D_L forward, B_0 backward).
 """
 
 from __future__ import annotations
@@ -42,6 +36,7 @@ import triton
 import triton.language as tl
 
 from focalfast.backends import FUSED_MAX_LEVELS as MAX_LEVELS  # the K1..K4 kernel arguments
+from focalfast.ops.bands import rows_per_band
 
 
 @dataclass(frozen=True)
@@ -94,17 +89,6 @@ def _lags(kernel_sizes):
     fwd = [sum(P[1:l]) for l in range(1, L + 1)]  # fwd[l - 1] = D_l
     bwd = [fwd[-1] + sum(P[l:]) for l in range(L + 1)]  # bwd[l] = B_l
     return P, fwd, bwd
-
-
-def _band_rows(H: int, lag: int, R: int, programs: int, sm_count: Optional[int]) -> int:
-    """Rows per band: the whole image unless ``programs`` whole-image sweeps leave the
-    ``sm_count`` multiprocessors less than two programs each (see the module docstring)."""
-    if sm_count is None:
-        return H
-    wanted = triton.cdiv(2 * sm_count, programs)
-    if wanted <= 1:
-        return H
-    return min(H, max(4 * lag, R, triton.cdiv(H, wanted)))
 
 
 def sweep_lag(kernel_sizes, backward: bool) -> int:
@@ -169,7 +153,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     ring_d = R + 2 * max(P)
     pad = max(P)
     if band_rows is None:
-        band_rows = _band_rows(H, lag, R, batch * triton.cdiv(C, BC), None if interpret else sm_count)
+        whole_images = interpret or sm_count is None
+        band_rows = H if whole_images else rows_per_band(H, lag, batch * triton.cdiv(C, BC), 2 * sm_count, R)
     return ChainSchedule(
         kernel_sizes=ks + (1,) * (MAX_LEVELS - L),
         levels=L,

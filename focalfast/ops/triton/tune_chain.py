@@ -115,7 +115,7 @@ def tune_shape(name: str, shape, dtype, device, backward: bool, warmup: int, rou
         else:
             worst = max(rel_err(a, b) for a, b in zip(outputs, reference))
             agrees = worst < AGREEMENT[dtype]
-        median = timing.measure(lambda: run(), [()], warmup, rounds, device).median
+        median = timing.measure(run, [()], warmup, rounds, device).median
         rows.append(dict(shape=name, shape_args=[shape.batch, H, W, C, list(ks)], dtype=str(dtype),
                          pass_="backward" if backward else "forward", schedule=_describe(option, sched),
                          option={k: list(v) if isinstance(v, tuple) else v for k, v in option.items()},
