@@ -116,7 +116,7 @@ FF_UNROLL
 
 // The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
 // A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's
-// direction and writes rows y0 .. y1 - 1 only: why that is exact is in focalfast/ops/bands.py.
+// direction and writes rows y0 .. y1 - 1 only: why that is exact is in focalfast/ops/sweep_geometry.py.
 struct SweepBand {
   int b, band, bands, y0, y1, c_begin, cn, chunk_index;
 

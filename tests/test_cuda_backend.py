@@ -24,6 +24,8 @@ from focalfast.ops.cuda.focal_modulation import _Kernels, focal_modulation_cuda
 from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_ref
 from focalfast.testing import random_focal_inputs, rel_err
 
+CPU = torch.device("cpu")
+
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_NAMES = {"context_fwd", "context_bwd", "conv_level_fwd", "output_fwd", "reduce_sum", "output_bwd",
                 "conv_level_bwd", "weight_grad", "conv_adjoint"}
@@ -302,11 +304,11 @@ def test_sweep_chunk_choice(ext, monkeypatch):
 def test_sweep_band_choice():
     """Whole images when they give enough blocks; else bands of at least four halos (R forward, 2R backward)."""
     ks = [3, 5, 7]  # R = 6
-    assert cuda_op._sweep_band_rows(ks, 128, 56, 96, 16, False) == 56  # 768 blocks
-    assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, False) == 24  # 24 blocks want 11 bands; 24 rows at least
-    assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, True) == 48
-    assert cuda_op._sweep_band_rows(ks, 8, 256, 96, 8, False) == 86  # 1024 px, B = 8: 96 blocks want 3 bands
-    assert cuda_op._sweep_band_rows(ks, 1, 7, 768, 8, True) == 7
+    assert cuda_op._sweep_band_rows(ks, 128, 56, 96, 16, False, CPU) == 56  # 768 blocks
+    assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, False, CPU) == 24  # 24 blocks want 11 bands; 24 rows at least
+    assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, True, CPU) == 48
+    assert cuda_op._sweep_band_rows(ks, 8, 256, 96, 8, False, CPU) == 86  # 1024 px, B = 8: 96 blocks want 3 bands
+    assert cuda_op._sweep_band_rows(ks, 1, 7, 768, 8, True, CPU) == 7
 
 
 @pytest.mark.parametrize("change,words", [

@@ -23,8 +23,8 @@ context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of DES
 the whole forward about 14 (with the GEMM and the epilogue), the whole backward about 36. The sweeps
 are then bound by shared-memory bandwidth (about 65 reads per element forward, 180 backward).
 
-When images x chunks give fewer than MIN_SWEEP_BLOCKS blocks (small batch, high resolution), each image is
-cut into bands of rows (``focalfast.ops.bands``), a block each, with a halo of R = sum_l k_l // 2 rows
+When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
+cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
 (forward) or 2R (backward).
 
 The sweep keeps every level's rows in shared memory, whose size grows with W (``sweep_smem_bytes``).
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focalfast import backends
-from focalfast.ops.bands import rows_per_band
+from focalfast.ops.sweep_geometry import HOST_SM_COUNT, PROGRAMS_PER_SM, rows_per_band
 from focalfast.ops.cuda import extension
 
 # Kernels that emit per-strip partial sums (the pooling level, output_bwd) give a thread a strip of up
@@ -56,11 +56,10 @@ MIN_THREADS = 1 << 18
 ROWS_PER_WEIGHT_STRIP = 8  # image rows per thread in weight_grad
 # Channels per block of the fused sweep, in order of preference: of those whose shared memory fits
 # SWEEP_SMEM_BYTES (None: the device's per-block opt-in maximum), the largest that gives at least
-# MIN_SWEEP_BLOCKS blocks with two blocks per SM, else with one, else the smallest.
+# PROGRAMS_PER_SM blocks per SM (sweep_geometry) with two blocks per SM, else with one, else the smallest.
 SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
-MIN_SWEEP_BLOCKS = 264
 SWEEP_BAND_ROWS: Optional[int] = None  # rows per band of the sweeps (None: _sweep_band_rows decides)
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -137,17 +136,25 @@ def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, W: int, C: 
     fits = [c for c in wanted if smem[c] <= limit]
     if not fits:
         return None
-    busy = [c for c in fits if B * -(-C // c) >= MIN_SWEEP_BLOCKS]
+    busy = [c for c in fits if B * -(-C // c) >= PROGRAMS_PER_SM * _sm_count(device)]
     two_per_sm = [c for c in busy if 2 * smem[c] <= limit]  # one block's barrier wait hides behind another's
     return (two_per_sm or busy or fits[-1:])[0]
 
 
-def _sweep_band_rows(kernel_sizes: List[int], B: int, H: int, C: int, chunk: int, backward: bool) -> int:
-    """Rows per band of the sweep: H (whole images) unless B * chunks blocks are fewer than MIN_SWEEP_BLOCKS."""
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of the GPU (CPU tensors follow an H100's choices)."""
+    if device.type != "cuda":
+        return HOST_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _sweep_band_rows(kernel_sizes: List[int], B: int, H: int, C: int, chunk: int, backward: bool,
+                     device: torch.device) -> int:
+    """Rows per band of the sweep: H (whole images) unless B * chunks blocks leave the GPU idle."""
     if SWEEP_BAND_ROWS is not None:
         return min(SWEEP_BAND_ROWS, H)
     halo = sum(k // 2 for k in kernel_sizes) * (2 if backward else 1)
-    return rows_per_band(H, halo, B * -(-C // chunk), MIN_SWEEP_BLOCKS)
+    return rows_per_band(H, halo, B * -(-C // chunk), _sm_count(device))
 
 
 def _gelu_grad(x: Tensor) -> Tensor:
@@ -204,7 +211,7 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
         kernel_sizes = [w.shape[-1] for w in weights]
         chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
         if chunk is not None:
-            band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, False)
+            band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, False, q.device)
             bands = -(-H // band_rows)
             ctx_local = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
             pooled_sum = torch.empty((B * bands, C), dtype=torch.float32, device=q.device)
@@ -232,7 +239,7 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
     B, H, W, C = ctx.shape
     L, chunks = len(weights), -(-C // chunk)
     kernel_sizes = [w.shape[-1] for w in weights]
-    band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True)
+    band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True, ctx.device)
     bands = -(-H // band_rows)
     f32 = dict(dtype=torch.float32, device=ctx.device)
     grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
@@ -300,7 +307,7 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
             fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device) or chunk
             kernels.launch("context_fwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates,
                            scale=scale, chunk=fwd_chunk,
-                           band_rows=_sweep_band_rows(kernel_sizes, B, H, C, fwd_chunk, False),
+                           band_rows=_sweep_band_rows(kernel_sizes, B, H, C, fwd_chunk, False, q.device),
                            ctx_local=ctx_local, pooled_sum=None)
         else:
             taps = [_tap_major(w) for w in weights]

@@ -20,7 +20,7 @@ cache-resident scratch owned by the program); the ring sizes below are the exact
 Rows outside the image are stored as zero rows and every ring row carries P_max zero columns on
 both sides, so the kernels read rings without masks: that is the zero padding of every level.
 
-Bands (``focalfast.ops.bands``): when B * cdiv(C, BC) programs would leave the GPU's
+Bands (``focalfast.ops.sweep_geometry``): when B * cdiv(C, BC) programs would leave the GPU's
 multiprocessors less than two each, images are cut into bands of ``band_rows`` rows, one program
 each, whose sweep starts at ``top = max(0, y0 - lag)`` (lag = D_L forward, B_0 backward).
 """
@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from focalfast.backends import FUSED_MAX_LEVELS as MAX_LEVELS  # the K1..K4 kernel arguments
-from focalfast.ops.bands import rows_per_band
+from focalfast.ops.sweep_geometry import backward_lags, forward_lags, rows_per_band, sweep_halo
 
 
 @dataclass(frozen=True)
@@ -82,21 +82,6 @@ def sm_count(device: torch.device) -> Optional[int]:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _lags(kernel_sizes):
-    """Forward lags D_1..D_L and backward lags B_0..B_L (see the module docstring)."""
-    P = [k // 2 for k in kernel_sizes]
-    L = len(P)
-    fwd = [sum(P[1:l]) for l in range(1, L + 1)]  # fwd[l - 1] = D_l
-    bwd = [fwd[-1] + sum(P[l:]) for l in range(L + 1)]  # bwd[l] = B_l
-    return P, fwd, bwd
-
-
-def sweep_lag(kernel_sizes, backward: bool) -> int:
-    """Rows the last stage of a sweep trails the first: D_L forward, B_0 backward (the band halo)."""
-    _, fwd, bwd = _lags(tuple(int(k) for k in kernel_sizes))
-    return bwd[0] if backward else fwd[-1]
-
-
 @triton.jit
 def sweep_band(band, band_rows, H, LAG: tl.constexpr, R: tl.constexpr):
     """``(y0, y1, top, n_steps)`` of band ``band`` in a kernel: its own rows [y0, y1), the first
@@ -123,8 +108,9 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     """
     ks = tuple(int(k) for k in kernel_sizes)
     L = len(ks)
-    P, fwd, bwd = _lags(ks)
-    lag = sweep_lag(ks, backward)
+    P = [k // 2 for k in ks]
+    fwd, bwd = forward_lags(ks), backward_lags(ks)  # fwd[l - 1] = D_l, bwd[l] = B_l
+    lag = sweep_halo(ks, backward)
     np2 = triton.next_power_of_2
     if tile is not None:
         R, WT, BC = tile
@@ -154,7 +140,7 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     pad = max(P)
     if band_rows is None:
         whole_images = interpret or sm_count is None
-        band_rows = H if whole_images else rows_per_band(H, lag, batch * triton.cdiv(C, BC), 2 * sm_count, R)
+        band_rows = H if whole_images else rows_per_band(H, lag, batch * triton.cdiv(C, BC), sm_count, R)
     return ChainSchedule(
         kernel_sizes=ks + (1,) * (MAX_LEVELS - L),
         levels=L,

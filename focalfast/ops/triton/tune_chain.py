@@ -22,7 +22,8 @@ import torch
 import triton
 
 from focalfast import timing
-from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count, sweep_lag
+from focalfast.ops.sweep_geometry import sweep_halo
+from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
 from focalfast.ops.triton.focal_context_bwd import focal_context_bwd
 from focalfast.ops.triton.focal_context_fwd import focal_context_fwd
 from focalfast.testing import random_focal_inputs, rel_err
@@ -37,7 +38,7 @@ def candidates(H: int, W: int, C: int, kernel_sizes, backward: bool, batch: int,
                limit: Optional[int] = None) -> List[dict]:
     """Schedule overrides to try, the default (``{}``) first, each a distinct schedule."""
     default = chain_schedule(H, W, C, kernel_sizes, backward, interpret=False, batch=batch, sm_count=sms)
-    lag = sweep_lag(kernel_sizes, backward)
+    lag = sweep_halo(kernel_sizes, backward)
     np2 = triton.next_power_of_2
     found, seen = [{}], {default}
     tiles = []
