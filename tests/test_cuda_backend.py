@@ -427,16 +427,17 @@ def test_binding_rejects_mixed_devices(ext):
         ext.conv_level_fwd(stream=0, **kwargs)
 
 
-def test_backend_rejects_what_the_kernels_do_not_support():
+def test_backend_rejects_what_the_kernels_do_not_support(ext, monkeypatch):
+    monkeypatch.setenv("FOCALFAST_CUDA_HOST", "1")
     inputs = random_focal_inputs(1, 3, 3, 8, (3,), dtype=torch.float64)
-    with pytest.raises(TypeError, match="q: the fused kernels support"):
-        focal_modulation_cuda(**inputs)
+    with pytest.raises(ValueError, match="backend='cuda': q: the fused kernels support"):
+        focal_modulation(**inputs, backend="cuda")
     inputs = random_focal_inputs(1, 3, 3, 8, (15,))
     with pytest.raises(ValueError, match=r"weights\[0\]: the fused kernels support kernel sizes up to 13"):
-        focal_modulation_cuda(**inputs)
+        focal_modulation(**inputs, backend="cuda")
     inputs = random_focal_inputs(1, 3, 3, 8, (3, 3, 3, 3, 3))
     with pytest.raises(ValueError, match="weights: the fused kernels support 1 to 4 focal levels"):
-        focal_modulation_cuda(**inputs)
+        focal_modulation(**inputs, backend="cuda")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,21 +7,20 @@
 
     y = LayerNorm_C(dwconv(x_nhwc) + conv_bias)       -> [B, H, W, C]
 
-Backends: ``reference`` (PyTorch, any device) and ``triton``
-(``focalfast.ops.triton.dwconv_layernorm:dwconv_layernorm_triton``, same arguments but
-``backend``, with autograd). ``auto`` takes Triton on a GPU when it is installed, else the
-reference; there is no CUDA C++ version, so ``cuda`` raises ``BackendUnavailableError``.
+Backends: those whose ``focalfast.backends`` record lists a ``dwconv_layernorm`` op: ``reference``
+(PyTorch, any device) and ``triton`` (with autograd; C up to 4096). ``auto`` takes Triton on a GPU
+when it is installed, else the reference; there is no CUDA C++ version, so ``cuda`` raises
+``BackendUnavailableError``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from focalfast import backends
-from focalfast.backends import BackendUnavailableError
 from focalfast.ops.checks import check_float_tensors_alike, to_autocast_dtype
 
 
@@ -54,31 +53,18 @@ def dwconv_layernorm_ref(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor,
     return F.layer_norm(y.permute(0, 2, 3, 1), (C,), ln_weight, ln_bias, eps)
 
 
-def _implementation(backend: Optional[str], x: Tensor) -> Callable:
-    """The Triton kernel where the focal-modulation dispatch resolves to Triton, else the reference.
-
-    There is no CUDA C++ kernel for this op: asking for ``"cuda"`` by name raises.
-    """
-    if backends.requested(backend) == "cuda":
-        raise BackendUnavailableError("backend='cuda' is not available for dwconv_layernorm: there is no "
-                                      "CUDA C++ kernel for it; use 'triton', 'reference' or 'auto'")
-    if backends.resolve(backend, x.device) == "triton":
-        from focalfast.ops.triton.dwconv_layernorm import dwconv_layernorm_triton
-
-        return dwconv_layernorm_triton
-    return dwconv_layernorm_ref
-
-
 def dwconv_layernorm(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
                      ln_bias: Tensor, eps: float = 1e-6, backend: Optional[str] = None) -> Tensor:
     """``LayerNorm(dwconv(x) + bias)`` on channels-last ``[B, H, W, C]`` -> ``[B, H, W, C]``.
 
     ``backend``: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``; None follows
     ``focalfast.set_backend``. An unavailable backend raises ``BackendUnavailableError``. Under
-    ``torch.autocast`` the float tensors are cast to the autocast dtype first.
+    ``torch.autocast`` the float tensors are cast to the autocast dtype first. This dispatcher is the
+    one place that casts and validates; backend functions receive checked, cast tensors.
     """
     x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias = to_autocast_dtype(x_nhwc, conv_weight, conv_bias,
                                                                            ln_weight, ln_bias)
     check_dwconv_layernorm_inputs(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, eps)
-    impl = _implementation(backend, x_nhwc)
-    return impl(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, float(eps))
+    config = backends.OpConfig("dwconv_layernorm", x_nhwc.dtype, (conv_weight.shape[-1],), x_nhwc.shape[-1])
+    implementation = backends.select(backend, config, x_nhwc.device)
+    return implementation(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, float(eps))

@@ -1,6 +1,6 @@
-"""The fused focal-modulation op: input checks, the pure-PyTorch reference and the dispatch.
+"""The fused focal-modulation op: input checks, the pure-PyTorch reference and the dispatcher.
 
-The op (``../shared/DESIGN.md`` section 2) maps
+The op (``docs/design.md``, "The op boundary") maps
 
     q, ctx      [B, H, W, C]      channels-last tokens (views of ``f``'s output are fine)
     gates       [B, H, W, L + 1]  raw gate logits, one scalar per pixel and level
@@ -130,6 +130,10 @@ def focal_modulation(
 ) -> Tensor:
     """``q * h(ctx_all)`` of FocalNet's modulation, ``[B, H, W, C]``, on the chosen backend.
 
+    The dispatcher: the one place that casts for autocast, validates the arguments and picks the
+    backend (``focalfast.backends.select``); backend functions receive ``h_weight`` as ``[C, C]``
+    and a contiguous ``h_bias``.
+
     ``backend`` is ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``; ``None`` takes the
     process-wide default (``focalfast.set_backend``). An unavailable backend raises
     ``focalfast.BackendUnavailableError`` saying why; a configuration the fused kernels do not
@@ -139,13 +143,8 @@ def focal_modulation(
     """
     q, ctx, gates, weights, h_weight, h_bias = to_autocast_dtype(q, ctx, gates, weights, h_weight, h_bias)
     h_weight = check_focal_modulation_inputs(q, ctx, gates, weights, h_weight, h_bias)
-    name = backends.resolve(backend, q.device)
-    if name != "reference":
-        reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
-        if reason is not None:
-            if backends.requested(backend) != "auto":
-                raise ValueError(f"backend={name!r}: {reason}")
-            name = "reference"
+    config = backends.OpConfig("focal_modulation", q.dtype, tuple(w.shape[-1] for w in weights), q.shape[-1])
+    implementation = backends.select(backend, config, q.device)
     if h_bias is not None:
         h_bias = h_bias.contiguous()
-    return backends.implementation(name)(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
+    return implementation(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))

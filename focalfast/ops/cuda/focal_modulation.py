@@ -45,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focalfast import backends
 from focalfast.ops.sweep_geometry import HOST_SM_COUNT, PROGRAMS_PER_SM, rows_per_band
 from focalfast.ops.cuda import extension
 
@@ -398,12 +397,10 @@ def focal_modulation_cuda(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[T
                           h_bias: Optional[Tensor] = None, normalize_modulator: bool = False) -> Tensor:
     """``q * h(ctx_all)`` ``[B, H, W, C]`` on the CUDA C++ kernels; differentiable, compilable.
 
-    Arguments as ``focalfast.ops.focal_modulation.focal_modulation`` (already validated there);
-    what the fused kernels handle (``focalfast.backends.fused_unsupported_reason``): float32,
-    float16, bfloat16; 1 to 4 levels; odd kernel sizes up to 13.
+    Takes what the dispatcher (``focalfast.ops.focal_modulation.focal_modulation``) passes on:
+    validated arguments in one dtype (cast for autocast there), within the fused kernels' limits
+    (``focalfast.backends.fused_limits``: float32, float16, bfloat16; 1 to 4 levels; odd kernel
+    sizes up to 13).
     """
-    reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
-    if reason is not None:
-        raise (TypeError if reason.startswith("q:") else ValueError)(reason)
     out, _ = _focal_modulation_op(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
     return out

@@ -44,7 +44,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from focalfast.ops.checks import to_autocast_dtype
 from focalfast.ops.triton.depthwise_conv import dwconv_tile, dwconv_weight_grad_tile
 
 MAX_CHANNELS = 4096
@@ -295,17 +294,10 @@ def dwconv_layernorm_triton(x_nhwc: Tensor, conv_weight: Tensor, conv_bias: Tens
                             ln_bias: Tensor, eps: float) -> Tensor:
     """``LayerNorm_C(dwconv(x) + conv_bias)`` ``[B, H, W, C]`` with the fused Triton kernels.
 
-    The backend function of ``focalfast.ops.dwconv_layernorm`` (arguments validated there; one
-    device and dtype). x may be any view with channel stride 1 (read in place), anything else
-    is copied to contiguous first; C is at most ``MAX_CHANNELS``. Under autocast the float tensors
-    are cast to the autocast dtype, so the output has that dtype; all arithmetic is fp32.
+    The backend function of ``focalfast.ops.dwconv_layernorm``: arguments validated and cast for
+    autocast there, one device and dtype, C at most ``MAX_CHANNELS``. x may be any view with channel
+    stride 1 (read in place), anything else is copied to contiguous first. All arithmetic is fp32.
     """
-    C = x_nhwc.shape[-1]
-    if C > MAX_CHANNELS:
-        raise ValueError(f"x_nhwc: the Triton dwconv_layernorm kernel supports at most {MAX_CHANNELS} "
-                         f"channels, got {C}; use backend='reference'")
-    x, conv_weight, conv_bias, ln_weight, ln_bias = to_autocast_dtype(x_nhwc, conv_weight, conv_bias,
-                                                                      ln_weight, ln_bias)
-    if C > 1 and x.stride(3) != 1:
-        x = x.contiguous()
-    return dwconv_layernorm_op(x, conv_weight, conv_bias, ln_weight, ln_bias, float(eps))
+    if x_nhwc.shape[-1] > 1 and x_nhwc.stride(3) != 1:
+        x_nhwc = x_nhwc.contiguous()
+    return dwconv_layernorm_op(x_nhwc, conv_weight, conv_bias, ln_weight, ln_bias, float(eps))

@@ -53,7 +53,6 @@ import torch
 from torch import Tensor
 
 from focalfast import backends
-from focalfast.ops.checks import to_autocast_dtype
 from focalfast.ops.triton.focal_context_bwd import focal_context_bwd
 from focalfast.ops.triton.focal_context_fwd import focal_context_fwd
 from focalfast.ops.triton.modulation_gemm import modulation_gemm
@@ -216,18 +215,11 @@ def focal_modulation_triton(
     h_bias: Optional[Tensor],
     normalize_modulator: bool,
 ) -> Tensor:
-    """``q * h(ctx_all)`` ``[B, H, W, C]`` with the fused Triton kernels (the backend contract).
+    """``q * h(ctx_all)`` ``[B, H, W, C]`` with the fused Triton kernels: the backend's op function.
 
-    Arguments as in ``focalfast.ops.focal_modulation.focal_modulation_ref`` (validated by the
-    caller), with ``h_weight`` ``[C, C]``, within what the fused kernels handle
-    (``focalfast.backends.fused_unsupported_reason``: fp32, fp16 or bf16, 1 to 4 levels, kernels
-    up to 13). Under autocast every tensor is cast to the autocast dtype first (the kernels take
-    one dtype), so the output has that dtype; all three accumulate in fp32.
+    Takes what the dispatcher (``focalfast.ops.focal_modulation.focal_modulation``) passes on:
+    validated arguments in one dtype (cast for autocast there), ``h_weight`` ``[C, C]``, within the
+    fused kernels' limits (``focalfast.backends.fused_limits``). Accumulates in fp32.
     """
-    reason = backends.fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
-    if reason is not None:
-        raise (TypeError if reason.startswith("q:") else ValueError)(reason)
-    q, ctx, gates, weights, h_weight, h_bias = to_autocast_dtype(q, ctx, gates, weights, h_weight, h_bias)
-    h_weight = h_weight.reshape(h_weight.shape[0], -1)
     out, _, _ = focal_modulation_op(q, ctx, gates, list(weights), h_weight, h_bias, bool(normalize_modulator))
     return out
