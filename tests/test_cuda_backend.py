@@ -1,13 +1,15 @@
-"""The CUDA C++ backend (csrc/, focalfast/ops/cuda/).
+"""The CUDA C++ backend's own paths (csrc/, focalfast/ops/cuda/).
 
-Without a GPU: nvcc builds the extension through setup.py for sm_80 and sm_90 and the module imports;
-the install skips or survives a failed build; and the kernel bodies, which the extension can run
-serially on the host for CPU tensors (the same code as the GPU threads run; the fused sweep kernels
-run their blocks one after the other, each phase's items in order between barriers, with shared
-memory as a host array), are checked against the float64 reference on both paths (fused sweep with
-several chunk sizes, level-at-a-time fallback), together with the custom op's registration, fake
-tensors, saved tensors and torch.compile. With a GPU: the correctness matrix at FocalNet-T's stage shapes, determinism, saved
-tensors, torch.compile(fullgraph=True) with inductor, and the sanitizer entry point.
+The checks every backend passes (parity, layouts, determinism, saved tensors, opcheck, compile,
+unsupported configurations) are in ``test_backend_contract.py``, which runs this backend's host
+path without a GPU. Here: nvcc builds the extension through setup.py for sm_80 and sm_90 and the
+module imports; the install skips or survives a failed build; the kernel bodies, which the
+extension can run serially on the host for CPU tensors (the same code as the GPU threads run; the
+fused sweep kernels run their blocks one after the other, each phase's items in order between
+barriers, with shared memory as a host array), against the float64 reference on every path (fused
+sweep with several chunk sizes and bands, level-at-a-time fallback); the chunk and band choices; the
+binding's argument checks. With a GPU: the correctness matrix at FocalNet-T's stage shapes, the
+current stream, and the sanitizer entry point.
 """
 
 import os
@@ -21,15 +23,14 @@ import torch
 from focalfast.ops.cuda import extension
 from focalfast.ops.cuda import focal_modulation as cuda_op
 from focalfast.ops.cuda.focal_modulation import _Kernels, focal_modulation_cuda
-from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_ref
-from focalfast.testing import random_focal_inputs, rel_err
+from focalfast.ops.focal_modulation import focal_modulation
+from focalfast.testing import check_against_reference, differentiable, focal_case, rel_err, saved_for_backward
 
 CPU = torch.device("cpu")
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_NAMES = {"context_fwd", "context_bwd", "conv_level_fwd", "output_fwd", "reduce_sum", "output_bwd",
                 "conv_level_bwd", "weight_grad", "conv_adjoint"}
-GRAD_NAMES = ("q", "ctx", "gates", "h_weight", "h_bias")
 
 needs_nvcc = pytest.mark.skipif(extension.find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
 
@@ -166,55 +167,6 @@ PATHS = {
 }
 
 
-def make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout, device="cpu", seed=0):
-    """Op arguments as leaves that require grad: views of one f-output tensor, or contiguous copies."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = random_focal_inputs(B, H, W, C, kernel_sizes, dtype=dtype, device=device, bias=bias,
-                                 generator=generator)
-    if layout == "contiguous":
-        inputs["q"], inputs["ctx"], inputs["gates"] = (inputs[n].contiguous() for n in ("q", "ctx", "gates"))
-    for t in differentiable(inputs):
-        t.requires_grad_(True)
-    return inputs
-
-
-def differentiable(inputs):
-    return [inputs[n] for n in GRAD_NAMES if inputs[n] is not None] + list(inputs["weights"])
-
-
-def grad_labels(inputs):
-    return [n for n in GRAD_NAMES if inputs[n] is not None] + [f"weights[{i}]" for i in range(len(inputs["weights"]))]
-
-
-def as_float64(inputs):
-    out = {}
-    for name, value in inputs.items():
-        if isinstance(value, list):
-            out[name] = [w.detach().double().requires_grad_(True) for w in value]
-        else:
-            out[name] = None if value is None else value.detach().double().requires_grad_(True)
-    return out
-
-
-def check_against_reference(inputs, normalize, out_tol, grad_tol, seed=1):
-    """Forward and every gradient of focal_modulation_cuda against the float64 reference."""
-    out = focal_modulation_cuda(**inputs, normalize_modulator=normalize)
-    inputs64 = as_float64(inputs)
-    ref = focal_modulation_ref(**inputs64, normalize_modulator=normalize)
-    assert out.shape == ref.shape and out.dtype == inputs["q"].dtype
-    err = rel_err(out, ref)
-    assert err < out_tol, f"output rel err {err:.3e}"
-
-    generator = torch.Generator().manual_seed(seed)
-    grad_out = torch.randn(ref.shape, generator=generator, dtype=torch.float64).to(ref.device)
-    grads = torch.autograd.grad(out, differentiable(inputs), grad_out.to(out.dtype))
-    grads64 = torch.autograd.grad(ref, differentiable(inputs64), grad_out)
-    for label, g, g64 in zip(grad_labels(inputs), grads, grads64):
-        assert g.shape == g64.shape, label
-        err = rel_err(g, g64)
-        assert err < grad_tol, f"grad of {label}: rel err {err:.3e}"
-
-
 def launched_kernels(monkeypatch):
     """Records the name of every kernel launch."""
     names = []
@@ -236,11 +188,8 @@ def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes
     for name, value in PATHS[path].items():
         monkeypatch.setattr(cuda_op, name, value)
     names = launched_kernels(monkeypatch)
-    inputs = make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout)
-    if dtype == torch.float32:
-        check_against_reference(inputs, normalize, out_tol=1e-5, grad_tol=1e-4)
-    else:
-        check_against_reference(inputs, normalize, out_tol=1e-2, grad_tol=1e-2)
+    tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 1e-2)
+    check_against_reference(focal_modulation_cuda, B, H, W, C, kernel_sizes, normalize, bias, dtype, *tol, layout)
     fused = {"context_fwd", "context_bwd"}
     levelwise = {"conv_level_fwd", "conv_level_bwd", "weight_grad", "conv_adjoint"}
     used, unused = (fused, levelwise) if path.startswith("sweep") else (levelwise, fused)
@@ -253,28 +202,27 @@ def test_host_sweep_forward_with_level_backward(ext, monkeypatch):
     monkeypatch.setattr(cuda_op, "SWEEP_CHUNKS", (8,))
     monkeypatch.setattr(cuda_op, "SWEEP_SMEM_BYTES", ext.sweep_smem_bytes(list(kernel_sizes), W, 8, False))
     names = launched_kernels(monkeypatch)
-    inputs = make_inputs(B, H, W, C, kernel_sizes, torch.float32, True, "views")
-    check_against_reference(inputs, True, out_tol=1e-5, grad_tol=1e-4)
+    check_against_reference(focal_modulation_cuda, B, H, W, C, kernel_sizes, True, True, torch.float32, 1e-5, 1e-4)
     assert "context_fwd" in names and "conv_level_bwd" in names and "context_bwd" not in names, names
 
 
 def test_host_runs_under_autocast(ext):
     """Under autocast the op's own products keep the kernels' dtypes (autocast is off inside)."""
-    inputs = make_inputs(1, 5, 6, 16, (3, 5), torch.bfloat16, True, "views")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        check_against_reference(inputs, normalize=True, out_tol=1e-2, grad_tol=1e-2)
+        check_against_reference(focal_modulation_cuda, 1, 5, 6, 16, (3, 5), True, True, torch.bfloat16, 1e-2, 1e-2)
 
 
 def test_host_sweep_is_deterministic_across_chunks(ext, monkeypatch):
     """Every chunk size gives bitwise the same ctx_local and grad_ctx (per-channel math does not depend on
     the chunk); the gate gradients only differ by their summation order."""
-    inputs = make_inputs(2, 9, 7, 24, (3, 5, 7), torch.float32, True, "views")
+    _, inputs, _ = focal_case(2, 9, 7, 24, (3, 5, 7))
+    labels, leaves = differentiable(inputs)
     results = []
     for chunks in [(8,), (16,), (32,), (8,)]:
         monkeypatch.setattr(cuda_op, "SWEEP_CHUNKS", chunks)
         out = focal_modulation_cuda(**inputs)
-        results.append([out, *torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))])
-    labels = ["out"] + grad_labels(inputs)
+        results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
+    labels = ["out"] + labels
     for label, a, b in zip(labels, results[0], results[3]):
         assert torch.equal(a, b), f"{label}: two identical runs differ"
     for label, a, b in zip(labels, results[0], results[2]):
@@ -330,61 +278,15 @@ def test_binding_rejects_bad_sweep_arguments(ext, change, words):
     assert words in str(info.value)
 
 
-def test_host_saves_only_inputs_and_pooled_mean(ext):
-    """The autograd graph holds the inputs (or views of them) and O(B*C) extras, no level activations."""
-    B, H, W, C = 2, 6, 5, 16
-    inputs = make_inputs(B, H, W, C, (3, 5, 7), torch.float32, True, "views")
-    check_saved_tensors(inputs, B * C)
-
-
-def check_saved_tensors(inputs, small_numel):
-    input_storages = {t.untyped_storage().data_ptr() for t in differentiable(inputs)}
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = focal_modulation_cuda(**inputs)
-    extras = [t for t in saved if t.untyped_storage().data_ptr() not in input_storages]
-    assert saved, "nothing saved: the hook did not see the op"
-    assert sum(t.numel() for t in extras) <= small_numel, [tuple(t.shape) for t in extras]
-    torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))  # the backward still runs
-
-
-def test_custom_op_opcheck(ext):
-    """Schema, fake (meta) implementation, autograd registration of both custom ops."""
-    inputs = make_inputs(1, 4, 5, 8, (3, 5), torch.float32, True, "views")
-    args = (inputs["q"], inputs["ctx"], inputs["gates"], inputs["weights"], inputs["h_weight"],
-            inputs["h_bias"], True)
-    torch.library.opcheck(torch.ops.focalfast.focal_modulation_cuda.default, args)
-    out, pooled_mean = torch.ops.focalfast.focal_modulation_cuda(*args)
-    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:3]]
-    backward_args = (torch.randn_like(out), *detached, [w.detach() for w in inputs["weights"]],
-                     inputs["h_weight"].detach(), inputs["h_bias"].detach(), pooled_mean.detach(), True)
-    torch.library.opcheck(torch.ops.focalfast.focal_modulation_cuda_backward.default, backward_args)
-
-
-def test_compile_fullgraph_through_custom_op_on_host(ext):
-    """torch.compile(fullgraph=True) traces the op (fake impl + autograd); same values as eager."""
-    inputs = make_inputs(2, 5, 4, 8, (3, 5), torch.float32, True, "views")
-
-    def fn(q, ctx, gates, weights, h_weight, h_bias):
-        return focal_modulation_cuda(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator=True)
-
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    args = [inputs[n] for n in ("q", "ctx", "gates", "weights", "h_weight", "h_bias")]
-    out, out_compiled = fn(*args), compiled(*args)
-    torch.testing.assert_close(out_compiled, out, rtol=0, atol=0)
-    grads = torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))
-    grads_compiled = torch.autograd.grad(out_compiled, differentiable(inputs), torch.ones_like(out))
-    for g, gc in zip(grads, grads_compiled):
-        torch.testing.assert_close(gc, g, rtol=0, atol=0)
+def test_host_saves_one_pooled_mean_vector(ext):
+    """Beyond the contract's bound (two [B, C] vectors): this backend keeps only pooled_mean."""
+    B, C = 2, 16
+    _, extras = saved_for_backward(focal_modulation_cuda, focal_case(B, 6, 5, C, (3, 5, 7))[1])
+    assert sum(t.numel() for t in extras) <= B * C, [tuple(t.shape) for t in extras]
 
 
 # --------------------------------------------------------------------------------------------------
-# Argument checks: the binding's and the backend's
+# Argument checks of the binding
 # --------------------------------------------------------------------------------------------------
 
 
@@ -427,19 +329,6 @@ def test_binding_rejects_mixed_devices(ext):
         ext.conv_level_fwd(stream=0, **kwargs)
 
 
-def test_backend_rejects_what_the_kernels_do_not_support(ext, monkeypatch):
-    monkeypatch.setenv("FOCALFAST_CUDA_HOST", "1")
-    inputs = random_focal_inputs(1, 3, 3, 8, (3,), dtype=torch.float64)
-    with pytest.raises(ValueError, match="backend='cuda': q: the fused kernels support"):
-        focal_modulation(**inputs, backend="cuda")
-    inputs = random_focal_inputs(1, 3, 3, 8, (15,))
-    with pytest.raises(ValueError, match=r"weights\[0\]: the fused kernels support kernel sizes up to 13"):
-        focal_modulation(**inputs, backend="cuda")
-    inputs = random_focal_inputs(1, 3, 3, 8, (3, 3, 3, 3, 3))
-    with pytest.raises(ValueError, match="weights: the fused kernels support 1 to 4 focal levels"):
-        focal_modulation(**inputs, backend="cuda")
-
-
 # --------------------------------------------------------------------------------------------------
 # On a GPU (skipped elsewhere)
 # --------------------------------------------------------------------------------------------------
@@ -471,54 +360,15 @@ def test_gpu_matches_reference(ext, B, H, W, C, kernel_sizes, dtype, normalize, 
     matmul = torch.backends.cuda.matmul  # fp32_precision since torch 2.9 (reading allow_tf32 then may raise)
     tf32 = matmul.fp32_precision == "tf32" if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
     assert not tf32, "TF32 GEMMs cannot meet the fp32 tolerance"
-    inputs = make_inputs(B, H, W, C, kernel_sizes, dtype, bias, layout, device="cuda")
-    if dtype == torch.float32:
-        check_against_reference(inputs, normalize, out_tol=1e-5, grad_tol=1e-4)
-    else:
-        check_against_reference(inputs, normalize, out_tol=1e-2, grad_tol=1e-2)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_gradients_are_bitwise_deterministic(ext, dtype):
-    inputs = make_inputs(32, 56, 56, 96, (3, 5, 7), dtype, True, "views", device="cuda")
-    runs = []
-    for _ in range(2):
-        out = focal_modulation_cuda(**inputs)
-        grad_out = torch.ones_like(out)
-        runs.append([out, *torch.autograd.grad(out, differentiable(inputs), grad_out)])
-    for label, a, b in zip(["out"] + grad_labels(inputs), *runs):
-        assert torch.equal(a, b), f"{label} differs between two identical runs"
-
-
-@pytest.mark.gpu
-def test_gpu_saves_only_inputs_and_pooled_mean(ext):
-    B, C = 8, 96
-    inputs = make_inputs(B, 56, 56, C, (3, 5, 7), torch.bfloat16, True, "views", device="cuda")
-    check_saved_tensors(inputs, B * C)
-
-
-@pytest.mark.gpu
-def test_gpu_compile_fullgraph_inductor(ext):
-    inputs = make_inputs(4, 28, 28, 192, (3, 5), torch.float32, True, "views", device="cuda")
-
-    def fn(q, ctx, gates, weights, h_weight, h_bias):
-        return focal_modulation_cuda(q, ctx, gates, weights, h_weight, h_bias)
-
-    compiled = torch.compile(fn, fullgraph=True)
-    args = [inputs[n] for n in ("q", "ctx", "gates", "weights", "h_weight", "h_bias")]
-    out, out_compiled = fn(*args), compiled(*args)
-    assert rel_err(out_compiled, out) < 1e-6
-    grads = torch.autograd.grad(out, differentiable(inputs), torch.ones_like(out))
-    grads_compiled = torch.autograd.grad(out_compiled, differentiable(inputs), torch.ones_like(out))
-    for label, g, gc in zip(grad_labels(inputs), grads, grads_compiled):
-        assert rel_err(gc, g) < 1e-6, label
+    tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 1e-2)
+    check_against_reference(focal_modulation_cuda, B, H, W, C, kernel_sizes, normalize, bias, dtype, *tol, layout,
+                            device="cuda")
 
 
 @pytest.mark.gpu
 def test_gpu_dispatch_and_current_stream(ext):
     """backend="cuda" reaches this op, and the kernels run on the caller's current stream."""
-    inputs = make_inputs(2, 14, 14, 384, (3, 5), torch.float32, True, "views", device="cuda")
+    _, inputs, _ = focal_case(2, 14, 14, 384, (3, 5), device="cuda")
     expected = focal_modulation_cuda(**inputs)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

@@ -11,4 +11,5 @@ BACKEND = Backend(
         "dwconv_layernorm": "focalfast.ops.dwconv_layernorm:dwconv_layernorm_ref",
     },
     unavailable_reason=lambda device: None,
+    fused=False,
 )

@@ -50,6 +50,9 @@ class Backend:
                         validated inputs already cast for autocast (the dispatcher does both)
     unavailable_reason  ``(device) -> why it cannot run there``, None if it can
     unsupported_reason  ``(OpConfig) -> why it cannot compute that``, None if it can; names the argument
+    fused               a fused-kernel backend: ``torch.library`` custom ops that save only their inputs
+                        and ``[B, C]`` vectors for backward (the conformance suite holds it to that),
+                        timed by ``focalfast bench`` against eager PyTorch
     auto_devices        device types on which ``"auto"`` may choose it (registration order = preference)
     cpu_test_env        environment variables under which it runs CPU tensors (the conformance suite
                         sets them; an empty mapping where it runs CPU tensors anyway or never does)
@@ -60,6 +63,7 @@ class Backend:
     ops: Mapping[str, str]
     unavailable_reason: Callable[[torch.device], Optional[str]]
     unsupported_reason: Callable[[OpConfig], Optional[str]] = supports_everything
+    fused: bool = True
     auto_devices: Tuple[str, ...] = ()
     cpu_test_env: Mapping[str, str] = field(default_factory=dict)
 
