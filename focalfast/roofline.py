@@ -1,4 +1,6 @@
-"""Bytes and FLOPs of the fused op, and the time floor they set on a device (DESIGN.md section 3).
+"""Bytes and FLOPs of the fused op, and the time floor they set on a device.
+
+The roofline of ``docs/design.md`` ("Where the time goes").
 
 Notation: P = B * H * W pixels, C channels, L focal levels with kernel sizes k_l, e bytes per
 element of the op's dtype, K2 = sum_l k_l^2. "Parameters" are the L depthwise kernels (C * K2),
@@ -23,9 +25,9 @@ FLOPs, a multiply-add counted as 2, per pixel and channel (multiply by P * C):
     vector (CUDA cores, always fp32 accumulation)
       forward   depthwise convs 2 K2, gated sum of L + 1 levels 2 (L + 1), mean pool 1,
                 h bias 1, q * modulator 1                             = 2 K2 + 2 (L + 1) + 3
-      backward  the forward's convs recomputed (DESIGN section 2) 2 K2, their input and weight
-                gradients 4 K2, gated-sum and gate gradients 4 (L + 1), dq, dmodulator and the
-                pooled gradient's broadcast 3                          = 6 K2 + 4 (L + 1) + 3
+      backward  the forward's convs recomputed (the op boundary of docs/design.md) 2 K2, their
+                input and weight gradients 4 K2, gated-sum and gate gradients 4 (L + 1), dq,
+                dmodulator and the pooled gradient's broadcast 3      = 6 K2 + 4 (L + 1) + 3
     GEMM (h, a [P, C] x [C, C] product)
       forward   2 C;   backward  recomputed h 2 C, dctx_all 2 C, dh_weight 2 C = 6 C
 
@@ -33,8 +35,8 @@ GELU (erf) and its derivative are not counted: they run on the special-function 
 in ways no single rate captures, so the compute floor is a lower bound.
 
 Time floor: ``max(bytes / bandwidth, compute time)``. The kernels keep float32 accuracy
-(DESIGN section 4), so in float32 the GEMM runs on the FMA units too and compute time is
-``(vector + GEMM) / fp32 rate``; in bfloat16 the GEMM may use the tensor cores and compute time
+(``docs/design.md``, "Measuring"), so in float32 the GEMM runs on the FMA units too and compute
+time is ``(vector + GEMM) / fp32 rate``; in bfloat16 the GEMM may use the tensor cores and compute time
 is ``max(vector / fp32 rate, GEMM / bf16 tensor rate)``. ``% of roofline`` is floor / measured.
 The rates (``Ceilings``) are measured on the device by ``measure_ceilings``: a large
 device-to-device copy (bytes read + written) and large fp32 (TF32 off) and bf16 matrix products,

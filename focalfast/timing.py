@@ -1,4 +1,4 @@
-"""Timing and memory measurement for the benchmarks (DESIGN.md section 4).
+"""Timing and memory measurement for the benchmarks (``docs/design.md``, "Measuring").
 
 On a CUDA device every call is timed with CUDA events (the GPU's own clock), after warm-up,
 rotating over several input sets so that repeated calls do not find their inputs in L2; the

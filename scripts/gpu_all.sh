@@ -89,7 +89,7 @@ $PY -c 'from focalfast.ops.cuda import extension; r = extension.unavailable_reas
 print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'"
 
 # 3. GPU tests
-if [ -n "${GPU_ALL_TESTS:-}" ]; then read -r -a TEST_ARGS <<<"$GPU_ALL_TESTS"; else TEST_ARGS=(tests/test_triton_backend.py tests/test_cuda_backend.py
+if [ -n "${GPU_ALL_TESTS:-}" ]; then read -r -a TEST_ARGS <<<"$GPU_ALL_TESTS"; else TEST_ARGS=(tests/test_backend_contract.py tests/test_triton_backend.py tests/test_cuda_backend.py
     tests/test_dwconv_layernorm_triton.py tests/test_train.py tests/test_module.py
     tests/test_models.py::test_timm_parity_and_patch tests/test_patch.py::test_patch_timm_model); fi
 stage tests 180 190 "$OUT/tests.log" \

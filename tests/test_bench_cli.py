@@ -9,7 +9,7 @@ from PIL import Image
 from focalfast import bench, cli, roofline, timing
 from focalfast.roofline import Ceilings, OpShape
 
-# DESIGN.md section 3: FocalNet-T stage 1, B=128, 56x56, C=96, three levels (k = 3, 5, 7).
+# docs/design.md, "Where the time goes": FocalNet-T stage 1, B=128, 56x56, C=96, three levels (k = 3, 5, 7).
 DESIGN_SHAPE = OpShape(128, 56, 56, 96, (3, 5, 7))
 PIXELS = 128 * 56 * 56  # 401,408
 PARAMS = 96 * (9 + 25 + 49) + 96 * 96 + 96  # 17,280: kernels, h_weight, h_bias

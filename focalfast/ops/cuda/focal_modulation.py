@@ -1,6 +1,6 @@
 """The fused focal-modulation op on the CUDA C++ kernels of ``csrc/``, with a fused backward.
 
-Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (DESIGN.md section 1):
+Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (docs/design.md, "The math"):
     context_fwd          one row-streaming sweep per (image, chunk of channels): z_{l+1} = GELU(dwconv(z_l))
                          in shared-memory rings, ctx_local = s * sum_l g_l z_{l+1} in T, and
                          pooled_sum = sum_{H,W} z_L [B, C] fp32;  G = GELU(pooled_sum / (H W))
@@ -19,7 +19,7 @@ with u[b] = sum_p g_L grad_mod and dG = s * u W. Every partial sum is reduced by
 fixed order (no atomics): the gradients are bitwise deterministic.
 
 HBM traffic per element of a C-sized tensor (bf16, C = 96, kernels 3/5/7; counted, not measured):
-context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of DESIGN.md section 3),
+context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of docs/design.md, "Where the time goes"),
 the whole forward about 14 (with the GEMM and the epilogue), the whole backward about 36. The sweeps
 are then bound by shared-memory bandwidth (about 65 reads per element forward, 180 backward).
 
