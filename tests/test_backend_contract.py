@@ -7,11 +7,11 @@ backend that cannot run here is skipped with its reason. Every call goes through
 (``focal_modulation(..., backend=name)``), the way users reach a backend.
 
 Every backend: fp32 output and every gradient against the float64 reference (fixed and random
-shapes), view and copied layouts, a strided bias, bitwise-reproducible gradients, autocast,
-``torch.compile(fullgraph=True)`` through the dispatcher, and what it cannot compute (its
-``unsupported_reason``) raising for an explicit choice and falling back under ``"auto"``.
-Fused backends (``Backend.fused``) also: fp16/bf16, no per-level activation saved for backward,
-``torch.library.opcheck`` of every custom op they call. Path-specific tests (tiles, bands, sweep
+shapes), a strided bias, autocast, ``torch.compile(fullgraph=True)`` through the dispatcher, and
+what it cannot compute (its ``unsupported_reason``) raising for an explicit choice and falling back
+under ``"auto"``. Fused backends (``Backend.fused``) also: fp16/bf16, view and copied layouts with
+bitwise equal results, bitwise-reproducible gradients, no per-level activation saved for backward,
+``torch.library.opcheck`` of every custom op they call, inductor. Path-specific tests (tiles, bands, sweep
 chunks, builds) stay in ``test_<backend>_backend.py``.
 """
 
@@ -155,7 +155,7 @@ def bitwise_reproducible(run, inputs, dout):
         assert torch.equal(a, b), f"{label} differs between two identical runs"
 
 
-@EVERY_BACKEND
+@FUSED_BACKENDS
 def test_gradients_are_bitwise_deterministic(backend):
     _, inputs, dout = focal_case(2, 6, 5, 40, (3, 5), device=DEVICE)
     bitwise_reproducible(functools.partial(dispatched(backend), normalize_modulator=True), inputs, dout.float())
@@ -233,7 +233,9 @@ def _module_pair(backend_name: str):
 @EVERY_BACKEND
 def test_torch_compile_fullgraph_through_the_dispatcher(backend):
     """aot_eager: dynamo traces the module, the dispatcher and the op (fake impls, autograd) without a
-    graph break; output and gradients equal eager bitwise, and the reference within fp32 tolerance."""
+    graph break; output and gradients equal eager (bitwise for a fused backend, whose reductions run in
+    a fixed order; within 1e-6 for the reference, whose cuDNN convs need not), and the reference
+    module within fp32 tolerance."""
     ref, module = _module_pair(backend.name)
     x = torch.randn(2, 5, 6, 16, device=DEVICE)
     eager = module(x)  # also imports the backend, which the dispatcher caches before compiling
@@ -242,10 +244,11 @@ def test_torch_compile_fullgraph_through_the_dispatcher(backend):
     grads = torch.autograd.grad(out.sum(), list(module.parameters()))
     expected = ref(x)
     expected_grads = torch.autograd.grad(expected.sum(), list(ref.parameters()))
-    assert torch.equal(out, eager)
+    same = torch.equal if backend.fused else (lambda a, b: rel_err(a, b) < 1e-6)
+    assert same(out, eager)
     assert rel_err(out, expected) < 1e-5
     for (name, _), g, e, r in zip(module.named_parameters(), grads, eager_grads, expected_grads):
-        assert torch.equal(g, e), name
+        assert same(g, e), name
         assert rel_err(g, r) < 1e-4, name
 
 
