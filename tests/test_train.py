@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from focalfast import cli
-from focalfast.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from focalfast.run_checkpoint import CheckpointError, load_checkpoint, load_model_state
 from focalfast.data import DataError, EpochBatchSampler, Shapes, build_data, epoch_permutation
 from focalfast.train import TrainConfig, TrainConfigError, build_model, learning_rate, train
 
@@ -320,3 +320,18 @@ def test_gpu_training_step_summary(tmp_path, backend):
     assert summary["backend"] == backend and summary["step"] == 12 and summary["amp"] == "bfloat16"
     assert summary["train_images_per_s"] > 0 and summary["step_images_per_s"] > 0
     assert summary["peak_memory_mb"] > 0 and summary["channels_last"]
+
+
+def test_visualize_reads_runs_without_the_training_code():
+    """``focalfast visualize`` needs the run checkpoint and classifier modules, not ``focalfast.train``."""
+    import ast
+
+    import focalfast
+
+    root = os.path.dirname(focalfast.__file__)
+    for module in ("visualize.py", "run_checkpoint.py", "classifier.py", "data.py"):
+        with open(os.path.join(root, module)) as f:
+            tree = ast.parse(f.read())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [name for name in imported if name and name.startswith("focalfast.train")], module

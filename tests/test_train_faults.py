@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from focalfast import cli
-from focalfast.checkpoint import CheckpointError, checksum, load_checkpoint, save_checkpoint
+from focalfast.run_checkpoint import CheckpointError, checksum, load_checkpoint, save_checkpoint
 from focalfast.data import DataError, Shapes
 from focalfast.train import TrainConfigError, train
 from focalfast.training.faults import TrainingDiverged, TrainingInterrupted

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from focalfast.checkpoint import (CheckpointError, load_checkpoint, load_model_state, load_optimizer_state,
+from focalfast.run_checkpoint import (CheckpointError, load_checkpoint, load_model_state, load_optimizer_state,
                                   process_rng_states, restore_rng, save_checkpoint)
 from focalfast.classifier import build_classifier
 from focalfast.data import DataError, build_data, normalize, sample_seed
@@ -433,7 +433,7 @@ def train(config) -> dict:
 
     ``config``: a ``TrainConfig`` or a dict of its fields. With ``resume``, the settings not given
     (a dict's missing keys; a ``TrainConfig``'s fields left at their defaults) are the checkpoint's.
-    Raises ``TrainConfigError``, ``focalfast.data.DataError`` or ``focalfast.checkpoint.CheckpointError``
+    Raises ``TrainConfigError``, ``focalfast.data.DataError`` or ``focalfast.run_checkpoint.CheckpointError``
     (all ValueError) before anything is written when the settings, data or checkpoint are unusable;
     ``TrainingDiverged`` on a non-finite step; ``TrainingInterrupted`` after saving on SIGINT / SIGTERM.
     """
