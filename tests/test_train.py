@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from PIL import Image
 
 from focalfast import cli
 from focalfast.run_checkpoint import CheckpointError, load_checkpoint, load_model_state
-from focalfast.data import DataError, EpochBatchSampler, Shapes, build_data, epoch_permutation
+from focalfast.data import DataError, EpochBatchSampler, Shapes, build_data, default_num_workers, epoch_permutation
 from focalfast.train import TrainConfig, TrainConfigError, build_model, learning_rate, train
 
 NUM_SHAPES = 4          # circle, square, triangle, cross
@@ -335,3 +336,21 @@ def test_visualize_reads_runs_without_the_training_code():
         imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         assert not [name for name in imported if name and name.startswith("focalfast.train")], module
+
+
+def test_default_workers_fit_the_cores_and_both_speeds_are_reported(tmp_path, monkeypatch):
+    """On 2 cores the default decoding processes do not trip DataLoader's warning; summary.json
+    gives the loop's img/s (data included) and the step's (data excluded), the latter higher."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_num_workers() == 2 and default_num_workers(world_size=2) == 0
+    data_dir = str(tmp_path / "images")
+    write_image_folder(data_dir, per_class=6)
+    settings = {k: v for k, v in TINY.items() if k != "num_workers"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(dict(settings, out_dir=str(tmp_path / "run"), data_dir=data_dir, epochs=1,
+                             batch_size=4, val_fraction=0.0, timing_warmup=0))
+    assert not [str(w.message) for w in caught if "worker" in str(w.message)]
+    assert summary["timed_steps"] == 3 and 0 < summary["train_images_per_s"] < summary["step_images_per_s"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_num_workers() == 4
