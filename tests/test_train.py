@@ -49,7 +49,7 @@ def shapes_run(tmp_path_factory):
 
 def test_training_on_shapes_ends_clearly_above_chance(shapes_run):
     out, summary = shapes_run
-    # 4 balanced classes: chance is 25%. This run reaches 87% here (seed 0, CPU, torch 2.13);
+    # 4 balanced classes: chance is 25%. This run reaches 86.3% here (seed 0, CPU, torch 2.13);
     # seeds 1-4 gave 85-98%, so the bound leaves room for other platforms' rounding.
     assert summary["val_acc"] >= 0.60, summary
     assert summary["train_acc"] >= 0.60, summary

@@ -122,6 +122,10 @@ def test_resume_refuses_data_whose_classes_differ(tmp_path):
     os.rename(os.path.join(data, "blue"), os.path.join(data, "zblue"))  # red would become label 0
     with pytest.raises(DataError, match=r"classes \['red', 'zblue'\] differ from the checkpoint's \['blue', 'red'\]"):
         train(dict(out_dir=out, resume=True))
+    os.rename(os.path.join(data, "zblue"), os.path.join(data, "blue"))
+    write_image_folder(data, classes=("green",), per_class=5)  # one more class: a wider head
+    with pytest.raises(DataError, match=r"classes \['blue', 'green', 'red'\] differ"):
+        train(dict(out_dir=out, resume=True))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

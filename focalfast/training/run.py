@@ -95,9 +95,11 @@ class TrainingRun:
         self.device = processes.device
         self.setup_device()
         self.data = self.load_data()
+        self.steps_per_epoch = len(self.data.train)
+        if checkpoint is not None:
+            self.check_resumed_data(checkpoint.record)
         self.model, self.trained_model = self.build_model()
         self.optimizer, self.scaler = self.build_optimizer()
-        self.steps_per_epoch = len(self.data.train)
         self.total_steps = settings.epochs * self.steps_per_epoch
         self.warmup_steps = warmup_steps_of(settings.warmup_steps, self.total_steps)
         self.stop_step = min(self.total_steps, settings.max_steps or self.total_steps)
@@ -155,10 +157,8 @@ class TrainingRun:
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         return optimizer, scaler
 
-    def resume(self, checkpoint) -> None:
-        """Continue from ``checkpoint``: optimizer, progress, epoch sums, grad scaler, RNG; refuse data
-        whose classes or steps per epoch differ from the checkpoint's run."""
-        record = checkpoint.record
+    def check_resumed_data(self, record: dict) -> None:
+        """Refuse data whose classes or steps per epoch differ from the checkpoint's run."""
         if record["classes"] != self.data.classes:
             raise DataError(f"resume: the data's classes {self.data.classes} differ from the checkpoint's "
                             f"{record['classes']}: every label would change; use the run's data, or "
@@ -166,6 +166,10 @@ class TrainingRun:
         if record["steps_per_epoch"] != self.steps_per_epoch:
             raise CheckpointError(f"resume: the data gives {self.steps_per_epoch} steps per epoch but the "
                                   f"checkpoint's run had {record['steps_per_epoch']}; the data has changed")
+
+    def resume(self, checkpoint) -> None:
+        """Continue from ``checkpoint``: optimizer, progress, epoch sums, grad scaler, RNG."""
+        record = checkpoint.record
         load_optimizer_state(self.optimizer, checkpoint)
         self.progress = Progress(record["step"], record["epoch"], record["epoch_step"], record["history"])
         if self.processes.is_main:  # the sums are over all processes: one process holds them
