@@ -44,7 +44,10 @@ class WallClock:
 
 
 class StepClock:
-    """Seconds inside ``begin``/``end`` pairs: CUDA events on GPU (read lazily), else perf_counter."""
+    """Seconds inside ``begin``/``end`` pairs: CUDA events on GPU (read once they are old, so that
+    reading never waits for the GPU), else perf_counter."""
+
+    PENDING_EVENTS = 64  # event pairs held before the older half is read
 
     def __init__(self, device):
         self.device = device
@@ -65,14 +68,20 @@ class StepClock:
             ended = torch.cuda.Event(enable_timing=True)
             ended.record()
             self._events.append((self._began, ended))
+            if len(self._events) > self.PENDING_EVENTS:
+                self._read_events(keep=self.PENDING_EVENTS // 2)
         else:
             self.seconds += time.perf_counter() - self._began
 
+    def _read_events(self, keep: int) -> None:
+        """Add the time of all but the last ``keep`` event pairs."""
+        done, self._events = self._events[: len(self._events) - keep], self._events[len(self._events) - keep:]
+        if done:
+            done[-1][1].synchronize()
+            self.seconds += sum(a.elapsed_time(b) for a, b in done) / 1000
+
     def rate(self) -> Optional[float]:
-        if self._events:
-            self._events[-1][1].synchronize()
-            self.seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000
-            self._events.clear()
+        self._read_events(keep=0)
         return self.images / self.seconds if self.seconds > 0 else None
 
 
