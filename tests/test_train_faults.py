@@ -99,6 +99,21 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert sha256(os.path.join(out, "checkpoint.safetensors")) == saved
 
 
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
+    step = torch.optim.AdamW.step
+
+    def poisoned_step(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        self.param_groups[0]["params"][0].data[0] = math.nan
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned_step)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"non-finite weights after step 1 \(.*\): not saved"):
+        train(dict(TINY, out_dir=str(out), save_every=1))
+    assert os.listdir(out) == ["config.json"]
+
+
 def test_resume_keeps_every_setting_not_given_again(tmp_path, capsys):
     out = str(tmp_path / "run")
     train(dict(TINY, out_dir=out, epochs=1, lr=2e-3, label_smoothing=0.1))

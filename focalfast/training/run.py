@@ -393,8 +393,15 @@ class TrainingRun:
         return states
 
     def save(self, lr: float) -> None:
-        """Checkpoint the run as it stands (a collective: every process calls it; rank 0 writes)."""
+        """Checkpoint the run as it stands (a collective: every process calls it; rank 0 writes).
+        Raises ``TrainingDiverged`` instead of writing non-finite weights."""
         p = self.progress
+        broken = [name for name, tensor in self.model.state_dict().items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if broken:
+            raise TrainingDiverged(f"non-finite weights after step {p.step} ({', '.join(broken[:3])}"
+                                   f"{', ...' if len(broken) > 3 else ''}): not saved; the last checkpoint "
+                                   f"in {self.run_dir.path!r} is kept")
         loss_sum, correct, seen = self.epoch_sums()
         rng_states = self.rng_states()
         if self.processes.is_main:
