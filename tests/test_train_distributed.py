@@ -71,6 +71,8 @@ def test_two_processes_equal_one_and_resume_with_one(tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     train(dict(RUN, out_dir=one, max_steps=5))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on the loopback, whatever the host name resolves to
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), "-m", "focalfast", "train", "--out", two,
                "--max-steps", "5", *cli_args(RUN)]
