@@ -3,7 +3,9 @@
 Both give batches of ``images [B, 3, S, S]`` (uint8 or float in [0, 1]) and ``labels [B]`` through
 ``Loader.batches(epoch, start)``. The order of every epoch and every random augmentation is a
 function of ``(seed, epoch, sample index)``, so a run resumed from a checkpoint sees exactly the
-batches that an uninterrupted run would have seen.
+batches that an uninterrupted run would have seen. With several training processes, process
+``rank`` of ``world_size`` takes images ``rank, rank + world_size, ...`` of every batch: together
+they see the batches, and the very pixels, of one process.
 
 * ``Shapes``: four generated classes (circle, square, triangle, cross) with random position, size,
   a small rotation, colours and noise; rendered in batches on the training device; needs no download.
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+import sys
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -90,8 +93,13 @@ class Shapes:
     def __len__(self) -> int:
         return self.num_samples
 
-    def render(self, indices: Tensor, device, noise_seed: int) -> Tuple[Tensor, Tensor]:
-        """Images ``[B, 3, S, S]`` float in [0, 1] and labels ``[B]`` on ``device`` for ``indices``."""
+    def render(self, indices: Tensor, device, noise_seed: int,
+               part: Optional[Tuple[Tensor, int]] = None) -> Tuple[Tensor, Tensor]:
+        """Images ``[B, 3, S, S]`` float in [0, 1] and labels ``[B]`` on ``device`` for ``indices``.
+
+        ``part = (rows, batch_size)``: ``indices`` are these rows of a batch of ``batch_size`` images,
+        and get the noise that rendering the whole batch would give them.
+        """
         device = torch.device(device)
         indices = indices.cpu()
         S = self.image_size
@@ -120,19 +128,29 @@ class Shapes:
         fg, bg = take(self.foreground).view(-1, 3, 1, 1), take(self.background).view(-1, 3, 1, 1)
         images = bg + (fg - bg) * mask
         g = torch.Generator(device=device).manual_seed(noise_seed)
-        noise = torch.randn(images.shape, generator=g, device=device)
+        rows, batch_size = part if part is not None else (None, images.shape[0])
+        noise = torch.randn((batch_size, *images.shape[1:]), generator=g, device=device)
+        if rows is not None:
+            noise = noise[rows.to(device)]
         return (images + 0.06 * noise).clamp_(0, 1), labels
 
 
-class ShapesLoader:
-    """Batches of a ``Shapes`` set, rendered directly on ``device``."""
+def batch_share(batch_size: int, rank: int, world_size: int) -> Tensor:
+    """The rows of a batch that process ``rank`` of ``world_size`` takes: ``rank::world_size``."""
+    return torch.arange(rank, batch_size, world_size)
 
-    def __init__(self, dataset: Shapes, batch_size: int, device, seed: int = 0, train: bool = True):
+
+class ShapesLoader:
+    """Batches of a ``Shapes`` set (process ``rank``'s share of each), rendered directly on ``device``."""
+
+    def __init__(self, dataset: Shapes, batch_size: int, device, seed: int = 0, train: bool = True,
+                 rank: int = 0, world_size: int = 1):
         self.dataset = dataset
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.seed = seed
         self.train = train
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n, b = len(self.dataset), self.batch_size
@@ -142,8 +160,11 @@ class ShapesLoader:
         n, b = len(self.dataset), self.batch_size
         order = epoch_permutation(n, self.seed, epoch) if self.train else torch.arange(n)
         for i in range(start, len(self)):
-            noise_seed = sample_seed(self.seed, epoch if self.train else -1, i)
-            yield self.dataset.render(order[i * b : (i + 1) * b], self.device, noise_seed)
+            batch = order[i * b : (i + 1) * b]
+            rows = batch_share(len(batch), self.rank, self.world_size)
+            if len(rows):
+                noise_seed = sample_seed(self.seed, epoch if self.train else -1, i)
+                yield self.dataset.render(batch[rows], self.device, noise_seed, part=(rows, len(batch)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,10 +245,30 @@ def random_resized_crop(image, size: int, generator: torch.Generator,
     return image_to_tensor(out)
 
 
+class UnreadableImage:
+    """What ``ImageFolder`` returns in place of an image it cannot decode."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+
+
+def collate_readable(items) -> Tuple[Tensor, Tensor, List[UnreadableImage]]:
+    """``[(image or UnreadableImage, label)]`` -> uint8 images ``[B, 3, S, S]``, labels ``[B]`` of the
+    readable ones, and the unreadable ones."""
+    readable = [(image, label) for image, label in items if not isinstance(image, UnreadableImage)]
+    unreadable = [image for image, _ in items if isinstance(image, UnreadableImage)]
+    if not readable:
+        paths = ", ".join(repr(u.path) for u in unreadable)
+        raise DataError(f"every image of a batch is unreadable ({paths}): {unreadable[0].reason}")
+    images = torch.stack([image for image, _ in readable])
+    return images, torch.tensor([label for _, label in readable]), unreadable
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Labelled image files; item ``(epoch, i)`` is a training view, item ``i`` an evaluation view.
 
-    Returns ``(uint8 [3, S, S], label)``.
+    Returns ``(uint8 [3, S, S], label)``, or ``(UnreadableImage, label)`` for a file that cannot be
+    decoded (the loader leaves it out of its batch and reports it).
     """
 
     def __init__(self, samples: List[Tuple[str, int]], classes: List[str], image_size: int, seed: int = 0):
@@ -240,24 +281,30 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, key):
-        if isinstance(key, tuple):
-            epoch, index = key
-            path, label = self.samples[index]
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-            return random_resized_crop(read_image(path), self.image_size, generator), label
-        path, label = self.samples[key]
-        return center_crop(read_image(path), self.image_size), label
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        path, label = self.samples[index]
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            return UnreadableImage(path, str(exc)), label
+        if epoch is None:
+            return center_crop(image, self.image_size), label
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        return random_resized_crop(image, self.image_size, generator), label
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Batches of ``(epoch, index)`` keys of one epoch's permutation, from batch ``start`` on
-    (``train``), or of plain indices in order (evaluation). Set ``epoch`` and ``start`` before iterating."""
+    (``train``), or of plain indices in order (evaluation); process ``rank``'s share of each.
+    Set ``epoch`` and ``start`` before iterating."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, train: bool):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, train: bool, rank: int = 0,
+                 world_size: int = 1):
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.train = train
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0
 
@@ -266,35 +313,54 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         return n // b if self.train else -(-n // b)
 
     def __iter__(self):
-        b = self.batch_size
+        b, share = self.batch_size, slice(self.rank, None, self.world_size)
         if not self.train:
             for i in range(len(self)):
-                yield list(range(i * b, min((i + 1) * b, self.num_samples)))
+                batch = list(range(i * b, min((i + 1) * b, self.num_samples)))[share]
+                if batch:
+                    yield batch
             return
         order = epoch_permutation(self.num_samples, self.seed, self.epoch).tolist()
         for i in range(self.start, len(self)):
-            yield [(self.epoch, j) for j in order[i * b : (i + 1) * b]]
+            yield [(self.epoch, j) for j in order[i * b : (i + 1) * b][share]]
 
 
 class ImageFolderLoader:
-    """Batches of an ``ImageFolder`` through a ``DataLoader`` (decoding in ``num_workers`` processes)."""
+    """Batches of an ``ImageFolder`` through a ``DataLoader`` (decoding in ``num_workers`` processes).
+
+    Images that cannot be decoded are left out of their batch, reported once on stderr and kept in
+    ``unreadable`` (path -> reason).
+    """
 
     def __init__(self, dataset: ImageFolder, batch_size: int, device, seed: int = 0,
-                 train: bool = True, num_workers: int = 0):
+                 train: bool = True, num_workers: int = 0, rank: int = 0, world_size: int = 1):
         self.dataset = dataset
         self.device = torch.device(device)
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, train)
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, train, rank, world_size)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.sampler, num_workers=num_workers,
+            dataset, batch_sampler=self.sampler, num_workers=num_workers, collate_fn=collate_readable,
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
+        self.unreadable: Dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
         self.sampler.epoch, self.sampler.start = epoch, start
-        for images, labels in self.loader:
+        for images, labels, unreadable in self.loader:
+            for image in unreadable:
+                if image.path not in self.unreadable:
+                    self.unreadable[image.path] = image.reason
+                    print(f"focalfast: skipping an unreadable image: {image.reason}", file=sys.stderr)
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def default_num_workers(world_size: int = 1) -> int:
+    """Image decoding processes per training process: up to 4, no more than the CPU cores each
+    process has (0, decoding in the training process, where that is under 2)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // world_size
+    return min(4, per_process) if per_process >= 2 else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +375,11 @@ class Data:
         self.classes = list(classes)
         self.mean, self.std = tuple(mean), tuple(std)
         self.description = description
+
+    def unreadable(self) -> List[str]:
+        """The paths of the images left out so far because they cannot be decoded."""
+        loaders = [loader for loader in (self.train, self.val) if isinstance(loader, ImageFolderLoader)]
+        return sorted({path for loader in loaders for path in loader.unreadable})
 
 
 def split_samples(samples: List[Tuple[str, int]], fraction: float, seed: int):
@@ -336,18 +407,23 @@ def build_data(
     train_samples: int = 5000,
     val_samples: int = 1000,
     val_fraction: float = 0.1,
-    num_workers: int = 0,
+    num_workers: Optional[int] = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Data:
     """The data of a run: ``data_dir`` None gives the generated shapes; a directory is read as
     ``data_dir/train`` + ``data_dir/val`` if ``train`` exists, else as class folders of which
-    ``val_fraction`` per class is held out for validation."""
+    ``val_fraction`` per class is held out for validation. ``batch_size`` is the batch of all
+    ``world_size`` processes together; the loaders give process ``rank``'s share of each batch.
+    ``num_workers`` None: ``default_num_workers(world_size)``."""
+    shard = dict(rank=rank, world_size=world_size)
     if data_dir is None:
         train = Shapes(train_samples, image_size, seed, "train")
         val = Shapes(val_samples, image_size, seed, "val")
         if len(train) < batch_size:
             raise DataError(f"train_samples={train_samples} is smaller than batch_size={batch_size}")
-        return Data(ShapesLoader(train, batch_size, device, seed, train=True),
-                    ShapesLoader(val, batch_size, device, seed, train=False),
+        return Data(ShapesLoader(train, batch_size, device, seed, train=True, **shard),
+                    ShapesLoader(val, batch_size, device, seed, train=False, **shard),
                     Shapes.classes, Shapes.mean, Shapes.std,
                     f"generated shapes ({train_samples} train / {val_samples} val, {len(Shapes.classes)} classes)")
 
@@ -369,8 +445,10 @@ def build_data(
                         f"fewer than batch_size={batch_size}")
     train_set = ImageFolder(train_samples_list, classes, image_size, seed)
     val_set = ImageFolder(val_samples_list, classes, image_size, seed)
-    val_loader = (ImageFolderLoader(val_set, batch_size, device, seed, False, num_workers)
+    if num_workers is None:
+        num_workers = default_num_workers(world_size)
+    val_loader = (ImageFolderLoader(val_set, batch_size, device, seed, False, num_workers, **shard)
                   if len(val_set) else None)
-    return Data(ImageFolderLoader(train_set, batch_size, device, seed, True, num_workers), val_loader,
+    return Data(ImageFolderLoader(train_set, batch_size, device, seed, True, num_workers, **shard), val_loader,
                 classes, IMAGENET_MEAN, IMAGENET_STD,
                 f"{data_dir} ({len(train_set)} train / {len(val_set)} val images, {len(classes)} classes)")

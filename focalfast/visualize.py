@@ -51,6 +51,18 @@ def select_layer(layers, stage: int, block: int):
     return in_stage[block]
 
 
+def classifier_of(checkpoint, backend: str = "auto"):
+    """The classifier a training-run checkpoint describes, with its weights (CPU, train mode)."""
+    from focalfast.classifier import build_classifier
+    from focalfast.run_checkpoint import load_model_state
+
+    config = checkpoint.config
+    model = build_classifier(config["model"], config["model_options"], config["image_size"],
+                             checkpoint.record["num_classes"], backend)
+    load_model_state(model, checkpoint, f"model {config['model']!r} built from its own config")
+    return model
+
+
 def _overlay_map(values, size: int):
     """``[h, w]`` map -> ``[size, size]`` numpy array scaled to [0, 1] (bilinear upsampling)."""
     import torch.nn.functional as F
@@ -66,34 +78,27 @@ def visualize(checkpoint_path: str, out: str = "focal_maps.png", image: Optional
     """Draw the gate maps and modulator norm of layer ``(stage, block)`` for ``image`` (a file;
     None: generated shapes sample ``sample``) with the weights of ``checkpoint_path``; write a PNG
     of ``(L + 3) * panel_px`` x ``panel_px + TITLE_PX`` pixels to ``out`` and return a summary dict."""
-    import dataclasses
-
     import torch
 
-    from focalfast.checkpoint import CheckpointError, load_checkpoint, load_model_state
     from focalfast.data import Shapes, center_crop, normalize, read_image
-    from focalfast.train import TrainConfig, build_model
+    from focalfast.run_checkpoint import CheckpointError, load_checkpoint
 
     if not isinstance(panel_px, int) or panel_px < 16:
         raise ValueError(f"panel_px: expected an int >= 16, got {panel_px!r}")
     checkpoint = load_checkpoint(checkpoint_path)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in checkpoint.config.items() if k in fields})
-    config = dataclasses.replace(config, backend=backend)
-    record = checkpoint.record
-    model = build_model(config, record["num_classes"])
-    load_model_state(model, checkpoint, f"model {config.model!r} built from its own config")
+    config, record = checkpoint.config, checkpoint.record
+    model = classifier_of(checkpoint, backend)
     model.to(device).eval()
 
     layers = modulation_layers(model)
     if not layers:
-        raise CheckpointError(f"checkpoint {checkpoint_path!r}: model {config.model!r} has no focal "
+        raise CheckpointError(f"checkpoint {checkpoint_path!r}: model {config['model']!r} has no focal "
                               "modulation layers to draw")
     name, position, modulation = select_layer(layers, stage, block)
 
-    size = config.image_size
+    size = config["image_size"]
     if image is None:
-        shapes = Shapes(max(sample + 1, 1), size, config.seed, "val")
+        shapes = Shapes(max(sample + 1, 1), size, config.get("seed", 0), "val")
         pixels, _ = shapes.render(torch.tensor([sample]), "cpu", noise_seed=sample)
         pixels = pixels[0]
         source = f"generated shapes sample {sample}"
@@ -160,15 +165,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.list_layers:
-            import dataclasses
+            from focalfast.run_checkpoint import load_checkpoint
 
-            from focalfast.checkpoint import load_checkpoint
-            from focalfast.train import TrainConfig, build_model
-
-            checkpoint = load_checkpoint(args.checkpoint)
-            fields = {f.name for f in dataclasses.fields(TrainConfig)}
-            config = TrainConfig(**{k: v for k, v in checkpoint.config.items() if k in fields})
-            model = build_model(config, checkpoint.record["num_classes"])
+            model = classifier_of(load_checkpoint(args.checkpoint), args.backend)
             for name, (stage, block), module in modulation_layers(model):
                 print(f"stage {stage} block {block}: {name} (dim {module.dim}, kernels {module.kernel_sizes})")
             return 0

@@ -58,7 +58,7 @@ for run in $RUNS; do
 import json, sys
 s = json.load(open(sys.argv[1]))
 peak = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
-print(f"| {sys.argv[2]} | {sys.argv[3]} | {s['backend']} | {s['img_per_s']:.1f} | {peak} | {s['train_loss']:.4f} | ok |")
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {s['backend']} | {s['train_images_per_s']:.1f} | {peak} | {s['train_loss']:.4f} | ok |")
 PYEOF
         else
             reason=$(grep -E "OutOfMemoryError|Error|error" "$LOG" | tail -n 1 | cut -c1-120)

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from focalfast import cli
-from focalfast.checkpoint import CheckpointError, load_checkpoint
+from focalfast.run_checkpoint import CheckpointError, load_checkpoint
 from focalfast.data import DataError
-from focalfast.train import TrainConfig, build_model, train
+from focalfast.classifier import build_classifier
+from focalfast.train import train
 from focalfast.visualize import TITLE_PX, modulation_layers, visualize
 
 PANEL = 64
@@ -73,7 +74,9 @@ def test_users_image_and_layer_choice(checkpoint, tmp_path):
 
 def test_modulation_layers_are_found_by_stage_and_block(checkpoint):
     ckpt = load_checkpoint(checkpoint)
-    model = build_model(TrainConfig(**ckpt.config), ckpt.record["num_classes"])
+    config = ckpt.config
+    model = build_classifier(config["model"], config["model_options"], config["image_size"],
+                             ckpt.record["num_classes"])
     layers = modulation_layers(model)
     assert [position for _, position, _ in layers] == [(0, 0), (1, 0), (2, 0), (2, 1), (3, 0)]
     assert all(not module.capture and module.gates is None for _, _, module in layers)
