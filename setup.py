@@ -8,14 +8,18 @@ builds with nvcc alone, without a GPU or a CUDA torch. Environment:
 
 A missing nvcc or a failed build never fails the install: it warns, and the CUDA backend later builds
 itself on first use (JIT, see ``focalfast/ops/cuda/extension.py``) or reports why it is unavailable.
+For that, every built package (wheel, non-editable install) carries a copy of ``csrc/`` in
+``focalfast/ops/cuda/csrc/``. Each nvcc step prints a progress line (``pip install -v`` shows them).
 """
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,11 +37,12 @@ class BuildCudaExtension(build_ext):
 
     def build_extension(self, ext):
         helper = _cuda_build_helper()
+        output = Path(self.get_ext_fullpath(ext.name))
+        output.unlink(missing_ok=True)  # a module left in build/ by an earlier build must not ship now
         reason = helper.skip_build_reason()
         if reason:
             print(f"focalfast: not building the CUDA extension: {reason}", flush=True)
             return
-        output = Path(self.get_ext_fullpath(ext.name))
         try:
             helper.build(output, Path(self.build_temp) / "focalfast_cuda", source_dir=HERE / "csrc")
             print(f"focalfast: built the CUDA extension {output}", flush=True)
@@ -49,8 +54,22 @@ class BuildCudaExtension(build_ext):
         # Only what was built: a skipped or failed extension is no output to install.
         return [path for path in super().get_outputs() if os.path.exists(path)]
 
+
+class BuildPyWithCudaSources(build_py):
+    """Packs a fresh copy of ``csrc/`` into ``focalfast/ops/cuda/csrc/`` so that an installed package
+    whose extension is missing or does not load can JIT-build it. Editable installs use ``csrc/``."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        target = Path(self.build_lib, "focalfast", "ops", "cuda", _cuda_build_helper().PACKAGED_SOURCE_DIR)
+        shutil.rmtree(target, ignore_errors=True)  # no file deleted from csrc/ survives in build/
+        shutil.copytree(HERE / "csrc", target)
+
+
 setup(
     # optional: editable installs copy it into the source tree only if it was built.
     ext_modules=[Extension("focalfast.ops.cuda._C", sources=[], optional=True)],
-    cmdclass={"build_ext": BuildCudaExtension},
+    cmdclass={"build_ext": BuildCudaExtension, "build_py": BuildPyWithCudaSources},
 )

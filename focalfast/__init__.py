@@ -7,6 +7,7 @@ from focalfast.backends import (
     get_backend,
     set_backend,
 )
+from focalfast.availability import backend_status
 from focalfast.convert import focal_modulation_from, load_modulation_state_dict
 from focalfast.modules.focal_modulation import FocalModulation
 from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_ref
@@ -22,6 +23,7 @@ __all__ = [
     "BackendUnavailableError",
     "FocalModulation",
     "available_backends",
+    "backend_status",
     "build",
     "build_convnext",
     "convnext_output_size",

@@ -1,6 +1,7 @@
 """focalfast: fused FocalNet kernels. Subcommands: demo, bench, train, visualize.
 
-Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
+Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``. A
+``--device`` the machine cannot use ends every subcommand with one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from focalfast.devices import device_unavailable_reason
 
 COMMANDS = {
     "demo": ("focalfast.demo", "check every available backend against the reference and time them"),
@@ -26,6 +29,11 @@ def main(argv=None) -> int:
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
+    device = getattr(args, "device", None)
+    reason = device_unavailable_reason(device) if device is not None else None
+    if reason is not None:  # before any heavy work, the same for every subcommand
+        print(f"focalfast: --device {device}: {reason}", file=sys.stderr)
+        return 2
     return modules[args.command].run(args) or 0
 
 

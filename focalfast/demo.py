@@ -13,6 +13,8 @@ import time
 import torch
 
 from focalfast import backends
+from focalfast.availability import backend_status
+from focalfast.devices import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--batch", type=int, default=None, help="default: 32 on GPU, 2 on CPU")
     parser.add_argument("--size", type=int, default=None, help="feature map side; default 56 on GPU, 14 on CPU")
-    parser.add_argument("--channels", type=int, default=96)
-    parser.add_argument("--focal-level", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=96,
+                        help="channels C of the modulation (default 96, FocalNet-T stage 1)")
+    parser.add_argument("--focal-level", type=int, default=3,
+                        help="focal levels L, kernel sizes 3, 5, 7, ... (default 3)")
     parser.add_argument("--skip-model", action="store_true", help="only the op, not the FocalNet-T step")
 
 
@@ -64,8 +68,7 @@ def _op_table(args, device: torch.device, dtype: torch.dtype) -> list:
     ref_grads = torch.autograd.grad(ref_out, [double["q"], double["ctx"], double["gates"], *double["weights"],
                                               double["h_weight"], double["h_bias"]], upstream.double())
     rows = []
-    for name in backends.BACKENDS:
-        reason = backends.unavailable_reason(name, device)
+    for name, reason in backend_status(device).items():
         if reason is not None:
             rows.append((name, None, None, None, None, reason))
             continue
@@ -113,7 +116,7 @@ def _model_step(device: torch.device, dtype: torch.dtype, batch: int, image: int
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     args.batch = args.batch or (32 if on_gpu else 2)

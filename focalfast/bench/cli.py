@@ -85,10 +85,7 @@ def _settings(args: argparse.Namespace, on_gpu: bool) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("focalfast bench: --device cuda, but no CUDA GPU is visible to PyTorch", file=sys.stderr)
-        return 2
+    device = torch.device(args.device) if args.device else default_device()  # focalfast.cli checked it
     on_gpu = device.type == "cuda"
     settings = _settings(args, on_gpu)
     if on_gpu:

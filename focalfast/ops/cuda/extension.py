@@ -5,8 +5,12 @@ The extension is plain CUDA + pybind11 with the CUDA runtime linked statically: 
 
 ``load()`` takes, first that works:
 1. the module ``setup.py`` built into this package (``pip install .`` / ``pip install -e .``), if it
-   was built from the current ``csrc/`` (or there is no ``csrc/`` to compare with, as in a wheel);
+   was built from the current sources (or there are no sources to compare with);
 2. a JIT build with nvcc (through ninja where available) into ``~/.cache/focalfast/cuda/``.
+
+The sources are the checkout's ``csrc/``, or in an installed wheel or sdist install the copy that
+setup.py packs into ``focalfast/ops/cuda/csrc/`` (``SOURCE_DIR``). Each build step prints a
+progress line to stderr (``pip install -v`` shows them during an install).
 
 Environment:
     FOCALFAST_CUDA_ARCHS       target archs, e.g. "8.0;9.0" (the default) or "9.0a"
@@ -27,6 +31,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
@@ -37,10 +42,29 @@ SKIP_ENV = "FOCALFAST_SKIP_CUDA_BUILD"
 DEFAULT_ARCHS = "8.0;9.0"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SOURCE_DIR = PACKAGE_DIR.parents[2] / "csrc"
 CUDA_SOURCES = ("focal_modulation_fwd.cu", "focal_modulation_bwd.cu")
 BINDING_SOURCE = "focal_modulation.cpp"
 HEADERS = ("focal_modulation.h", "focal_modulation_common.cuh", "focal_modulation_sweep.cuh")
+SOURCE_FILES = CUDA_SOURCES + (BINDING_SOURCE,) + HEADERS
+# Where setup.py packs a copy of csrc/ into the package (wheels, non-editable installs).
+PACKAGED_SOURCE_DIR = "csrc"
+
+
+def has_sources(directory: Path) -> bool:
+    """Whether ``directory`` holds every file the build needs."""
+    return all((Path(directory) / name).is_file() for name in SOURCE_FILES)
+
+
+def find_source_dir(package_dir: Path = PACKAGE_DIR) -> Path:
+    """The CUDA sources: the copy packed into an installed package, else the checkout's ``csrc/``.
+
+    Returns the checkout's path (which may not exist) when neither holds every source file.
+    """
+    checkout = package_dir.parents[2] / "csrc"
+    return next((d for d in (package_dir / PACKAGED_SOURCE_DIR, checkout) if has_sources(d)), checkout)
+
+
+SOURCE_DIR = find_source_dir()
 
 # Host and device code: -O3, C++17, position-independent, warnings on (the CI test wants none).
 COMMON_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall,-Wextra")
@@ -114,7 +138,7 @@ def source_hash(source_dir: Path = SOURCE_DIR, archs: Optional[Sequence[str]] = 
     """sha256 over the sources, the build flags and the archs: what a built module must match."""
     archs = cuda_archs() if archs is None else list(archs)
     digest = hashlib.sha256()
-    for name in sorted(CUDA_SOURCES + (BINDING_SOURCE,) + HEADERS):
+    for name in sorted(SOURCE_FILES):
         digest.update(name.encode() + b"\0" + (Path(source_dir) / name).read_bytes() + b"\0")
     flags = COMMON_FLAGS + CUDA_FLAGS + LINK_FLAGS + tuple(gencode_flags(archs))
     digest.update(" ".join(flags).encode())
@@ -162,6 +186,23 @@ def _write_ninja_file(build_dir: Path, steps: Sequence[Step]) -> None:
     (build_dir / "build.ninja").write_text("\n".join(lines))
 
 
+def _print_progress(done: int, total: int, command: str) -> None:
+    """One line per build step on stderr, e.g. ``[2/4] focal_modulation_bwd.cu.o`` (commands end ``-o OUT``)."""
+    output = Path(command.rsplit(" -o ", 1)[-1].strip().strip("'")).name
+    print(f"focalfast: CUDA extension [{done}/{total}] {output}", file=sys.stderr, flush=True)
+
+
+def _run_logged(argv: Sequence[str], log: List[str]) -> int:
+    """Run ``argv``, appending its output to ``log``; ninja's ``[i/n] command`` lines become progress."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            log.append(line)
+            status = re.match(r"\[(\d+)/(\d+)\] (.*)", line)
+            if status:
+                _print_progress(int(status.group(1)), int(status.group(2)), status.group(3))
+    return process.returncode
+
+
 def build(
     output: Path,
     build_dir: Path,
@@ -189,11 +230,14 @@ def build(
         runs = [[ninja, "-C", str(build_dir), "-v"]]
     else:
         runs = [step.argv for step in steps]
+    print(f"focalfast: building the CUDA extension for sm_{', sm_'.join(archs)} in {len(steps)} steps "
+          f"(nvcc, a few minutes)", file=sys.stderr, flush=True)
     log = []
-    for argv in runs:
-        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        log.append(result.stdout)
-        if result.returncode != 0:
+    for index, argv in enumerate(runs):
+        if not ninja:
+            _print_progress(index + 1, len(steps), shlex.join(argv))
+        returncode = _run_logged(argv, log)
+        if returncode != 0:
             text = "".join(log)
             (build_dir / "build.log").write_text(text)
             raise BuildError(f"building the CUDA extension failed (log: {build_dir / 'build.log'}):\n"
@@ -239,7 +283,7 @@ def _find_or_build() -> ModuleType:
         archs = cuda_archs()
     except ValueError as exc:
         raise ExtensionUnavailableError(str(exc)) from None
-    have_sources = all((SOURCE_DIR / n).is_file() for n in CUDA_SOURCES + (BINDING_SOURCE,) + HEADERS)
+    have_sources = has_sources(SOURCE_DIR)
     wanted = source_hash(SOURCE_DIR, archs) if have_sources else None
     prebuilt = PACKAGE_DIR / extension_filename()
     if prebuilt.is_file():
