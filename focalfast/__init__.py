@@ -13,7 +13,8 @@ from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_re
 from focalfast import models
 from focalfast.models.convnext import build_convnext, convnext_output_size
 from focalfast.models.isotropic import build, output_size
-from focalfast.patch import patch
+from focalfast.patch import patch, unpatch
+from focalfast.weights import WeightsError
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "FocalModulation",
+    "WeightsError",
     "available_backends",
     "build",
     "build_convnext",
@@ -34,4 +36,5 @@ __all__ = [
     "output_size",
     "patch",
     "set_backend",
+    "unpatch",
 ]

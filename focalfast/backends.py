@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Callable, Optional, Union
 
 import torch
@@ -129,9 +130,11 @@ _loaded: dict = {}
 
 def implementation(name: str) -> Callable:
     """The op function of a concrete backend (imported on first use, then cached so that
-    ``torch.compile`` sees a plain dict lookup)."""
+    ``torch.compile`` sees a plain dict lookup). A module already imported is read from
+    ``sys.modules``: ``torch.compile`` cannot trace ``importlib``, so a first call inside a compiled
+    function in a fresh process still traces for the reference, which ``focalfast`` imports."""
     fn = _loaded.get(name)
     if fn is None:
         module, attr = _IMPLEMENTATIONS[name].split(":")
-        fn = _loaded[name] = getattr(importlib.import_module(module), attr)
+        fn = _loaded[name] = getattr(sys.modules.get(module) or importlib.import_module(module), attr)
     return fn

@@ -9,7 +9,7 @@
 """
 
 from focalfast.models.backbone import FocalNetBackbone
-from focalfast.models.checkpoint import read_state_dict
+from focalfast.weights import read_state_dict
 from focalfast.models.config import FocalNetConfig
 from focalfast.models.convnext import ConvNeXt, build_convnext, convnext_output_size
 from focalfast.models.convnext_weights import (

@@ -22,7 +22,7 @@ from typing import Mapping, Tuple
 from torch import Tensor, nn
 
 from focalfast.convert import modulation_state_dict
-from focalfast.models.checkpoint import StateDictOrPath, as_state_dict, load_converted
+from focalfast.weights import StateDictOrPath, WeightsError, as_state_dict, load_weights
 
 SOURCES = ("official", "timm", "hf")
 
@@ -36,7 +36,7 @@ def detect_focalnet_source(state_dict: Mapping[str, Tensor]) -> str:
         return "timm"
     if any(k.startswith("patch_embed.") for k in keys):
         return "official"
-    raise ValueError("cannot tell whether these FocalNet weights are official, timm or HF transformers "
+    raise WeightsError("cannot tell whether these FocalNet weights are official, timm or HF transformers "
                      f"(first keys: {keys[:5]}); pass source= explicitly")
 
 
@@ -100,7 +100,7 @@ def load_focalnet_weights(model: nn.Module, weights: StateDictOrPath, source: st
     ``FocalNet``, ``FocalNetForMaskedImageModeling`` or ``FocalNetBackbone``.
 
     A model without a classification head ignores the checkpoint's head. ``strict`` raises
-    ValueError listing the missing and unexpected keys (in focalfast's names) and shape
+    ``focalfast.WeightsError`` listing the missing and unexpected keys (in focalfast's names) and shape
     mismatches; otherwise the matching part loads and ``(missing, unexpected)`` is returned.
     """
     from focalfast.models.focalnet import FocalNet
@@ -119,4 +119,4 @@ def load_focalnet_weights(model: nn.Module, weights: StateDictOrPath, source: st
         if key.startswith("head.") and trunk.num_classes == 0:
             continue
         ours[key if key.startswith(extras) else prefix + key] = value
-    return load_converted(model, ours, strict=strict, source=source)
+    return load_weights(model, ours, strict=strict, what=f"{source} weights")

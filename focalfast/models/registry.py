@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Dict, List, Optional
 
-from focalfast.models.checkpoint import StateDictOrPath
+from focalfast.weights import StateDictOrPath
 from focalfast.models.config import FocalNetConfig
 
 _FOUR_STAGES = (2, 2, 18, 2)
