@@ -94,6 +94,25 @@ def convert_focalnet_state_dict(state_dict: Mapping[str, Tensor], source: str = 
     return dict(rename(k, v) for k, v in state_dict.items())
 
 
+def focalnet_state_dict_for_timm(model: nn.Module) -> dict:
+    """A focalfast ``FocalNet``'s weights in timm's names and shapes, for ``timm.create_model(...)
+    .load_state_dict`` (the inverse of the timm conversion above)."""
+    post = model.config.use_postln
+    out = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"^patch_embed\.", "stem.", key)
+        key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", key)
+        if post:
+            key = re.sub(r"\.norm([12])\.", r".norm\1_post.", key)
+        key = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)
+        key = re.sub(r"^head\.", "head.fc.", key)
+        key = key.replace(".modulation.ln.", ".modulation.norm.")
+        if re.search(r"\.(mlp\.fc[12]|modulation\.f|modulation\.proj)\.weight$", key):
+            value = value[:, :, None, None]
+        out[key] = value
+    return out
+
+
 def load_focalnet_weights(model: nn.Module, weights: StateDictOrPath, source: str = "auto",
                           strict: bool = True) -> Tuple[list, list]:
     """Load official, timm or HF weights (a state dict or a local .pth / .safetensors file) into a
