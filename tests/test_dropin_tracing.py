@@ -46,16 +46,29 @@ def hf_modulation_pair():
     return patched, unpatched
 
 
+def official_modulation_pair():
+    """(patched, unpatched) copies of the official-module stand-in of tests/test_patch.py."""
+    from test_patch import OfficialModulation
+
+    unpatched = randomised(OfficialModulation(8, 3, use_postln_in_modulation=True, normalize_modulator=True), seed=3)
+    patched = copy.deepcopy(unpatched)
+    assert patch(patched, backend="reference") == 1
+    return patched, unpatched
+
+
 def cases():
     """(name, module under test, oracle, input) with [B, H, W, C] or [B, C, H, W] inputs."""
     ours = randomised(FocalModulation(16, focal_level=3, use_postln_in_modulation=True, normalize_modulator=True))
     nchw = randomised(FocalModulation(16, focal_level=2, layout="nchw"), seed=2)
-    patched, unpatched = hf_modulation_pair()
     return [
         ("nhwc", ours, ours, torch.randn(2, 9, 7, 16)),
         ("nchw", nchw, nchw, torch.randn(2, 16, 9, 7)),
-        ("hf", patched, unpatched, torch.randn(2, 9, 7, 32)),
+        ("hf", *hf_modulation_pair(), torch.randn(2, 9, 7, 32)),
+        ("official", *official_modulation_pair(), torch.randn(2, 9, 7, 8)),
     ]
+
+
+NAMES = ["nhwc", "nchw", "hf", "official"]
 
 
 def other_sizes(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -64,7 +77,7 @@ def other_sizes(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return torch.randn(shape[:channel_dim] + [x.shape[channel_dim]] + shape[channel_dim:])
 
 
-@pytest.mark.parametrize("name", ["nhwc", "nchw", "hf"])
+@pytest.mark.parametrize("name", NAMES)
 def test_script(name):
     _, module, oracle, x = next(c for c in cases() if c[0] == name)
     scripted = torch.jit.script(module)
@@ -80,7 +93,7 @@ def test_script(name):
     assert all(rel_err(g, p.grad) < 1e-5 for g, p in zip(grads, oracle.parameters()))
 
 
-@pytest.mark.parametrize("name", ["nhwc", "nchw", "hf"])
+@pytest.mark.parametrize("name", NAMES)
 def test_fx_symbolic_trace(name):
     _, module, oracle, x = next(c for c in cases() if c[0] == name)
     traced = torch.fx.symbolic_trace(module)
@@ -92,7 +105,7 @@ def test_fx_symbolic_trace(name):
         traced(x[..., :3] if name != "nchw" else x[:, :3])
 
 
-@pytest.mark.parametrize("name", ["nhwc", "nchw", "hf"])
+@pytest.mark.parametrize("name", NAMES)
 def test_export_with_dynamic_batch_and_image_size(name):
     _, module, oracle, x = next(c for c in cases() if c[0] == name)
     spatial = (2, 3) if name == "nchw" else (1, 2)
@@ -140,20 +153,31 @@ def test_hf_model_on_meta_and_exported_with_dynamic_batch():
 
 
 FRESH_PROCESS = textwrap.dedent("""
-    import copy, torch, focalfast
+    import copy, torch, transformers, focalfast
+    from transformers.models.focalnet.modeling_focalnet import FocalNetModulation
     from focalfast.testing import rel_err
+
+    def check(module, oracle, x):
+        x = x.requires_grad_()
+        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+        out = compiled(x)
+        out.square().sum().backward()
+        grads = [p.grad for p in module.parameters()] + [x.grad]
+        x.grad = None
+        expected = oracle(x)
+        expected.square().sum().backward()
+        assert rel_err(out, expected) < 1e-6, rel_err(out, expected)
+        assert all(rel_err(g, p) < 1e-5 for g, p in zip(grads, [p.grad for p in oracle.parameters()] + [x.grad]))
+
     torch.manual_seed(0)
     layer = focalfast.FocalModulation(16, focal_level=3, use_postln_in_modulation=True)
-    x = torch.randn(2, 9, 7, 16, requires_grad=True)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    out = compiled(x)                      # the first call of the op in this process
-    out.square().sum().backward()
-    grads = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
-    layer.zero_grad(); x.grad = None
-    expected = layer(x)
-    expected.square().sum().backward()
-    assert rel_err(out, expected) < 1e-6, rel_err(out, expected)
-    assert all(rel_err(g, p) < 1e-5 for g, p in zip(grads, [p.grad for p in layer.parameters()] + [x.grad]))
+    check(layer, copy.deepcopy(layer), torch.randn(2, 9, 7, 16))  # the first call of the op in this process
+    config = transformers.FocalNetConfig(focal_levels=[3], focal_windows=[3], normalize_modulator=True,
+                                         use_post_layernorm_in_modulation=True)
+    unpatched = FocalNetModulation(config, index=0, dim=16)
+    patched = copy.deepcopy(unpatched)
+    assert focalfast.patch(patched) == 1
+    check(patched, unpatched, torch.randn(2, 9, 7, 16))
     print("fresh-process compile ok")
 """)
 
