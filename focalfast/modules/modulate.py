@@ -56,5 +56,5 @@ def check_tokens(x: Tensor, dim: int, channel_dim: int) -> None:
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
     for size in x.shape:
         if size == 0:
-            raise ValueError(f"x: every dimension of {shape} must be non-zero, got {tuple(x.shape)}")
+            raise ValueError(f"x: every dimension must be non-zero, got {tuple(x.shape)} for {shape}")
 
