@@ -107,6 +107,10 @@ def check_fusable(module: nn.Module, host: str, name: str) -> None:
                 and isinstance(gelu, nn.GELU) and gelu.approximate == "none"):
             raise ValueError(f"{where}.focal_layers.{level}: the fused op needs Sequential(bias-free depthwise "
                              f"Conv2d with an odd kernel and same padding, exact nn.GELU()), got {layer}")
+    for attr in ("activation", "act"):  # HF's and timm / official's GELU of the global level
+        act = getattr(module, attr, None)
+        if act is not None and not (isinstance(act, nn.GELU) and act.approximate == "none"):
+            raise ValueError(f"{where}.{attr}: the fused op applies an exact GELU to the global context, got {act}")
     h = getattr(module, spec.h)
     if not (isinstance(h, nn.Conv2d) and h.kernel_size == (1, 1) and h.groups == 1):
         raise ValueError(f"{where}.{spec.h}: the fused op needs a 1x1 Conv2d, got {h}")

@@ -143,6 +143,11 @@ def test_patch_refuses_what_the_fused_op_does_not_compute_and_changes_nothing():
     with pytest.raises(ValueError, match=r"stages\.1\.layers\.1\.modulation\.focal_layers\.2: .*exact nn\.GELU"):
         patch(model)
     assert patched(model) == []
+    model = hf_classifier()
+    model.focalnet.encoder.stages[0].layers[0].modulation.activation = nn.SiLU()
+    with pytest.raises(ValueError, match=r"stages\.0\.layers\.0\.modulation\.activation: .*exact GELU .*SiLU"):
+        patch(model)
+    assert patched(model) == []
 
 
 class OfficialModulation(nn.Module):
