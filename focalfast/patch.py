@@ -16,14 +16,7 @@ from torch import nn
 
 from focalfast import backends
 from focalfast.modules.focal_modulation import FocalModulation
-from focalfast.modules.host_forwards import HFModulationForward, TimmModulationForward
-
-
-class OfficialModulationForward:
-    """Forward of a patched official ``FocalModulation``: focalfast's, which has the official names."""
-
-    forward = FocalModulation.forward
-    _capture = FocalModulation._capture
+from focalfast.modules.host_forwards import HFModulationForward, OfficialModulationForward, TimmModulationForward
 
 
 @dataclass(frozen=True)

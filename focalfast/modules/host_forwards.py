@@ -1,4 +1,4 @@
-"""The forwards ``focalfast.patch`` gives HF transformers and timm focal modulations.
+"""The forwards ``focalfast.patch`` gives HF transformers, timm and official focal modulations.
 
 Each reads the host module's own submodules and parameters under the host's names and calls them
 as the host does (``projection_in`` / ``f``, the post-norm, ``projection_out`` / ``proj`` and
@@ -16,6 +16,7 @@ from typing import List
 import torch
 from torch import Tensor
 
+from focalfast.modules.focal_modulation import FocalModulation
 from focalfast.modules.modulate import check_tokens, modulate
 
 torch.fx.wrap("check_tokens")
@@ -39,6 +40,14 @@ class HFModulationForward:
             if self.use_post_layernorm_in_modulation:
                 out = self.layernorm(out)
         return self.projection_dropout(self.projection_out(out))
+
+
+class OfficialModulationForward:
+    """Forward of a patched official ``FocalModulation``: focalfast's, which has the official names
+    (``patch`` adds the ``layout``, ``capture`` and ``backend`` attributes it reads)."""
+
+    forward = FocalModulation.forward
+    _capture = FocalModulation._capture
 
 
 class TimmModulationForward:
