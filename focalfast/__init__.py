@@ -14,7 +14,8 @@ from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_re
 from focalfast import models
 from focalfast.models.convnext import build_convnext, convnext_output_size
 from focalfast.models.isotropic import build, output_size
-from focalfast.patch import patch
+from focalfast.patch import patch, unpatch
+from focalfast.weights import WeightsError
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "FocalModulation",
+    "WeightsError",
     "available_backends",
     "backend_status",
     "build",
@@ -36,4 +38,5 @@ __all__ = [
     "output_size",
     "patch",
     "set_backend",
+    "unpatch",
 ]

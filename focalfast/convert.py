@@ -16,6 +16,8 @@ from typing import Mapping, Optional
 
 from torch import Tensor, nn
 
+from focalfast.weights import load_weights
+
 SOURCES = ("official", "timm", "hf")
 
 _HF_NAMES = {"projection_in": "f", "projection_context": "h", "projection_out": "proj", "layernorm": "ln"}
@@ -55,20 +57,12 @@ def modulation_state_dict(state_dict: Mapping[str, Tensor], source: str = "auto"
 def load_modulation_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str = "auto") -> None:
     """Load official / timm / HF weights into a ``focalfast.FocalModulation``.
 
-    Raises KeyError listing the missing and unexpected keys (after renaming), and ValueError
-    for a shape mismatch, instead of loading part of the weights.
+    Raises ``focalfast.WeightsError`` listing the missing and unexpected keys (after renaming)
+    and the shape mismatches, instead of loading part of the weights.
     """
-    converted = modulation_state_dict(state_dict, source)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(converted))
-    unexpected = sorted(set(converted) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"cannot load {source} weights into {type(module).__name__}: "
-                       f"missing keys {missing}, unexpected keys {unexpected}")
-    for key, value in converted.items():
-        if tuple(own[key].shape) != tuple(value.shape):
-            raise ValueError(f"{key}: expected shape {tuple(own[key].shape)}, got {tuple(value.shape)}")
-    module.load_state_dict(converted)
+    if source == "auto":
+        source = detect_modulation_source(state_dict)
+    load_weights(module, modulation_state_dict(state_dict, source), what=f"{source} modulation weights")
 
 
 def modulation_config(module: nn.Module) -> dict:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from focalfast.atomic_file import replace_atomically
+from focalfast.weights import WeightsError, load_weights
 
 FORMAT = "focalfast.train/2"
 READABLE_FORMATS = ("focalfast.train/1", FORMAT)  # /1: written before checksums, read without one
@@ -35,7 +36,7 @@ RECORD_KEYS = ("config", "step", "epoch", "epoch_step", "steps_per_epoch", "epoc
 CONFIG_KEYS = ("model", "model_options", "image_size")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint that cannot be used here (unreadable, damaged, not focalfast's, another architecture)."""
 
 
@@ -142,24 +143,12 @@ def load_checkpoint(path: str) -> Checkpoint:
 
 def load_model_state(model: nn.Module, checkpoint: Checkpoint, what: str = "this model") -> None:
     """Copy the checkpoint's weights into ``model``; CheckpointError listing any key or shape mismatch."""
-    expected = model.state_dict()
-    found = checkpoint.model
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in found and found[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        def some(items):
-            return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
-
-        problems = [f"{len(missing)} missing keys: {some(missing)}" if missing else "",
-                    f"{len(unexpected)} unexpected keys: {some(unexpected)}" if unexpected else "",
-                    f"{len(mismatched)} shape mismatches: {some(mismatched)}" if mismatched else ""]
+    try:
+        load_weights(model, checkpoint.model, what="its weights")
+    except WeightsError as exc:
         saved = checkpoint.config.get("model", "?")
-        raise CheckpointError(
-            f"checkpoint {checkpoint.path!r} holds another architecture (saved model {saved!r}) than "
-            f"{what}: " + "; ".join(p for p in problems if p))
-    model.load_state_dict(found)
+        raise CheckpointError(f"checkpoint {checkpoint.path!r} holds another architecture (saved model "
+                              f"{saved!r}) than {what}: {exc}") from exc
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:

@@ -60,7 +60,7 @@ def test_mismatched_state_dict_lists_missing_and_unexpected_keys():
     m = make()
     sd = hf_state_dict(make(use_postln_in_modulation=False))
     sd["projection_extra.weight"] = torch.zeros(1)
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(focalfast.WeightsError) as info:
         load_modulation_state_dict(m, sd)
     message = str(info.value)
     assert "ln.weight" in message and "ln.bias" in message and "projection_extra.weight" in message
@@ -70,7 +70,7 @@ def test_mismatched_shapes_name_the_key():
     m = make()
     sd = make().state_dict()
     sd["focal_layers.2.0.weight"] = torch.zeros(8, 1, 5, 5)
-    with pytest.raises(ValueError, match=r"focal_layers\.2\.0\.weight"):
+    with pytest.raises(focalfast.WeightsError, match=r"focal_layers\.2\.0\.weight: shape \(8, 1, 5, 5\)"):
         load_modulation_state_dict(m, sd)
 
 
@@ -92,6 +92,26 @@ def test_capture_is_off_by_default_and_records_gates_and_modulator_when_on():
     q = m.f(x)[..., :8]
     recomputed = m.proj(q * m.modulator.permute(0, 2, 3, 1))
     assert rel_err(recomputed, out) < 1e-12
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(dim=True), "dim"), (dict(dim=8, focal_level=False), "focal_level"),
+    (dict(dim=8, focal_window=4), "focal_window"), (dict(dim=8, focal_factor=True), "focal_factor"),
+    (dict(dim=8, layout="nhcw"), "layout"), (dict(dim=8, backend="fastest"), "backend"),
+])
+def test_constructor_rejects_bad_arguments_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        FocalModulation(**kwargs)
+
+
+def test_forward_rejects_bad_input_naming_it():
+    m = FocalModulation(8, layout="nchw")
+    with pytest.raises(ValueError, match=r"x: expected shape \[B, C, H, W\] with C = 8"):
+        m(torch.randn(2, 5, 7, 8))
+    with pytest.raises(ValueError, match="x: every dimension"):
+        m(torch.randn(0, 8, 7, 5))
+    with pytest.raises(TypeError, match="x: expected a floating-point"):
+        m(torch.ones(2, 8, 3, 3, dtype=torch.int64))
 
 
 def test_default_backend_is_process_wide_and_auto_is_reference_on_cpu():

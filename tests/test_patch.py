@@ -1,13 +1,24 @@
-"""focalfast.patch: swap official / timm / HF focal modulations in place, outputs unchanged."""
+"""focalfast.patch / unpatch: HF transformers and official focal modulations run on the fused op in
+place, keep their class, names, parameters and attributes, and come back unchanged.
+(timm: tests/test_timm_dropin.py.)"""
+
+import copy
+import io
 
 import pytest
 import torch
 from torch import nn
 
-from focalfast import FocalModulation, focal_modulation_ref, patch
+import focalfast
+from focalfast import FocalModulation, patch, unpatch
+from focalfast.patch import PatchedModulation
 from focalfast.testing import rel_err
 
 transformers = pytest.importorskip("transformers")
+from transformers.models.focalnet.modeling_focalnet import FocalNetModulation  # noqa: E402
+
+ALL_FLAGS = dict(use_post_layernorm_in_modulation=True, normalize_modulator=True, use_layerscale=True,
+                 use_post_layernorm=True)
 
 
 @torch.no_grad()
@@ -24,45 +35,94 @@ def hf_classifier(**kwargs):
     return model
 
 
-def modulations(model):
-    return [m for m in model.modules() if isinstance(m, FocalModulation)]
+def patched(model):
+    return [m for m in model.modules() if isinstance(m, PatchedModulation)]
 
 
-@pytest.mark.parametrize("flags", [
-    {},
-    dict(use_post_layernorm_in_modulation=True, normalize_modulator=True, use_layerscale=True,
-         use_post_layernorm=True),
-])
-def test_patch_hf_model_keeps_outputs(flags):
+@pytest.mark.parametrize("flags", [{}, ALL_FLAGS])
+def test_patch_hf_model_keeps_outputs_names_and_parameters(flags):
     torch.manual_seed(0)
     model = hf_classifier(**flags)
     x = torch.randn(2, 3, 40, 36)
+    names = [name for name, _ in model.named_modules()]
+    params = dict(model.named_parameters())
+    keys = list(model.state_dict())
     with torch.no_grad():
         expected = model(x).logits
     assert patch(model) == 3
-    assert len(modulations(model)) == 3
-    assert all(m.layout == "nhwc" and m.backend == "auto" for m in modulations(model))
-    assert not any(type(m).__name__ == "FocalNetModulation" for m in model.modules())
+    modulations = patched(model)
+    assert len(modulations) == 3
+    for m in modulations:
+        assert isinstance(m, FocalNetModulation) and type(m).__name__ == "FocalNetModulation"
+        assert m.backend == "auto" and "backend='auto'" in repr(m)
+        assert m.use_post_layernorm_in_modulation == flags.get("use_post_layernorm_in_modulation", False)
+        assert isinstance(m.projection_in, nn.Linear) and isinstance(m.projection_context, nn.Conv2d)
+    # the same modules and the very same parameter tensors under the same names: nothing copied
+    assert [name for name, _ in model.named_modules()] == names
+    assert all(p is params[name] for name, p in model.named_parameters())
+    assert list(model.state_dict()) == keys
     with torch.no_grad():
-        assert rel_err(model(x).logits, expected) < 1e-5
+        assert rel_err(model(x).logits, expected) < 1e-6
         assert patch(model) == 0
-        assert rel_err(model(x).logits, expected) < 1e-5
+        assert rel_err(model(x).logits, expected) < 1e-6
 
 
-def test_patch_keeps_dtype_mode_and_trains():
+def test_patched_model_trains_like_the_unpatched_one():
     torch.manual_seed(0)
-    model = hf_classifier(drop_path_rate=0.0).double().train()
+    model = hf_classifier(drop_path_rate=0.0, **ALL_FLAGS).double().train()
+    twin = copy.deepcopy(model)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    expected = model(x).logits
     assert patch(model, backend="reference") == 3
-    for m in modulations(model):
-        assert m.training and m.backend == "reference"
-        assert all(p.dtype == torch.float64 for p in m.parameters())
-    out = model(x).logits
+    assert all(m.training and m.backend == "reference" for m in patched(model))
+    out, expected = model(x).logits, twin(x).logits
     assert rel_err(out, expected) < 1e-12
-    out.sum().backward()
-    for m in modulations(model):
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert p.grad is not None and rel_err(p.grad, q.grad) < 1e-10, name
+
+
+def test_unpatch_restores_the_library_class_with_trained_weights():
+    torch.manual_seed(0)
+    model = hf_classifier(**ALL_FLAGS)
+    x = torch.randn(2, 3, 32, 32)
+    patch(model, backend="reference")
+    jitter(model)  # "training" while patched
+    with torch.no_grad():
+        expected = model(x).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert unpatch(model) == 3 and unpatch(model) == 0
+    for m in model.modules():
+        if isinstance(m, FocalNetModulation):
+            assert type(m) is FocalNetModulation and "backend" not in m.__dict__
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert rel_err(model(x).logits, expected) < 1e-6
+
+
+def test_patched_model_pickles_and_deep_copies():
+    torch.manual_seed(0)
+    model = hf_classifier()
+    patch(model, backend="reference")
+    x = torch.randn(1, 3, 32, 32)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for twin in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+        assert len(patched(twin)) == 3 and all(m.backend == "reference" for m in patched(twin))
+        with torch.no_grad():
+            assert torch.equal(twin(x).logits, model(x).logits)
+
+
+def test_patch_a_modulation_itself_and_set_the_backend_again():
+    torch.manual_seed(0)
+    modulation = hf_classifier().focalnet.encoder.stages[0].layers[0].modulation
+    x = torch.randn(2, 5, 4, 16)
+    with torch.no_grad():
+        expected = modulation(x)
+        assert patch(modulation, backend="reference") == 1
+        assert rel_err(modulation(x), expected) < 1e-6
+        assert patch(modulation, backend="auto") == 0 and modulation.backend == "auto"
 
 
 def test_patch_rejects_bad_arguments():
@@ -71,57 +131,83 @@ def test_patch_rejects_bad_arguments():
         patch(model, backend="fastest")
     with pytest.raises(TypeError, match="model"):
         patch("not a model")
-    with pytest.raises(ValueError, match="focal_modulation_from"):
-        patch(model.focalnet.encoder.stages[0].layers[0].modulation)
+    with pytest.raises(TypeError, match="model"):
+        unpatch(None)
     assert patch(nn.Linear(3, 3)) == 0
+    assert patch(FocalModulation(8)) == 0  # already focalfast's
 
 
-class OfficialLayoutModulation(nn.Module):
-    """A stand-in with the official module's attribute names and NHWC layout (f is a Linear)."""
+def test_patch_refuses_what_the_fused_op_does_not_compute_and_changes_nothing():
+    model = hf_classifier()
+    model.focalnet.encoder.stages[1].layers[1].modulation.focal_layers[2][1] = nn.GELU(approximate="tanh")
+    with pytest.raises(ValueError, match=r"stages\.1\.layers\.1\.modulation\.focal_layers\.2: .*exact nn\.GELU"):
+        patch(model)
+    assert patched(model) == []
+    model = hf_classifier()
+    model.focalnet.encoder.stages[0].layers[0].modulation.activation = nn.SiLU()
+    with pytest.raises(ValueError, match=r"stages\.0\.layers\.0\.modulation\.activation: .*exact GELU .*SiLU"):
+        patch(model)
+    assert patched(model) == []
 
-    def __init__(self, dim, kernel_sizes=(3, 5)):
+
+class OfficialModulation(nn.Module):
+    """A stand-in with the official module's attributes and forward ([B, H, W, C], f a Linear)."""
+
+    def __init__(self, dim, focal_level=2, focal_window=3, use_postln_in_modulation=False, normalize_modulator=False):
         super().__init__()
-        self.f = nn.Linear(dim, 2 * dim + len(kernel_sizes) + 1)
+        self.dim, self.focal_level = dim, focal_level
+        self.use_postln_in_modulation, self.normalize_modulator = use_postln_in_modulation, normalize_modulator
+        self.f = nn.Linear(dim, 2 * dim + focal_level + 1)
         self.h = nn.Conv2d(dim, dim, 1)
+        self.act = nn.GELU()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(0.0)
-        self.normalize_modulator = False
         self.focal_layers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
-            for k in kernel_sizes)
+            for k in (2 * level + focal_window for level in range(focal_level)))
+        if use_postln_in_modulation:
+            self.ln = nn.LayerNorm(dim)
 
     def forward(self, x):
-        C, L = x.shape[-1], len(self.focal_layers)
-        q, ctx, gates = torch.split(self.f(x), (C, C, L + 1), -1)
-        weights = [layer[0].weight for layer in self.focal_layers]
-        return self.proj(focal_modulation_ref(q, ctx, gates, weights, self.h.weight, self.h.bias))
+        C, L = self.dim, self.focal_level
+        q, ctx, gates = torch.split(self.f(x).permute(0, 3, 1, 2), (C, C, L + 1), 1)
+        ctx_all = 0
+        for level in range(L):
+            ctx = self.focal_layers[level](ctx)
+            ctx_all = ctx_all + ctx * gates[:, level:level + 1]
+        ctx_all = ctx_all + self.act(ctx.mean((2, 3), keepdim=True)) * gates[:, L:]
+        if self.normalize_modulator:
+            ctx_all = ctx_all / (L + 1)
+        out = (q * self.h(ctx_all)).permute(0, 2, 3, 1)
+        if self.use_postln_in_modulation:
+            out = self.ln(out)
+        return self.proj_drop(self.proj(out))
 
 
-def test_patch_official_layout_module():
+def test_patch_official_modulations():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 8), OfficialLayoutModulation(8), nn.Sequential(OfficialLayoutModulation(8)))
+    model = nn.Sequential(nn.Linear(8, 8), OfficialModulation(8),
+                          nn.Sequential(OfficialModulation(8, 3, use_postln_in_modulation=True, normalize_modulator=True)))
+    jitter(model, 0.3)
     x = torch.randn(2, 6, 5, 8)
+    keys = list(model.state_dict())
     with torch.no_grad():
         expected = model(x)
         assert patch(model) == 2
-        assert isinstance(model[1], FocalModulation) and isinstance(model[2][0], FocalModulation)
-        assert model[1].layout == "nhwc"
+        assert isinstance(model[1], OfficialModulation) and isinstance(model[2][0], OfficialModulation)
+        assert list(model.state_dict()) == keys
         assert rel_err(model(x), expected) < 1e-6
         assert patch(model) == 0
+        assert unpatch(model) == 2
+        assert type(model[1]) is OfficialModulation and not hasattr(model[1], "layout")
+        assert rel_err(model(x), expected) < 1e-6
 
 
-def test_patch_timm_model():
-    try:
-        import timm
-    except Exception as exc:  # missing, or its torchvision cannot load with this torch
-        pytest.skip(f"timm is not importable here: {exc}")
+def test_focal_modulation_from_still_converts_to_focalfasts_layer():
     torch.manual_seed(0)
-    model = timm.create_model("focalnet_tiny_srf", pretrained=False, num_classes=10).eval()
-    jitter(model)
-    x = torch.randn(2, 3, 64, 64)
+    modulation = hf_classifier(**ALL_FLAGS).focalnet.encoder.stages[1].layers[0].modulation
+    ours = focalfast.focal_modulation_from(modulation, backend="reference")
+    assert isinstance(ours, FocalModulation) and ours.normalize_modulator
+    x = torch.randn(2, 4, 3, 32)
     with torch.no_grad():
-        expected = model(x)
-        assert patch(model) == 12
-        assert all(m.layout == "nchw" for m in modulations(model))
-        assert rel_err(model(x), expected) < 1e-5
-        assert patch(model) == 0
+        assert rel_err(ours(x), modulation(x)) < 1e-6

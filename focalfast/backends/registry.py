@@ -10,6 +10,7 @@ choice (say why), so the two never disagree. ``docs/adding_a_backend.md`` walks 
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
@@ -69,11 +70,13 @@ class Backend:
 
     def implementation(self, op: str) -> Callable:
         """The function of ``op`` (imported on first use, then cached, so that ``torch.compile``
-        traces a plain dict lookup)."""
+        traces a plain dict lookup). A module already imported is read from ``sys.modules``:
+        ``torch.compile`` cannot trace ``importlib``, so a first call inside a compiled function in a
+        fresh process still traces for the modules ``focalfast`` imports."""
         fn = _loaded.get((self.name, op))
         if fn is None:
             module, attr = self.ops[op].split(":")
-            fn = _loaded[(self.name, op)] = getattr(importlib.import_module(module), attr)
+            fn = _loaded[(self.name, op)] = getattr(sys.modules.get(module) or importlib.import_module(module), attr)
         return fn
 
 

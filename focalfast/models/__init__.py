@@ -6,10 +6,11 @@
     build(...), output_size(...)                                     Edifice-style isotropic FocalNet
     ConvNeXt, build_convnext(...), convnext_output_size(...)
     load_focalnet_weights, load_convnext_weights                     official / timm / HF checkpoints
+    focalnet_state_dict_for_timm(model)                              our weights in timm's names
 """
 
 from focalfast.models.backbone import FocalNetBackbone
-from focalfast.models.checkpoint import read_state_dict
+from focalfast.weights import read_state_dict
 from focalfast.models.config import FocalNetConfig
 from focalfast.models.convnext import ConvNeXt, build_convnext, convnext_output_size
 from focalfast.models.convnext_weights import (
@@ -21,6 +22,7 @@ from focalfast.models.focalnet import FocalNet
 from focalfast.models.focalnet_weights import (
     convert_focalnet_state_dict,
     detect_focalnet_source,
+    focalnet_state_dict_for_timm,
     load_focalnet_weights,
 )
 from focalfast.models.isotropic import build, output_size
@@ -43,6 +45,7 @@ __all__ = [
     "convnext_output_size",
     "create",
     "detect_focalnet_source",
+    "focalnet_state_dict_for_timm",
     "get_config",
     "list_models",
     "load_convnext_weights",

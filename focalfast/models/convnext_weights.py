@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Tuple
 
 from torch import Tensor
 
-from focalfast.models.checkpoint import StateDictOrPath, as_state_dict, load_converted
+from focalfast.weights import StateDictOrPath, as_state_dict, load_weights
 from focalfast.models.convnext import ConvNeXt
 
 _RENAMES = (
@@ -49,13 +49,13 @@ def convert_hf_convnext_state_dict(state_dict: Mapping[str, Tensor]) -> dict:
 def load_convnext_weights(model: ConvNeXt, weights: StateDictOrPath, strict: bool = True) -> Tuple[list, list]:
     """Load HF ConvNext weights (a state dict or a local .pth / .safetensors file) into ``model``.
 
-    A model without a head ignores the checkpoint's classifier; ``strict`` raises ValueError
+    A model without a head ignores the checkpoint's classifier; ``strict`` raises ``focalfast.WeightsError``
     listing missing / unexpected keys and shape mismatches.
     """
     converted = convert_hf_convnext_state_dict(as_state_dict(weights))
     if model.num_classes == 0:
         converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
-    return load_converted(model, converted, strict=strict, source="HF ConvNext")
+    return load_weights(model, converted, strict=strict, what="HF ConvNext weights")
 
 
 def convnext_from_hf_config(hf_config, backend: Optional[str] = None) -> ConvNeXt:

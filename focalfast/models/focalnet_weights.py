@@ -22,7 +22,7 @@ from typing import Mapping, Tuple
 from torch import Tensor, nn
 
 from focalfast.convert import modulation_state_dict
-from focalfast.models.checkpoint import StateDictOrPath, as_state_dict, load_converted
+from focalfast.weights import StateDictOrPath, WeightsError, as_state_dict, load_weights
 
 SOURCES = ("official", "timm", "hf")
 
@@ -36,7 +36,7 @@ def detect_focalnet_source(state_dict: Mapping[str, Tensor]) -> str:
         return "timm"
     if any(k.startswith("patch_embed.") for k in keys):
         return "official"
-    raise ValueError("cannot tell whether these FocalNet weights are official, timm or HF transformers "
+    raise WeightsError("cannot tell whether these FocalNet weights are official, timm or HF transformers "
                      f"(first keys: {keys[:5]}); pass source= explicitly")
 
 
@@ -94,13 +94,32 @@ def convert_focalnet_state_dict(state_dict: Mapping[str, Tensor], source: str = 
     return dict(rename(k, v) for k, v in state_dict.items())
 
 
+def focalnet_state_dict_for_timm(model: nn.Module) -> dict:
+    """A focalfast ``FocalNet``'s weights in timm's names and shapes, for ``timm.create_model(...)
+    .load_state_dict`` (the inverse of the timm conversion above)."""
+    post = model.config.use_postln
+    out = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"^patch_embed\.", "stem.", key)
+        key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", key)
+        if post:
+            key = re.sub(r"\.norm([12])\.", r".norm\1_post.", key)
+        key = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)
+        key = re.sub(r"^head\.", "head.fc.", key)
+        key = key.replace(".modulation.ln.", ".modulation.norm.")
+        if re.search(r"\.(mlp\.fc[12]|modulation\.f|modulation\.proj)\.weight$", key):
+            value = value[:, :, None, None]
+        out[key] = value
+    return out
+
+
 def load_focalnet_weights(model: nn.Module, weights: StateDictOrPath, source: str = "auto",
                           strict: bool = True) -> Tuple[list, list]:
     """Load official, timm or HF weights (a state dict or a local .pth / .safetensors file) into a
     ``FocalNet``, ``FocalNetForMaskedImageModeling`` or ``FocalNetBackbone``.
 
     A model without a classification head ignores the checkpoint's head. ``strict`` raises
-    ValueError listing the missing and unexpected keys (in focalfast's names) and shape
+    ``focalfast.WeightsError`` listing the missing and unexpected keys (in focalfast's names) and shape
     mismatches; otherwise the matching part loads and ``(missing, unexpected)`` is returned.
     """
     from focalfast.models.focalnet import FocalNet
@@ -119,4 +138,4 @@ def load_focalnet_weights(model: nn.Module, weights: StateDictOrPath, source: st
         if key.startswith("head.") and trunk.num_classes == 0:
             continue
         ours[key if key.startswith(extras) else prefix + key] = value
-    return load_converted(model, ours, strict=strict, source=source)
+    return load_weights(model, ours, strict=strict, what=f"{source} weights")

@@ -1,16 +1,19 @@
 """``FocalModulation``: a drop-in for the official / timm / HF transformers modulation layer."""
 
-from __future__ import annotations
-
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from focalfast.ops.focal_modulation import focal_context_ref, focal_modulation
+from focalfast import backends
+from focalfast.modules.modulate import check_tokens, modulate
+from focalfast.ops.focal_modulation import focal_context_ref
 
 LAYOUTS = ("nhwc", "nchw")
+
+torch.fx.wrap("check_tokens")
+torch.fx.wrap("modulate")
 
 
 class FocalModulation(nn.Module):
@@ -19,7 +22,10 @@ class FocalModulation(nn.Module):
     for timm and HF transformers ones).
 
     ``f``, the optional LayerNorm ``ln`` and ``proj`` are ordinary layers; the depthwise chain,
-    GELUs, gated sum, global context, ``h`` and ``q *`` run as one op on ``backend``.
+    GELUs, gated sum, global context, ``h`` and ``q *`` run as one op on ``backend``. The forward
+    scripts (``torch.jit.script`` runs the reference op), FX-traces, exports with dynamic batch and
+    image sizes, compiles with ``fullgraph=True`` and runs on meta tensors
+    (``focalfast.modules.modulate``). ``focalfast.patch`` gives official modules this forward.
 
     Args:
         dim: channels C.
@@ -30,6 +36,9 @@ class FocalModulation(nn.Module):
         capture: keep the last forward's ``gates`` ``[B, L+1, H, W]`` and ``modulator``
             ``[B, C, H, W]`` (detached) for visualisation; off by default and free when off.
     """
+
+    gates: Optional[Tensor]
+    modulator: Optional[Tensor]
 
     def __init__(
         self,
@@ -48,14 +57,16 @@ class FocalModulation(nn.Module):
     ):
         super().__init__()
         for name, value in (("dim", dim), ("focal_window", focal_window), ("focal_level", focal_level)):
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not isinstance(focal_factor, int) or focal_factor < 0 or focal_factor % 2:
+        if not _is_int(focal_factor) or focal_factor < 0 or focal_factor % 2:
             raise ValueError(f"focal_factor: expected a non-negative even int (kernels stay odd), got {focal_factor!r}")
         if focal_window % 2 == 0:
             raise ValueError(f"focal_window: expected an odd kernel size, got {focal_window}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        if backend is not None and backend not in backends.CHOICES:
+            raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {backend!r}")
         self.dim = dim
         self.focal_window = focal_window
         self.focal_level = focal_level
@@ -65,8 +76,8 @@ class FocalModulation(nn.Module):
         self.layout = layout
         self.backend = backend
         self.capture = capture
-        self.gates: Optional[Tensor] = None
-        self.modulator: Optional[Tensor] = None
+        self.gates = None
+        self.modulator = None
 
         self.f = nn.Linear(dim, 2 * dim + focal_level + 1, bias=bias)
         self.h = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
@@ -89,32 +100,34 @@ class FocalModulation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, H, W, C]`` -> ``[B, H, W, C]`` (``[B, C, H, W]`` both ways when layout="nchw")."""
-        channel_dim = 1 if self.layout == "nchw" else 3
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[channel_dim] != self.dim:
-            shape = "[B, C, H, W]" if self.layout == "nchw" else "[B, H, W, C]"
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected shape {shape} with C = {self.dim} (layout={self.layout!r}), got {got}")
-        if not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
-        if x.numel() == 0:
-            raise ValueError(f"x: every dimension must be non-zero, got {tuple(x.shape)}")
-        if self.layout == "nchw":
+        nchw = self.layout == "nchw"
+        if not torch.jit.is_scripting():
+            check_tokens(x, self.dim, 1 if nchw else 3)
+        if nchw:
             x = x.permute(0, 2, 3, 1)
         C, L = self.dim, self.focal_level
-        q, ctx, gates = torch.split(self.f(x), (C, C, L + 1), dim=-1)
-        weights = [layer[0].weight for layer in self.focal_layers]
-        out = focal_modulation(q, ctx, gates, weights, self.h.weight, self.h.bias,
-                               self.normalize_modulator, backend=self.backend)
-        if self.capture:
-            self._capture(ctx, gates, weights)
-        if self.use_postln_in_modulation:
-            out = self.ln(out)
+        q, ctx, gates = torch.split(self.f(x), [C, C, L + 1], dim=-1)
+        weights: List[Tensor] = []
+        for layer in self.focal_layers:
+            weights.append(layer[0].weight)
+        out = modulate(q, ctx, gates, weights, self.h.weight, self.h.bias, self.normalize_modulator, self.backend)
+        if not torch.jit.is_scripting():
+            if self.capture:
+                self._capture(ctx, gates, weights)
+        if hasattr(self, "ln"):  # resolved when scripting: official modules have ln only with the flag
+            if self.use_postln_in_modulation:
+                out = self.ln(out)
         out = self.proj_drop(self.proj(out))
-        return out.permute(0, 3, 1, 2) if self.layout == "nchw" else out
+        return out.permute(0, 3, 1, 2) if nchw else out
 
+    @torch.jit.unused
     @torch.no_grad()
-    def _capture(self, ctx: Tensor, gates: Tensor, weights) -> None:
+    def _capture(self, ctx: Tensor, gates: Tensor, weights: List[Tensor]) -> None:
         ctx_all = focal_context_ref(ctx, gates, weights, self.normalize_modulator)
         modulator = F.linear(ctx_all, self.h.weight.flatten(1), self.h.bias)
         self.gates = gates.detach().permute(0, 3, 1, 2)
         self.modulator = modulator.permute(0, 3, 1, 2)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

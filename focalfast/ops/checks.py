@@ -37,7 +37,10 @@ def to_autocast_dtype(*args):
     checks still name them.
     """
     first = next((a for a in args if isinstance(a, Tensor)), None)
-    if first is None or not torch.is_autocast_enabled(first.device.type):
+    # autocast has no state for some device types (meta): asking it would raise
+    if first is None or not torch.amp.is_autocast_available(first.device.type):
+        return args
+    if not torch.is_autocast_enabled(first.device.type):
         return args
     dtype = torch.get_autocast_dtype(first.device.type)
 

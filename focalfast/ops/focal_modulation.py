@@ -20,7 +20,7 @@ to ``q * h(ctx_all)`` with
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,7 +54,8 @@ def check_focal_modulation_inputs(
     if q.dim() != 4:
         raise ValueError(f"q: expected shape [B, H, W, C] (4 dims), got {tuple(q.shape)}")
     B, H, W, C = q.shape
-    if min(B, H, W, C) == 0:
+    # one dimension at a time: min(B, H, W, C) would compare (and so tie) symbolic sizes under torch.export
+    if B == 0 or H == 0 or W == 0 or C == 0:
         raise ValueError(f"q: every dimension of [B, H, W, C] must be non-zero, got {tuple(q.shape)}")
     L = len(weights)
     if tuple(ctx.shape) != (B, H, W, C):
@@ -81,17 +82,21 @@ def check_focal_modulation_inputs(
 
 
 def focal_context_ref(
-    ctx: Tensor, gates: Tensor, weights: Sequence[Tensor], normalize_modulator: bool = False
+    ctx: Tensor, gates: Tensor, weights: List[Tensor], normalize_modulator: bool = False
 ) -> Tensor:
-    """``ctx_all`` ``[B, H, W, C]``: the gated sum of the focal levels and the global level."""
+    """``ctx_all`` ``[B, H, W, C]``: the gated sum of the focal levels and the global level.
+
+    TorchScript-compatible (any sequence of weights works eagerly)."""
     C = ctx.shape[-1]
     L = len(weights)
     z = ctx.permute(0, 3, 1, 2)
     g = gates.permute(0, 3, 1, 2)
-    ctx_all = 0
+    ctx_all: Optional[Tensor] = None
     for level, w in enumerate(weights):
         z = F.gelu(F.conv2d(z, w, padding=w.shape[-1] // 2, groups=C))
-        ctx_all = ctx_all + z * g[:, level : level + 1]
+        gated = z * g[:, level : level + 1]
+        ctx_all = gated if ctx_all is None else ctx_all + gated
+    assert ctx_all is not None, "weights: expected at least one focal level"
     z_global = F.gelu(z.mean((2, 3), keepdim=True))
     ctx_all = ctx_all + z_global * g[:, L:]
     if normalize_modulator:
@@ -103,7 +108,7 @@ def focal_modulation_ref(
     q: Tensor,
     ctx: Tensor,
     gates: Tensor,
-    weights: Sequence[Tensor],
+    weights: List[Tensor],
     h_weight: Tensor,
     h_bias: Optional[Tensor] = None,
     normalize_modulator: bool = False,
@@ -111,7 +116,7 @@ def focal_modulation_ref(
     """Pure-PyTorch focal modulation, ``[B, H, W, C]`` in and out; any device and float dtype.
 
     Written the way the official FocalNet computes it (NCHW depthwise convs, exact GELU),
-    so that it is the same function as the public implementations.
+    so that it is the same function as the public implementations; TorchScript-compatible.
     """
     C = ctx.shape[-1]
     ctx_all = focal_context_ref(ctx, gates, weights, normalize_modulator)

@@ -1,4 +1,6 @@
-"""Local checkpoint files and strict state-dict loading with readable errors (nothing is downloaded)."""
+"""Weights: local weight files (nothing is downloaded), the one strict state-dict loader and its
+error, ``WeightsError``, which every weight loader in focalfast raises (models, modulations,
+training checkpoints)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,13 @@ import torch
 from torch import Tensor, nn
 
 StateDictOrPath = Union[str, os.PathLike, Mapping[str, Tensor]]
+
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded: an unreadable file, missing or unexpected keys, shape
+    mismatches, an unknown layout; the message names the file or the keys."""
+
 
 _WRAPPERS = ("model", "state_dict", "model_state_dict", "module")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -29,16 +38,24 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, OSError: truncated or not a safetensors file
+            raise WeightsError(f"pretrained: cannot read {str(path)!r} as a safetensors file ({exc}); "
+                               "is it complete?") from exc
     elif suffix in _TORCH_SUFFIXES:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"pretrained: cannot read {str(path)!r} as a weights-only PyTorch checkpoint "
-                             f"({exc}); save its state dict alone with torch.save(model.state_dict(), ...)") from exc
+            raise WeightsError(f"pretrained: cannot read {str(path)!r} as a weights-only PyTorch checkpoint "
+                               f"({exc}); save its state dict alone with torch.save(model.state_dict(), ...)") from exc
     else:
-        raise ValueError(f"pretrained: expected a .safetensors or {'/'.join(_TORCH_SUFFIXES)} file, got {str(path)!r}")
-    return unwrap_state_dict(state)
+        raise WeightsError(f"pretrained: expected a .safetensors or {'/'.join(_TORCH_SUFFIXES)} file, "
+                           f"got {str(path)!r}")
+    try:
+        return unwrap_state_dict(state)
+    except WeightsError as exc:
+        raise WeightsError(f"pretrained: {str(path)!r}: {exc}") from exc
 
 
 def unwrap_state_dict(state: Mapping) -> dict:
@@ -49,8 +66,8 @@ def unwrap_state_dict(state: Mapping) -> dict:
             break
         state = inner
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError("pretrained: expected a mapping of parameter names to tensors "
-                         "(optionally under 'model' or 'state_dict')")
+        raise WeightsError("expected a mapping of parameter names to tensors "
+                           "(optionally under 'model' or 'state_dict')")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
@@ -63,19 +80,18 @@ def as_state_dict(weights: StateDictOrPath) -> dict:
     return unwrap_state_dict(weights)
 
 
-def _listing(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{len(keys)} [{shown}{', ...' if len(keys) > limit else ''}]"
+def _listing(items, limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{len(items)} [{shown}{', ...' if len(items) > limit else ''}]"
 
 
-def load_converted(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True,
-                   source: str = "") -> Tuple[list, list]:
+def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True,
+                 what: str = "weights") -> Tuple[list, list]:
     """Load a state dict already in ``model``'s names; return ``(missing, unexpected)`` keys.
 
-    ``strict``: raise ValueError listing the missing and unexpected keys and every shape
-    mismatch instead of loading anything. Not strict: load the keys whose names and shapes
-    match, and return the rest.
+    ``strict``: raise ``WeightsError`` listing the missing and unexpected keys and the shape
+    mismatches (``what`` says whose weights), loading nothing. Not strict: load the keys whose
+    names and shapes match, and return the rest (mismatched shapes count as missing).
     """
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
@@ -87,11 +103,11 @@ def load_converted(model: nn.Module, state_dict: Mapping[str, Tensor], strict: b
             problems.append(f"missing keys {_listing(missing)}")
         if unexpected:
             problems.append(f"unexpected keys {_listing(unexpected)}")
-        for k in mismatched[:12]:
-            problems.append(f"{k}: shape {tuple(state_dict[k].shape)} in the weights, "
-                            f"{tuple(own[k].shape)} in the model")
-        what = f"{source} weights" if source else "weights"
-        raise ValueError(f"cannot load {what} into {type(model).__name__}: " + "; ".join(problems))
+        if mismatched:
+            shapes = [f"{k}: shape {tuple(state_dict[k].shape)} in the weights, {tuple(own[k].shape)} in the model"
+                      for k in mismatched]
+            problems.append(f"shape mismatches {_listing(shapes)}")
+        raise WeightsError(f"cannot load {what} into {type(model).__name__}: " + "; ".join(problems))
     usable = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
     model.load_state_dict(usable, strict=False)
     return missing + mismatched, unexpected
