@@ -6,7 +6,7 @@ import torch
 
 import focalfast
 from focalfast import WeightsError
-from focalfast.checkpoint import CheckpointError
+from focalfast.run_checkpoint import CheckpointError
 from focalfast.models import (FocalNet, FocalNetConfig, convert_focalnet_state_dict, create,
                               detect_focalnet_source, focalnet_state_dict_for_timm)
 from focalfast.testing import rel_err
@@ -74,7 +74,7 @@ def test_large_fl4_refuses_weights_that_do_not_say():
 
 
 def test_every_weight_loader_raises_weights_error(tmp_path):
-    from focalfast.checkpoint import Checkpoint, load_model_state
+    from focalfast.run_checkpoint import Checkpoint, load_model_state
 
     model = create("focalnet_tiny_srf", **SMALL)
     broken = dict(model.state_dict())
