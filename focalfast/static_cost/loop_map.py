@@ -1,0 +1,155 @@
+"""Match SASS loops to source loops through line info.
+
+A source loop is a ``LoopKey``: its parent loop's key, its source stack (call sites from the
+kernel down to the ``for`` statement, each as the first line of its statement) and its ordinal
+among the loops with that stack entered in one iteration of the parent (the unrolled copies of a
+loop inside a compile-time unrolled loop are ordinals 0, 1, ...). A SASS loop is the source loop
+whose ``for`` statement contains at least half of the SASS loop's instructions (by their
+inlining stacks), the innermost such; SASS loops with one source stack under one parent are
+numbered in address order, which is the order the compiler lays the unrolled copies out in.
+
+ptxas may unroll a loop with a run-time trip count n by u and finish with a remainder loop: two
+SASS loops for one source loop. The first then runs ``n // u`` times, the second ``n % u``; u is
+the ratio of their instructions from the loop body's lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Tuple
+
+from focalfast.static_cost.sass import Instruction, Loop, Sass
+
+Location = Tuple[str, int]
+MATCH_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class LoopKey:
+    parent: Optional["LoopKey"]
+    stack: Tuple[Location, ...]
+    ordinal: int
+
+    def describe(self) -> str:
+        file, line = self.stack[-1]
+        return f"{file.rsplit('/', 1)[-1]}:{line}" + (f"#{self.ordinal}" if self.ordinal else "")
+
+
+@dataclass(frozen=True)
+class LoopMatch:
+    """The source loop of a SASS loop; ``unroll`` > 1 for a loop ptxas unrolled (``remainder``:
+    the loop that runs the last ``n % unroll`` iterations)."""
+
+    key: LoopKey
+    unroll: int = 1
+    remainder: bool = False
+
+    def executions(self, trips: Dict[int, float]) -> float:
+        """Body executions of this SASS loop, given source trip counts ``{n: entries}``."""
+        if self.remainder:
+            return sum(e * (n % self.unroll) for n, e in trips.items())
+        return sum(e * (n // self.unroll) for n, e in trips.items())
+
+    def describe(self) -> str:
+        text = self.key.describe()
+        if self.unroll > 1:
+            text += f" (remainder of unroll x{self.unroll})" if self.remainder else f" (unrolled x{self.unroll})"
+        return text
+
+
+@functools.lru_cache(maxsize=None)
+def _statement_spans(file: str) -> Tuple[Tuple[int, int], ...]:
+    try:
+        with open(file) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError):
+        return ()
+    return tuple((n.lineno, n.end_lineno) for n in ast.walk(tree) if isinstance(n, ast.stmt))
+
+
+@functools.lru_cache(maxsize=None)
+def statement_start(file: str, line: int) -> int:
+    """First line of the innermost Python statement of ``file`` containing ``line`` (else ``line``)."""
+    best = None
+    for start, end in _statement_spans(file):
+        if start <= line <= end and (best is None or end - start <= best[1] - best[0]):
+            best = (start, end)
+    return best[0] if best else line
+
+
+@functools.lru_cache(maxsize=None)
+def statement_end(file: str, start: int) -> int:
+    """Last line of the statement of ``file`` starting at ``start`` (a ``for``: its body's end)."""
+    ends = [end for s, end in _statement_spans(file) if s == start]
+    return max(ends) if ends else start
+
+
+def normalise(stack: Iterable[Location]) -> Tuple[Location, ...]:
+    """Each location of a stack as the first line of its statement."""
+    return tuple((f, statement_start(f, n)) for f, n in stack)
+
+
+def _inside(stack: Tuple[Location, ...], loop_stack: Tuple[Location, ...]) -> bool:
+    """Whether an instruction's (normalised) stack lies in the ``for`` statement ``loop_stack``."""
+    k = len(loop_stack)
+    if len(stack) < k or stack[: k - 1] != loop_stack[: k - 1]:
+        return False
+    (file, line), (loop_file, loop_line) = stack[k - 1], loop_stack[-1]
+    return file == loop_file and loop_line <= line <= statement_end(loop_file, loop_line)
+
+
+def _loop_instructions(sass: Sass, loop: Loop) -> list:
+    return [ins for b in sorted(loop.blocks) for ins in sass.blocks[b].instructions]
+
+
+def source_stack(instructions: Iterable[Instruction], stacks) -> Optional[Tuple[Location, ...]]:
+    """The innermost source loop stack containing at least MATCH_FRACTION of the instructions."""
+    located = [normalise(ins.stack) for ins in instructions if ins.stack]
+    best = None
+    for loop_stack in stacks:
+        inside = sum(_inside(s, loop_stack) for s in located)
+        if located and inside >= MATCH_FRACTION * len(located):
+            if best is None or (len(loop_stack), loop_stack[-1][1]) > (len(best), best[-1][1]):
+                best = loop_stack
+    return best
+
+
+def _body_instructions(instructions, stack) -> int:
+    """Instructions from the body of the ``for`` statement ``stack`` (not from the ``for`` line)."""
+    return sum(1 for ins in instructions if ins.stack and _inside(normalise(ins.stack), stack)
+               and normalise(ins.stack)[len(stack) - 1] != stack[-1])
+
+
+def map_loops(sass: Sass, keys: Iterable[LoopKey]) -> Dict[int, Optional[LoopMatch]]:
+    """SASS loop header block -> its source loop (None where no source loop matches)."""
+    keys = set(keys)
+    stacks = {k.stack for k in keys}
+    mapped: Dict[int, Optional[LoopMatch]] = {}
+    by_slot: Dict[tuple, list] = {}  # (parent key, stack) -> SASS loops, in address order
+    for loop in sass.loops():  # outer loops first, address order within a depth
+        parent = mapped.get(loop.parent.header) if loop.parent is not None else None
+        parent_key = parent.key if parent is not None else None
+        stack = source_stack(_loop_instructions(sass, loop), stacks)
+        mapped[loop.header] = None
+        if stack is None:
+            continue
+        siblings = by_slot.setdefault((parent_key, stack), [])
+        siblings.append(loop)
+        key = LoopKey(parent_key, stack, len(siblings) - 1)
+        if key in keys:
+            mapped[loop.header] = LoopMatch(key)
+            continue
+        first = LoopKey(parent_key, stack, 0)
+        if len(siblings) == 2 and first in keys and LoopKey(parent_key, stack, 1) not in keys:
+            main_body = _body_instructions(_loop_instructions(sass, siblings[0]), stack)
+            rest_body = _body_instructions(_loop_instructions(sass, loop), stack)
+            unroll = max(2, round(main_body / max(rest_body, 1)))
+            mapped[siblings[0].header] = LoopMatch(first, unroll)
+            mapped[loop.header] = LoopMatch(first, unroll, remainder=True)
+            continue
+        same = [k for k in keys if k.stack == stack and k.ordinal == key.ordinal]  # the SASS parent was removed
+        if len(same) == 1:
+            mapped[loop.header] = LoopMatch(same[0])
+    return mapped
