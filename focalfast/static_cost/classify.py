@@ -9,6 +9,7 @@
     global_load, global_store, shared_load, shared_store, local_load, local_store, atomic
     const_load LDC, ULDC (constant bank)
     integer    integer, address, predicate and move: IMAD, IADD3, LEA, LOP3, ISETP, SEL, MOV, S2R, ...
+               (and ``HFMA2.MMA R, -RZ, RZ, ...``, which only moves a constant)
     sync       shuffles, votes, barriers, fences, warpgroup and convergence: SHFL, BAR, BSSY, ...
     convert    F2F, F2FP, I2F, F2I, I2I, FRND
     mufu       MUFU (special functions: ex2, rcp, rsq, ...)
@@ -66,6 +67,8 @@ def memory_width(opcode: str) -> str:
 def instruction_class(ins: Instruction) -> Tuple[str, str]:
     """``(class, detail)`` of one instruction (detail: e.g. ``LDG.128`` or ``FFMA``)."""
     base = ins.base
+    if ins.opcode == "HFMA2.MMA" and "-RZ, RZ" in ins.text:
+        return "integer", "MOV(HFMA2.MMA)"  # ptxas's idiom for moving a constant into a register
     if base.startswith("U") and base not in _SYNC | _TENSOR | _MEMORY.keys() | _CONST and base[1:] in _INTEGER:
         return "integer", base  # the uniform datapath: UIADD3, UIMAD, UMOV, ...
     if base in _FMA:

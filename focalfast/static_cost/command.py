@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"])
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
                         help="views: q, ctx, gates as slices of one [B,H,W,2C+L+1] tensor; contiguous: three tensors")
+    parser.add_argument("--size", default=None, metavar="HxWxC",
+                        help="one explicit shape instead of the stages (e.g. 12x12x40 for a quick check)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--sm-count", type=int, default=132, help="multiprocessors the launch code plans for")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory of the JSON and markdown")
@@ -68,8 +70,12 @@ def collect(backends, cases: List[Case], sm_count: int) -> List[dict]:
 
 def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    cases = [Case(stage, levels, dtype, layout, batch=args.batch)
-             for stage, levels, dtype, layout in itertools.product(args.stage, args.levels, args.dtype, args.layout)]
+    size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else ()
+    if size and len(size) != 3:
+        raise SystemExit(f"--size must be HxWxC, got {args.size!r}")
+    stages = [0] if size else args.stage
+    cases = [Case(stage, levels, dtype, layout, batch=args.batch, size=size)
+             for stage, levels, dtype, layout in itertools.product(stages, args.levels, args.dtype, args.layout)]
     records = collect(args.backend, cases, args.sm_count)
     print(table(records, markdown=False))
     if not args.no_write:

@@ -39,6 +39,7 @@ class KernelCost:
     loops: List[LoopCost] = field(default_factory=list)
     static_instructions: int = 0
     unmapped_loops: int = 0
+    unrolled_loop_instructions: float = 0.0  # in loops ptxas unrolled (counted by estimate, see loop_map)
 
 
 def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict, blocks: int,
@@ -96,5 +97,6 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
             iterations_per_block=match.executions(trips.get(match.key, {})) / blocks if match is not None else 0.0,
             warp_instructions=own[header],
         ))
+    unrolled = sum(own[h] for h, m in mapping.items() if m is not None and m.unroll > 1)
     return KernelCost(total, dict(by_class), dict(by_detail), costs, len(sass.instructions()),
-                      sum(1 for k in mapping.values() if k is None))
+                      sum(1 for k in mapping.values() if k is None), unrolled)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
 
 from focalfast.static_cost.count import KernelCost
 from focalfast.static_cost.resources import Resources
@@ -16,6 +16,7 @@ class KernelRecord:
     grid: Tuple[int, int, int]
     resources: Resources
     cost: KernelCost
+    trips: Dict = field(default_factory=dict)  # source LoopKey -> {trip count: entries}, over the grid
 
     @property
     def blocks(self) -> int:
@@ -48,10 +49,20 @@ class KernelRecord:
             "by_class": {k: v / elements for k, v in self.cost.by_class.items()},
             "by_detail": {k: v / elements for k, v in sorted(self.cost.by_detail.items(), key=lambda kv: -kv[1])},
             "unmapped_loops": self.cost.unmapped_loops,
+            "unrolled_loop_share": self.cost.unrolled_loop_instructions / max(self.cost.warp_instructions, 1.0),
             "loops": [
                 {"address": hex(lp.address), "source": lp.source, "body_instructions": lp.instructions,
                  "own_instructions": lp.own_instructions, "iterations_per_block": lp.iterations_per_block,
                  "warp_instr_per_elem": lp.warp_instructions / elements}
                 for lp in self.cost.loops
             ],
+            "source_loops": [
+                {"file": key.stack[-1][0], "line": key.stack[-1][1], "loop": key.describe(), "depth": _depth(key),
+                 "entries": sum(trips.values()), "iterations": sum(n * e for n, e in trips.items())}
+                for key, trips in self.trips.items()
+            ],
         }
+
+
+def _depth(key) -> int:
+    return 0 if key.parent is None else 1 + _depth(key.parent)

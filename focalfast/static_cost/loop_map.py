@@ -3,10 +3,11 @@
 A source loop is a ``LoopKey``: its parent loop's key, its source stack (call sites from the
 kernel down to the ``for`` statement, each as the first line of its statement) and its ordinal
 among the loops with that stack entered in one iteration of the parent (the unrolled copies of a
-loop inside a compile-time unrolled loop are ordinals 0, 1, ...). A SASS loop is the source loop
-whose ``for`` statement contains at least half of the SASS loop's instructions (by their
-inlining stacks), the innermost such; SASS loops with one source stack under one parent are
-numbered in address order, which is the order the compiler lays the unrolled copies out in.
+loop inside a compile-time unrolled loop are ordinals 0, 1, ...). SASS loops are matched
+outermost first: a SASS loop is, among the source loops directly inside its parent's source
+loop, the one whose ``for`` statement holds most of its instructions (by their inlining stacks;
+line info is not exact, so a majority decides among siblings). SASS loops with one source stack
+under one parent are numbered in address order, the order the compiler lays unrolled copies out.
 
 ptxas may unroll a loop with a run-time trip count n by u and finish with a remainder loop: two
 SASS loops for one source loop. The first then runs ``n // u`` times, the second ``n % u``; u is
@@ -23,7 +24,7 @@ from typing import Dict, Iterable, Optional, Tuple
 from focalfast.static_cost.sass import Instruction, Loop, Sass
 
 Location = Tuple[str, int]
-MATCH_FRACTION = 0.5
+MIN_FRACTION = 0.2  # a SASS loop with fewer of its instructions in any source loop is no source loop
 
 
 @dataclass(frozen=True)
@@ -104,16 +105,20 @@ def _loop_instructions(sass: Sass, loop: Loop) -> list:
     return [ins for b in sorted(loop.blocks) for ins in sass.blocks[b].instructions]
 
 
-def source_stack(instructions: Iterable[Instruction], stacks) -> Optional[Tuple[Location, ...]]:
-    """The innermost source loop stack containing at least MATCH_FRACTION of the instructions."""
+def _fraction(located, loop_stack) -> float:
+    return sum(_inside(st, loop_stack) for st in located) / max(len(located), 1)
+
+
+def source_stack(instructions: Iterable[Instruction], parent: Optional[LoopKey], keys) -> Optional[tuple]:
+    """The stack of the source loop a SASS loop runs: among the loops directly inside ``parent``
+    (None: the kernel's top level), the one holding most of its instructions (None when none
+    holds MIN_FRACTION)."""
     located = [normalise(ins.stack) for ins in instructions if ins.stack]
-    best = None
-    for loop_stack in stacks:
-        inside = sum(_inside(s, loop_stack) for s in located)
-        if located and inside >= MATCH_FRACTION * len(located):
-            if best is None or (len(loop_stack), loop_stack[-1][1]) > (len(best), best[-1][1]):
-                best = loop_stack
-    return best
+    candidates = {k.stack for k in keys if k.parent == parent}
+    scored = sorted(((_fraction(located, st), st) for st in candidates), reverse=True)
+    if not scored or scored[0][0] < MIN_FRACTION:
+        return None
+    return scored[0][1]
 
 
 def _body_instructions(instructions, stack) -> int:
@@ -125,13 +130,14 @@ def _body_instructions(instructions, stack) -> int:
 def map_loops(sass: Sass, keys: Iterable[LoopKey]) -> Dict[int, Optional[LoopMatch]]:
     """SASS loop header block -> its source loop (None where no source loop matches)."""
     keys = set(keys)
-    stacks = {k.stack for k in keys}
     mapped: Dict[int, Optional[LoopMatch]] = {}
     by_slot: Dict[tuple, list] = {}  # (parent key, stack) -> SASS loops, in address order
     for loop in sass.loops():  # outer loops first, address order within a depth
-        parent = mapped.get(loop.parent.header) if loop.parent is not None else None
-        parent_key = parent.key if parent is not None else None
-        stack = source_stack(_loop_instructions(sass, loop), stacks)
+        ancestor = loop.parent
+        while ancestor is not None and mapped.get(ancestor.header) is None:
+            ancestor = ancestor.parent
+        parent_key = mapped[ancestor.header].key if ancestor is not None else None
+        stack = source_stack(_loop_instructions(sass, loop), parent_key, keys)
         mapped[loop.header] = None
         if stack is None:
             continue
@@ -148,8 +154,4 @@ def map_loops(sass: Sass, keys: Iterable[LoopKey]) -> Dict[int, Optional[LoopMat
             unroll = max(2, round(main_body / max(rest_body, 1)))
             mapped[siblings[0].header] = LoopMatch(first, unroll)
             mapped[loop.header] = LoopMatch(first, unroll, remainder=True)
-            continue
-        same = [k for k in keys if k.stack == stack and k.ordinal == key.ordinal]  # the SASS parent was removed
-        if len(same) == 1:
-            mapped[loop.header] = LoopMatch(same[0])
     return mapped

@@ -227,13 +227,7 @@ def _natural_loops(blocks: List[Block]) -> List[Loop]:
 
 
 def disassemble(cubin: Path, symbol: str) -> Sass:
-    """The SASS of ``symbol`` in ``cubin``, with line info (cached next to the cubin)."""
-    cached = Path(str(cubin) + f".{symbol[:80]}.sass")
-    if cached.exists():
-        text = cached.read_text()
-    else:
-        text = run_tool("nvdisasm", "-g", "-gi", "-c", str(cubin))
-        tmp = Path(str(cached) + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(cached)
+    """The SASS of ``symbol`` in ``cubin``, with line info (``kernel.sass`` beside a cached cubin)."""
+    cached = cubin.with_suffix(".sass")
+    text = cached.read_text() if cached.exists() else run_tool("nvdisasm", "-g", "-gi", "-c", str(cubin))
     return parse_sass(text, symbol)

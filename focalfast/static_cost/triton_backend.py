@@ -25,7 +25,7 @@ def launch_record(launch: TritonLaunch) -> KernelRecord:
     counts = loop_counts(launch)
     cost = kernel_cost(sass, map_loops(sass, counts.trips.keys()), counts.trips, launch.programs, cubin.threads // 32)
     return KernelRecord(launch.name, cubin.source, launch.grid,
-                        resources(cubin.path, cubin.symbol, cubin.threads, cubin.dynamic_smem), cost)
+                        resources(cubin.path, cubin.symbol, cubin.threads, cubin.dynamic_smem), cost, counts.trips)
 
 
 def capture(case: Case, sm_count: int) -> Dict[str, Tuple[List[TritonLaunch], List[TorchOp]]]:

@@ -3,13 +3,12 @@
 The specialisation (argument types, pointer alignment, integer divisibility by 16 and ``== 1``)
 comes from Triton's own binder built for a ``GPUTarget("cuda", 90, 32)`` backend, and the
 signature, constexprs and attributes from ``JITFunction._pack_args``: the same functions
-``JITFunction.run`` calls before it compiles. Cubins are cached under ``cache_dir()`` by a hash
-of the kernel source (with every function it calls), the specialisation and the options.
+``JITFunction.run`` calls before it compiles. Cubins are cached (``cubin_cache``) by a hash of
+the kernel source (with every function it calls), the specialisation and the options.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from focalfast.static_cost.toolchain import cache_dir
+from focalfast.static_cost.cubin_cache import cached_cubin
 from focalfast.static_cost.triton_launches import TritonLaunch
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -54,21 +53,22 @@ def _specialise(launch: TritonLaunch):
 def compile_triton_launch(launch: TritonLaunch) -> Cubin:
     """The sm_90a cubin of ``launch`` (compiled once per specialisation, then read from the cache)."""
     signature, constexprs, attrs, kwargs = _specialise(launch)
-    key = json.dumps([launch.fn.cache_key, signature, sorted((str(k), repr(v)) for k, v in constexprs.items()),
+    code = launch.fn.fn.__code__  # where the kernel is: its line info names it
+    key = json.dumps([launch.fn.cache_key, code.co_filename, code.co_firstlineno, signature, sorted((str(k), repr(v)) for k, v in constexprs.items()),
                       sorted((str(k), repr(v)) for k, v in attrs.items()), sorted(kwargs.items()),
                       triton.__version__, TARGET.arch])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    folder = cache_dir() / f"triton-{launch.name}-{digest}"
-    meta_path = folder / "meta.json"
-    if not meta_path.exists():
-        compiled = triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=TARGET, options=kwargs)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "kernel.cubin").write_bytes(compiled.asm["cubin"])
-        meta = {"symbol": compiled.metadata.name, "num_warps": compiled.metadata.num_warps,
+
+    def build(cubin: Path) -> dict:
+        # Triton's own cache keys on the code, not on where it is: its cubin could carry the line
+        # info of an identical kernel in another file. Compile afresh (this cache keeps the result).
+        with knobs.compilation.scope():
+            knobs.compilation.always_compile = True
+            compiled = triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=TARGET,
+                                      options=kwargs)
+        cubin.write_bytes(compiled.asm["cubin"])
+        return {"symbol": compiled.metadata.name, "num_warps": compiled.metadata.num_warps,
                 "shared": compiled.metadata.shared}
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(meta_path)
-    meta = json.loads(meta_path.read_text())
+
+    folder, meta = cached_cubin("triton", launch.name, key, build)
     return Cubin(folder / "kernel.cubin", meta["symbol"], 32 * meta["num_warps"], meta["shared"],
                  f"{launch.fn.fn.__module__}.{launch.name}")

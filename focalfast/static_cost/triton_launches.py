@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Tuple
 
 import torch
+from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 from focalfast.ops.triton import chain_schedule
@@ -82,10 +83,15 @@ def capture_triton_launches(run: Callable[[], object], sm_count: int = 132) -> L
                                      {k: v for k, v in kwargs.items() if k in names}))
         return None
 
-    JITFunction.run = record
+    def interpreted(self, *args, **kwargs):
+        raise RuntimeError(f"{self.fn.__name__} was built for Triton's interpreter (TRITON_INTERPRET is set when "
+                           "the kernels are imported); the static cost report compiles for sm_90a: unset it")
+
+    original_interpreted = InterpretedFunction.run
+    JITFunction.run, InterpretedFunction.run = record, interpreted
     try:
         with _patched_sm_count(sm_count), torch.no_grad():
             run()
     finally:
-        JITFunction.run = original_run
+        JITFunction.run, InterpretedFunction.run = original_run, original_interpreted
     return launches
