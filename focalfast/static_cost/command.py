@@ -18,7 +18,7 @@ from typing import List
 from focalfast.static_cost.cases import DTYPES, LAYOUTS, LEVELS, STAGES, Case
 from focalfast.static_cost.report import _commit, op_record, table, write
 
-BACKENDS = ("triton",)
+BACKENDS = ("triton", "cuda")
 DEFAULT_OUT = Path("benchmarks") / "results" / "static"
 
 
@@ -45,6 +45,10 @@ def _backend_module(name: str):
         from focalfast.static_cost import triton_backend
 
         return triton_backend
+    if name == "cuda":
+        from focalfast.static_cost import cuda_backend
+
+        return cuda_backend
     raise ValueError(f"--backend: unknown backend {name!r}")
 
 
@@ -60,8 +64,7 @@ def collect(backends, cases: List[Case], sm_count: int) -> List[dict]:
         for direction, (launches, torch_ops) in captured.items():
             kernels = []
             for launch in launches:
-                print(f"    {direction} {launch.name} grid {launch.grid}: compiling / counting", file=sys.stderr,
-                      flush=True)
+                print(f"    {direction} {launch.name}: compiling / counting", file=sys.stderr, flush=True)
                 kernels.append(module.launch_record(launch))
             records.append(op_record(backend, direction, case, kernels, torch_ops, sm_count))
         print(f"    done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)

@@ -62,6 +62,9 @@ class LoopMatch:
 
 @functools.lru_cache(maxsize=None)
 def _statement_spans(file: str) -> Tuple[Tuple[int, int], ...]:
+    """(first, last) lines of the Python statements of ``file`` (empty for other files)."""
+    if not file.endswith(".py"):
+        return ()
     try:
         with open(file) as f:
             tree = ast.parse(f.read())
@@ -81,8 +84,46 @@ def statement_start(file: str, line: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def _source_lines(file: str) -> Tuple[str, ...]:
+    try:
+        with open(file) as f:
+            return tuple(f.read().splitlines())
+    except OSError:
+        return ()
+
+
+def _cxx_loop_end(file: str, start: int) -> int:
+    """Last line of the C/C++ loop whose header starts at line ``start``: after the parenthesised
+    header, the matching ``}`` of a braced body or the ``;`` ending a single statement."""
+    lines = _source_lines(file)
+    depth_paren = depth_brace = 0
+    header_done = False
+    for n in range(start - 1, len(lines)):
+        text = lines[n].split("//", 1)[0]
+        for ch in text:
+            if not header_done:
+                if ch == "(":
+                    depth_paren += 1
+                elif ch == ")":
+                    depth_paren -= 1
+                    header_done = depth_paren == 0
+                continue
+            if ch == "{":
+                depth_brace += 1
+            elif ch == "}":
+                depth_brace -= 1
+                if depth_brace == 0:
+                    return n + 1
+            elif ch == ";" and depth_brace == 0:
+                return n + 1
+    return start
+
+
+@functools.lru_cache(maxsize=None)
 def statement_end(file: str, start: int) -> int:
-    """Last line of the statement of ``file`` starting at ``start`` (a ``for``: its body's end)."""
+    """Last line of the loop statement of ``file`` starting at ``start`` (its body's end)."""
+    if not file.endswith(".py"):
+        return _cxx_loop_end(file, start)
     ends = [end for s, end in _statement_spans(file) if s == start]
     return max(ends) if ends else start
 
@@ -93,12 +134,18 @@ def normalise(stack: Iterable[Location]) -> Tuple[Location, ...]:
 
 
 def _inside(stack: Tuple[Location, ...], loop_stack: Tuple[Location, ...]) -> bool:
-    """Whether an instruction's (normalised) stack lies in the ``for`` statement ``loop_stack``."""
-    k = len(loop_stack)
-    if len(stack) < k or stack[: k - 1] != loop_stack[: k - 1]:
-        return False
-    (file, line), (loop_file, loop_line) = stack[k - 1], loop_stack[-1]
-    return file == loop_file and loop_line <= line <= statement_end(loop_file, loop_line)
+    """Whether an instruction's (normalised) stack lies in the loop ``loop_stack``: the loop's call
+    sites appear in order, and a frame after them lies in the loop statement (a key without call
+    sites, as the CUDA counts give, matches at any depth)."""
+    at = 0
+    for site in loop_stack[:-1]:
+        try:
+            at = stack.index(site, at) + 1
+        except ValueError:
+            return False
+    loop_file, loop_line = loop_stack[-1]
+    end = statement_end(loop_file, loop_line)
+    return any(f == loop_file and loop_line <= n <= end for f, n in stack[at:])
 
 
 def _loop_instructions(sass: Sass, loop: Loop) -> list:
@@ -123,8 +170,8 @@ def source_stack(instructions: Iterable[Instruction], parent: Optional[LoopKey],
 
 def _body_instructions(instructions, stack) -> int:
     """Instructions from the body of the ``for`` statement ``stack`` (not from the ``for`` line)."""
-    return sum(1 for ins in instructions if ins.stack and _inside(normalise(ins.stack), stack)
-               and normalise(ins.stack)[len(stack) - 1] != stack[-1])
+    located = [normalise(ins.stack) for ins in instructions if ins.stack]
+    return sum(1 for st in located if _inside(st, stack) and stack[-1] not in st)
 
 
 def map_loops(sass: Sass, keys: Iterable[LoopKey]) -> Dict[int, Optional[LoopMatch]]:

@@ -16,7 +16,7 @@ class TorchOp:
     bytes: int  # tensor bytes read (inputs) + written (outputs)
 
 
-def _bytes(values) -> int:
+def tensor_bytes(values) -> int:
     return sum(t.numel() * t.element_size() for t in values if isinstance(t, torch.Tensor))
 
 
@@ -38,5 +38,5 @@ class RecordTorchOps(TorchDispatchMode):
         read = {_storage(t) for t in inputs}
         is_view = any(_storage(t) in read for t in outputs)
         if inputs and outputs and not is_view:
-            self.ops.append(TorchOp(str(func.overloadpacket.__name__), _bytes(inputs) + _bytes(outputs)))
+            self.ops.append(TorchOp(str(func.overloadpacket.__name__), tensor_bytes(inputs) + tensor_bytes(outputs)))
         return out

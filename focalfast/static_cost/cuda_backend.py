@@ -1,0 +1,170 @@
+"""The CUDA backend's kernels for one case: launches, loop counts, cubins, counts per element.
+
+The real launch code (``focalfast.ops.cuda.focal_modulation``'s forward and backward) runs twice
+on uninitialised CPU tensors under ``ShapeOnly`` (PyTorch operators are recorded, not computed),
+with the count build of the extension (``cuda_count_build``) and the SM count patched:
+
+1. with ``set_record_launches``: every launcher records its kernel body, blocks, threads and
+   dynamic shared memory instead of running (``Stream::record``);
+2. with ``set_host_sample(B)``: the host path runs each launch's first 1/B of threads or blocks
+   (image 0: every kernel orders its threads and blocks image-major) and the loop counters give
+   the trip counts of every source loop, scaled by B.
+
+Warp-level counts from host counts: code that every thread of a block runs (the sweeps' row and
+level loops, run once per block on the host) runs once per warp; code run per thread (a grid
+kernel's body, an ``FF_FOR_EACH`` item) runs once per 32 threads, which assumes full warps (a
+partly filled warp is counted at its share of lanes: an undercount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+from focalfast.static_cost.cases import Case, op_inputs
+from focalfast.static_cost.count import kernel_cost
+from focalfast.static_cost.cuda_compile import kernel_symbol
+from focalfast.static_cost.cuda_count_build import count_extension
+from focalfast.static_cost.kernel_record import KernelRecord
+from focalfast.static_cost.loop_map import LoopKey, _source_lines, map_loops
+from focalfast.static_cost.resources import resources
+from focalfast.static_cost.sass import disassemble
+from focalfast.static_cost.shape_only import ShapeOnly
+
+THREAD_DISTRIBUTING = "FF_FOR_EACH"  # the sweeps' macro that spreads items over a block's threads
+HOST_LAUNCH_LOOP = "Op::run("  # the host path's loop over a launch's threads or blocks
+
+
+@dataclass
+class CudaLaunch:
+    name: str  # Op::kName
+    op: str  # the kernel body's C++ type
+    blocks: int
+    threads: int
+    smem_bytes: int
+    sample: int = 1  # host counts cover 1/sample of the launch
+    counts: dict = field(default_factory=dict)  # the loop counter tree of the host run
+
+    @property
+    def kernel(self) -> str:
+        return self.op.replace("focalfast::", "").replace("(anonymous namespace)::", "")
+
+
+@contextlib.contextmanager
+def _count_build_launch_code(sm_count: int):
+    """The CUDA launch code with the count build as its extension and ``sm_count`` SMs."""
+    from focalfast.ops.cuda import extension
+    from focalfast.ops.cuda import focal_modulation as cuda_op
+
+    module, lib = count_extension()
+    saved = extension.load, cuda_op._sm_count
+    extension.load, cuda_op._sm_count = (lambda: module), (lambda device: sm_count)
+    try:
+        yield cuda_op, module, lib
+    finally:
+        extension.load, cuda_op._sm_count = saved
+
+
+def _run_op(cuda_op, inputs: dict, direction: str, pooled_mean):
+    """The backend's forward, or its backward (``inputs["grad_out"]``), on ``inputs``."""
+    args = {k: v for k, v in inputs.items() if k != "grad_out"}
+    if direction == "fwd":
+        return cuda_op._forward(**args, normalize_modulator=False)
+    return cuda_op._backward(inputs["grad_out"], **args, pooled_mean=pooled_mean, normalize_modulator=False)
+
+
+def capture(case: Case, sm_count: int) -> Dict[str, Tuple[List[CudaLaunch], list]]:
+    """``{"fwd": (launches, torch ops), "bwd": ...}`` with loop counts attached to each launch."""
+    inputs = op_inputs(case, "cpu")
+    inputs["grad_out"] = inputs["q"].new_empty(inputs["q"].shape)
+    result = {}
+    with _count_build_launch_code(sm_count) as (cuda_op, module, lib):
+        pooled_mean = None
+        for direction in ("fwd", "bwd"):
+            module.set_record_launches(True)
+            try:
+                with ShapeOnly() as shapes:
+                    out = _run_op(cuda_op, inputs, direction, pooled_mean)
+            finally:
+                module.set_record_launches(False)
+            if direction == "fwd":
+                pooled_mean = out[1]
+            launches = [CudaLaunch(r["name"], r["op"], r["blocks"], r["threads"], r["smem_bytes"])
+                        for r in module.take_recorded_launches()]
+            trees = _count_trees(cuda_op, module, lib, case.batch, inputs, direction, pooled_mean)
+            if [t[0] for t in trees] != [lc.name for lc in launches]:
+                raise RuntimeError(f"the counted launches {[t[0] for t in trees]} differ from the recorded "
+                                   f"{[lc.name for lc in launches]}")
+            for launch, (_, tree) in zip(launches, trees):
+                launch.counts, launch.sample = tree, case.batch
+            result[direction] = (launches, shapes.ops)
+    return result
+
+
+def _count_trees(cuda_op, module, lib, batch: int, inputs: dict, direction: str, pooled_mean) -> list:
+    """``[(launcher name, loop counter tree)]`` of one op call, each launch on image 0 only."""
+    trees = []
+    original = cuda_op._Kernels.launch
+
+    def counted(self, name, **kwargs):
+        lib.ff_loop_counts_reset()
+        original(self, name, **kwargs)
+        trees.append((name, json.loads(lib.ff_loop_counts_json().decode())))
+
+    cuda_op._Kernels.launch = counted
+    module.set_host_sample(batch)
+    try:
+        with ShapeOnly():
+            _run_op(cuda_op, inputs, direction, pooled_mean)
+    finally:
+        cuda_op._Kernels.launch = original
+        module.set_host_sample(1)
+    return _split_by_kernel(trees)
+
+
+def _split_by_kernel(trees: list) -> list:
+    """One entry per kernel launch: the host launch loops (``for ... Op::run(...)`` in ``launch`` and
+    ``launch_sweep``) of each launcher's tree; other loops there are host set-up code."""
+    out = []
+    for name, tree in trees:
+        for loop in tree["children"]:
+            lines = _source_lines(os.path.realpath(loop["file"]))
+            if 0 < loop["line"] <= len(lines) and HOST_LAUNCH_LOOP in lines[loop["line"] - 1]:
+                out.append((name, loop))
+    return out
+
+
+def _keys(launch: CudaLaunch, warps: int) -> Tuple[dict, int]:
+    """Source loop key -> trip histogram, scaled to executions per warp of the whole grid."""
+    root = launch.counts  # the host launch loop (threads or blocks of image 0)
+    per_block = root["iterations"] == -(-launch.blocks // launch.sample)
+    trips: Dict[LoopKey, Dict[int, float]] = {}
+
+    def walk(node, parent, per_thread):
+        file = os.path.realpath(node["file"])
+        lines = _source_lines(file)
+        line_text = lines[node["line"] - 1] if 0 < node["line"] <= len(lines) else ""
+        per_thread = per_thread or THREAD_DISTRIBUTING in line_text
+        key = LoopKey(parent, ((file, node["line"]),), node["ordinal"])
+        factor = launch.sample / (32 * warps) if per_thread else launch.sample
+        trips[key] = {int(n): e * factor for n, e in node["trips"].items()}
+        for child in node["children"]:
+            walk(child, key, per_thread)
+
+    for child in root["children"]:
+        walk(child, None, not per_block)
+    return trips, root["iterations"] * launch.sample
+
+
+def launch_record(launch: CudaLaunch) -> KernelRecord:
+    """Compile (cached), disassemble and count one recorded launch."""
+    cubin, symbol = kernel_symbol(launch.op)
+    sass = disassemble(cubin, symbol)
+    warps = -(-launch.threads // 32)
+    trips, _ = _keys(launch, warps)
+    cost = kernel_cost(sass, map_loops(sass, trips.keys()), trips, launch.blocks, warps)
+    res = resources(cubin, symbol, launch.threads, launch.smem_bytes)
+    return KernelRecord(launch.kernel, f"csrc ({launch.name})", (launch.blocks, 1, 1), res, cost, trips)
