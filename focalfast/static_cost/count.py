@@ -5,7 +5,11 @@ loop runs ``warps x blocks`` times, and a block whose innermost loop is source l
 ``warps x iterations[key]`` times (iterations summed over the grid; ``warps`` per block). A loop
 header whose test sits at the top (it has an exit edge and is not the latch) runs once more per
 entry. Predicated instructions issue whether or not their predicate holds, so all count.
-Branches inside a loop body other than loops are counted as taken every iteration.
+A branch inside a loop body (other than an inner loop) is counted as taken every iteration: the
+total is an upper bound where loop bodies branch (e.g. code versioned by the compiler for
+different trip counts). ``warp_instructions_min`` counts, inside loops, only the blocks every
+iteration runs (those that dominate each back edge): a lower bound. Where both agree, the count
+is exact up to the trip counts.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class KernelCost:
     static_instructions: int = 0
     unmapped_loops: int = 0
     unrolled_loop_instructions: float = 0.0  # in loops ptxas unrolled (counted by estimate, see loop_map)
+    warp_instructions_min: float = 0.0  # inside loops only the blocks every iteration runs
 
 
 def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict, blocks: int,
@@ -69,6 +74,16 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
             n += sum(key_trips.values())
         return float(n)
 
+    dom = sass.dominators()
+
+    def every_iteration(block_index: int) -> bool:
+        loop = innermost[block_index]
+        if loop is None:
+            return True
+        latches = [b for b in loop.blocks if loop.header in sass.blocks[b].successors]
+        return all(block_index in dom[latch] for latch in latches)
+
+    certain = 0.0
     by_class: Counter = Counter({c: 0.0 for c in CLASSES})
     by_detail: Counter = Counter()
     own: Counter = Counter()  # loop header -> warp-instructions of blocks whose innermost loop it is
@@ -82,6 +97,8 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
             by_class[cls] += count
             by_detail[detail] += count
         total += count * len(block.instructions)
+        if every_iteration(block.index):
+            certain += count * len(block.instructions)
         if innermost[block.index] is not None:
             own[innermost[block.index].header] += count * len(block.instructions)
     costs = []
@@ -99,4 +116,4 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
         ))
     unrolled = sum(own[h] for h, m in mapping.items() if m is not None and m.unroll > 1)
     return KernelCost(total, dict(by_class), dict(by_detail), costs, len(sass.instructions()),
-                      sum(1 for k in mapping.values() if k is None), unrolled)
+                      sum(1 for k in mapping.values() if k is None), unrolled, certain)

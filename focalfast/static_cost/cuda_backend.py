@@ -10,10 +10,10 @@ with the count build of the extension (``cuda_count_build``) and the SM count pa
    (image 0: every kernel orders its threads and blocks image-major) and the loop counters give
    the trip counts of every source loop, scaled by B.
 
-Warp-level counts from host counts: code that every thread of a block runs (the sweeps' row and
-level loops, run once per block on the host) runs once per warp; code run per thread (a grid
-kernel's body, an ``FF_FOR_EACH`` item) runs once per 32 threads, which assumes full warps (a
-partly filled warp is counted at its share of lanes: an undercount).
+Warp-level counts from host counts (``_keys``): code that every thread of a block runs (the
+sweeps' row and level loops, run once per block on the host) runs once per warp; an
+``FF_FOR_EACH`` runs its items in warp-passes, counted exactly; code inside an item or a grid
+kernel's thread runs once per warp-pass, assuming the lanes of a warp run the same trip counts.
 """
 
 from __future__ import annotations
@@ -137,26 +137,45 @@ def _split_by_kernel(trees: list) -> list:
     return out
 
 
-def _keys(launch: CudaLaunch, warps: int) -> Tuple[dict, int]:
-    """Source loop key -> trip histogram, scaled to executions per warp of the whole grid."""
-    root = launch.counts  # the host launch loop (threads or blocks of image 0)
+def _warp_passes(items: int, threads: int) -> int:
+    """Warp-iterations of ``FF_FOR_EACH`` over ``items`` on a block of ``threads``: warp w runs
+    ``ceil((items - 32 w) / threads)`` passes (item ``i`` goes to thread ``i % threads``)."""
+    return sum(max(0, -(-(items - 32 * w) // threads)) for w in range(-(-threads // 32)))
+
+
+def _keys(launch: CudaLaunch, warps: int) -> Dict[LoopKey, Dict[int, float]]:
+    """Source loop key -> trip histogram ``{n: entries}`` scaled so that ``sum(n * entries) * warps``
+    is the loop body's warp-level executions over the whole grid.
+
+    Host counts are per block (a sweep's own loops: every warp runs them) or per item (a grid
+    kernel's thread, an ``FF_FOR_EACH`` item). An ``FF_FOR_EACH`` of n items runs
+    ``_warp_passes(n, threads)`` warp-iterations; a loop inside an item runs once per warp-pass for
+    the items of that pass (lanes in lockstep, the same trip count assumed for all of them).
+    """
+    root = launch.counts  # the host launch loop over image 0's threads or blocks
     per_block = root["iterations"] == -(-launch.blocks // launch.sample)
     trips: Dict[LoopKey, Dict[int, float]] = {}
 
-    def walk(node, parent, per_thread):
+    def walk(node, parent, per_item):  # per_item: warp-passes per item above, None for per-block code
         file = os.path.realpath(node["file"])
         lines = _source_lines(file)
-        line_text = lines[node["line"] - 1] if 0 < node["line"] <= len(lines) else ""
-        per_thread = per_thread or THREAD_DISTRIBUTING in line_text
+        text = lines[node["line"] - 1] if 0 < node["line"] <= len(lines) else ""
+        hist = {int(n): e for n, e in node["trips"].items()}
+        if per_item is None and THREAD_DISTRIBUTING in text:
+            items = sum(n * e for n, e in hist.items())
+            passes = sum(_warp_passes(n, launch.threads) * e for n, e in hist.items())
+            own, per_item = passes / max(items, 1), passes / max(items, 1)
+        else:
+            own = 1.0 if per_item is None else per_item
         key = LoopKey(parent, ((file, node["line"]),), node["ordinal"])
-        factor = launch.sample / (32 * warps) if per_thread else launch.sample
-        trips[key] = {int(n): e * factor for n, e in node["trips"].items()}
+        factor = launch.sample * own / (1 if per_item is None else warps)
+        trips[key] = {n: e * factor for n, e in hist.items()}
         for child in node["children"]:
-            walk(child, key, per_thread)
+            walk(child, key, per_item)
 
     for child in root["children"]:
-        walk(child, None, not per_block)
-    return trips, root["iterations"] * launch.sample
+        walk(child, None, None if per_block else 1 / 32)
+    return trips
 
 
 def launch_record(launch: CudaLaunch) -> KernelRecord:
@@ -164,7 +183,7 @@ def launch_record(launch: CudaLaunch) -> KernelRecord:
     cubin, symbol = kernel_symbol(launch.op)
     sass = disassemble(cubin, symbol)
     warps = -(-launch.threads // 32)
-    trips, _ = _keys(launch, warps)
+    trips = _keys(launch, warps)
     cost = kernel_cost(sass, map_loops(sass, trips.keys()), trips, launch.blocks, warps)
     res = resources(cubin, symbol, launch.threads, launch.smem_bytes)
     return KernelRecord(launch.kernel, f"csrc ({launch.name})", (launch.blocks, 1, 1), res, cost, trips)

@@ -46,6 +46,7 @@ class KernelRecord:
             "static_instructions": self.cost.static_instructions,
             "warp_instr": self.cost.warp_instructions,
             "warp_instr_per_elem": self.cost.warp_instructions / elements,
+            "warp_instr_per_elem_min": self.cost.warp_instructions_min / elements,
             "by_class": {k: v / elements for k, v in self.cost.by_class.items()},
             "by_detail": {k: v / elements for k, v in sorted(self.cost.by_detail.items(), key=lambda kv: -kv[1])},
             "unmapped_loops": self.cost.unmapped_loops,

@@ -46,17 +46,20 @@ class LoopMatch:
     key: LoopKey
     unroll: int = 1
     remainder: bool = False
+    copies: int = 1  # SASS copies of the loop made by unrolling an enclosing loop: each runs 1/copies
 
     def executions(self, trips: Dict[int, float]) -> float:
         """Body executions of this SASS loop, given source trip counts ``{n: entries}``."""
         if self.remainder:
-            return sum(e * (n % self.unroll) for n, e in trips.items())
-        return sum(e * (n // self.unroll) for n, e in trips.items())
+            return sum(e * (n % self.unroll) for n, e in trips.items()) / self.copies
+        return sum(e * (n // self.unroll) for n, e in trips.items()) / self.copies
 
     def describe(self) -> str:
         text = self.key.describe()
         if self.unroll > 1:
             text += f" (remainder of unroll x{self.unroll})" if self.remainder else f" (unrolled x{self.unroll})"
+        if self.copies > 1:
+            text += f" (one of {self.copies} unrolled copies)"
         return text
 
 
@@ -168,6 +171,15 @@ def source_stack(instructions: Iterable[Instruction], parent: Optional[LoopKey],
     return scored[0][1]
 
 
+def _common_child(own_lists: list, parent: LoopKey, keys) -> Optional[LoopKey]:
+    """The loop directly inside ``parent`` that holds most of the own instructions of every one of
+    several SASS loops: they are copies of it, made by unrolling ``parent``."""
+    for child in (k for k in keys if k.parent == parent):
+        if all(_fraction([normalise(i.stack) for i in own if i.stack], child.stack) >= 0.5 for own in own_lists):
+            return child
+    return None
+
+
 def _body_instructions(instructions, stack) -> int:
     """Instructions from the body of the ``for`` statement ``stack`` (not from the ``for`` line)."""
     located = [normalise(ins.stack) for ins in instructions if ins.stack]
@@ -177,28 +189,42 @@ def _body_instructions(instructions, stack) -> int:
 def map_loops(sass: Sass, keys: Iterable[LoopKey]) -> Dict[int, Optional[LoopMatch]]:
     """SASS loop header block -> its source loop (None where no source loop matches)."""
     keys = set(keys)
+    loops = sass.loops()
+    innermost = sass.innermost_loop(loops)
     mapped: Dict[int, Optional[LoopMatch]] = {}
-    by_slot: Dict[tuple, list] = {}  # (parent key, stack) -> SASS loops, in address order
-    for loop in sass.loops():  # outer loops first, address order within a depth
+    by_slot: Dict[tuple, list] = {}  # (SASS parent loop, source stack) -> SASS loops, in address order
+
+    def own(loop):
+        return [i for b in sorted(loop.blocks) if innermost[b] is loop for i in sass.blocks[b].instructions]
+
+    for loop in loops:  # outer loops first, address order within a depth
         ancestor = loop.parent
         while ancestor is not None and mapped.get(ancestor.header) is None:
             ancestor = ancestor.parent
-        parent_key = mapped[ancestor.header].key if ancestor is not None else None
+        parent = mapped[ancestor.header] if ancestor is not None else None
+        parent_key = parent.key if parent is not None else None
+        copies = parent.copies if parent is not None else 1  # inside one of several copies: a share
         stack = source_stack(_loop_instructions(sass, loop), parent_key, keys)
         mapped[loop.header] = None
         if stack is None:
             continue
-        siblings = by_slot.setdefault((parent_key, stack), [])
+        siblings = by_slot.setdefault((ancestor.header if ancestor is not None else None, stack), [])
         siblings.append(loop)
         key = LoopKey(parent_key, stack, len(siblings) - 1)
         if key in keys:
-            mapped[loop.header] = LoopMatch(key)
+            mapped[loop.header] = LoopMatch(key, copies=copies)
             continue
         first = LoopKey(parent_key, stack, 0)
-        if len(siblings) == 2 and first in keys and LoopKey(parent_key, stack, 1) not in keys:
+        if first not in keys or LoopKey(parent_key, stack, 1) in keys:
+            continue
+        copied = _common_child([own(sib) for sib in siblings], first, keys)
+        if copied is not None:  # the source loop was unrolled: the SASS loops are copies of its child
+            for sibling in siblings:
+                mapped[sibling.header] = LoopMatch(copied, copies=copies * len(siblings))
+        elif len(siblings) == 2:
             main_body = _body_instructions(_loop_instructions(sass, siblings[0]), stack)
             rest_body = _body_instructions(_loop_instructions(sass, loop), stack)
             unroll = max(2, round(main_body / max(rest_body, 1)))
-            mapped[siblings[0].header] = LoopMatch(first, unroll)
-            mapped[loop.header] = LoopMatch(first, unroll, remainder=True)
+            mapped[siblings[0].header] = LoopMatch(first, unroll, copies=copies)
+            mapped[loop.header] = LoopMatch(first, unroll, remainder=True, copies=copies)
     return mapped

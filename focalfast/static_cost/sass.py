@@ -84,6 +84,10 @@ class Sass:
         """Natural loops, outermost first and in address order within a nesting level."""
         return _natural_loops(self.blocks)
 
+    def dominators(self) -> List[set]:
+        """Per block, the blocks on every path from the entry to it (itself included)."""
+        return _dominators(self.blocks, reachable(self.blocks))
+
     def innermost_loop(self, loops: List[Loop]) -> Dict[int, Optional[Loop]]:
         """Block index -> the innermost of ``loops`` (from ``loops()``) containing it (None: no loop)."""
         inner: Dict[int, Optional[Loop]] = {b.index: None for b in self.blocks}
