@@ -190,3 +190,70 @@ def test_the_measure_can_fail(tmp_path):
     for name in ("scale_shift", "scale_shift_wasteful"):
         small, large = costs[f"{name}/{1 << 15}"]["total"], costs[f"{name}/{1 << 16}"]["total"]
         assert 1.7 < large / small <= 2.0  # the loop doubles; the code around it does not
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+_CUDA_SAMPLE_CHECK = r"""
+import json, warnings
+warnings.filterwarnings("ignore")
+from focalfast.static_cost import cuda_backend
+from focalfast.static_cost.cases import Case
+
+case = Case(0, "srf", "fp32", "views", batch=3, size=(9, 11, 24))
+def totals(sample_images):
+    captured = cuda_backend.capture(case, 4, host_sample=sample_images)
+    out = []
+    for direction, (launches, _) in captured.items():
+        for launch in launches:
+            warps = -(-launch.threads // 32)
+            out.append((direction, launch.name, launch.blocks, launch.threads,
+                        {k.describe() + "@" + str(id_of(k)): sum(n * e for n, e in t.items()) * warps
+                         for k, t in cuda_backend._keys(launch, warps).items()}))
+    return out
+
+def id_of(key):
+    return "" if key.parent is None else key.parent.describe() + "/" + id_of(key.parent)
+
+print("COUNTS", json.dumps({"sampled": totals(True), "full": totals(False)}))
+"""
+
+
+@pytest.mark.slow
+def test_cuda_loop_counts_sample_one_image():
+    """The CUDA trip counts run each launch on image 0 and scale by B; running every image of a
+    3-image case on the host gives the same warp-level counts, loop by loop, and the recorded
+    launches (blocks, threads) are the same either way."""
+    if not _cuda_toolchain():
+        pytest.skip("nvcc is needed to build the count build of the CUDA extension")
+    stdout = _run(["-c", _CUDA_SAMPLE_CHECK], _compiler_env(), timeout=1800)
+    counts = json.loads(stdout.split("COUNTS", 1)[1])
+    sampled, full = counts["sampled"], counts["full"]
+    assert [s[:4] for s in sampled] == [f[:4] for f in full] and sampled
+    for s, f in zip(sampled, full):
+        assert s[4].keys() == f[4].keys()
+        for key in s[4]:
+            assert s[4][key] == pytest.approx(f[4][key], rel=1e-9), (s[1], key)
+
+
+def _cuda_toolchain() -> bool:
+    from focalfast.ops.cuda import extension
+
+    return extension.find_nvcc() is not None
+
+
+@pytest.mark.slow
+def test_cuda_report_structure(tmp_path):
+    if not _cuda_toolchain():
+        pytest.skip("nvcc is needed to compile the CUDA kernels")
+    _run(["-m", "focalfast.static_cost", "--backend", "cuda", "--size", "9x11x24", "--batch", "2", "--levels", "srf",
+          "--dtype", "bf16", "--layout", "views", "--sm-count", "4", "--out", str(tmp_path), "--name", "cuda"],
+         _compiler_env(), timeout=1800)
+    records = json.loads((tmp_path / "cuda.json").read_text())["records"]
+    assert [(r["backend"], r["direction"]) for r in records] == [("cuda", "fwd"), ("cuda", "bwd")]
+    for rec in records:
+        assert rec["kernels"]
+        assert 0 < rec["warp_instr_per_elem_min"] <= rec["warp_instr_per_elem"]
+        assert rec["by_class"]["fma"] > 0
+        for k in rec["kernels"]:
+            assert 0 < k["regs"] <= 255 and k["smem_bytes"] >= 0 and 1 <= k["ctas_per_sm"] <= 32
+            assert sum(k["by_class"].values()) == pytest.approx(k["warp_instr_per_elem"])

@@ -76,8 +76,9 @@ def _run_op(cuda_op, inputs: dict, direction: str, pooled_mean):
     return cuda_op._backward(inputs["grad_out"], **args, pooled_mean=pooled_mean, normalize_modulator=False)
 
 
-def capture(case: Case, sm_count: int) -> Dict[str, Tuple[List[CudaLaunch], list]]:
-    """``{"fwd": (launches, torch ops), "bwd": ...}`` with loop counts attached to each launch."""
+def capture(case: Case, sm_count: int, host_sample: bool = True) -> Dict[str, Tuple[List[CudaLaunch], list]]:
+    """``{"fwd": (launches, torch ops), "bwd": ...}`` with loop counts attached to each launch
+    (``host_sample``: counted on image 0 and scaled by B; False: every image, for checks)."""
     inputs = op_inputs(case, "cpu")
     inputs["grad_out"] = inputs["q"].new_empty(inputs["q"].shape)
     result = {}
@@ -94,18 +95,19 @@ def capture(case: Case, sm_count: int) -> Dict[str, Tuple[List[CudaLaunch], list
                 pooled_mean = out[1]
             launches = [CudaLaunch(r["name"], r["op"], r["blocks"], r["threads"], r["smem_bytes"])
                         for r in module.take_recorded_launches()]
-            trees = _count_trees(cuda_op, module, lib, case.batch, inputs, direction, pooled_mean)
+            sample = case.batch if host_sample else 1
+            trees = _count_trees(cuda_op, module, lib, sample, inputs, direction, pooled_mean)
             if [t[0] for t in trees] != [lc.name for lc in launches]:
                 raise RuntimeError(f"the counted launches {[t[0] for t in trees]} differ from the recorded "
                                    f"{[lc.name for lc in launches]}")
             for launch, (_, tree) in zip(launches, trees):
-                launch.counts, launch.sample = tree, case.batch
+                launch.counts, launch.sample = tree, sample
             result[direction] = (launches, shapes.ops)
     return result
 
 
-def _count_trees(cuda_op, module, lib, batch: int, inputs: dict, direction: str, pooled_mean) -> list:
-    """``[(launcher name, loop counter tree)]`` of one op call, each launch on image 0 only."""
+def _count_trees(cuda_op, module, lib, sample: int, inputs: dict, direction: str, pooled_mean) -> list:
+    """``[(launcher name, loop counter tree)]`` of one op call, each launch on its first 1/sample."""
     trees = []
     original = cuda_op._Kernels.launch
 
@@ -115,7 +117,7 @@ def _count_trees(cuda_op, module, lib, batch: int, inputs: dict, direction: str,
         trees.append((name, json.loads(lib.ff_loop_counts_json().decode())))
 
     cuda_op._Kernels.launch = counted
-    module.set_host_sample(batch)
+    module.set_host_sample(sample)
     try:
         with ShapeOnly():
             _run_op(cuda_op, inputs, direction, pooled_mean)
