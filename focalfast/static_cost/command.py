@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List
 
 from focalfast.static_cost.cases import DTYPES, LAYOUTS, LEVELS, STAGES, Case
-from focalfast.static_cost.report import _commit, op_record, table, write
+from focalfast.static_cost.report import current_commit, op_record, table, write
 
 BACKENDS = ("triton", "cuda")
 DEFAULT_OUT = Path("benchmarks") / "results" / "static"
@@ -79,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     stages = [0] if size else args.stage
     cases = [Case(stage, levels, dtype, layout, batch=args.batch, size=size)
              for stage, levels, dtype, layout in itertools.product(stages, args.levels, args.dtype, args.layout)]
+    commit = current_commit()
     records = collect(args.backend, cases, args.sm_count)
     print(table(records, markdown=False))
     if not args.no_write:
-        write(records, args.out / (args.name or f"static-{_commit()}"))
+        write(records, args.out / (args.name or f"static-{commit}"), commit)
     return 0
 
 

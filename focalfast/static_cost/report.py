@@ -47,7 +47,7 @@ def op_record(backend: str, direction: str, case: Case, kernels: List[KernelReco
     }
 
 
-def _commit() -> str:
+def current_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -59,9 +59,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def header() -> dict:
+def header(commit: str) -> dict:
     """Commit, date and tool versions of a report."""
-    return {"commit": _commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(), "target": "sm_90a", "model": model.describe()}
 
 
@@ -97,10 +97,11 @@ def table(records: Iterable[dict], markdown: bool) -> str:
     return "\n".join([fmt(cols)] + [fmt(r) for r in rows])
 
 
-def write(records: List[dict], stem: Path) -> None:
-    """``stem.json`` (header + records) and ``stem.md`` (header + table)."""
+def write(records: List[dict], stem: Path, commit: str) -> None:
+    """``stem.json`` (header + records) and ``stem.md`` (header + table); ``commit``: of the code
+    that made the records (taken when the run started)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    head = header()
+    head = header(commit)
     stem.with_suffix(".json").write_text(json.dumps({**head, "records": records}, indent=1) + "\n")
     md = [f"# Static cost report ({head['commit']}, {head['date']})", "",
           f"Triton {head['versions'].get('triton')}, nvcc {head['versions'].get('nvcc')}, "
