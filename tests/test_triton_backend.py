@@ -127,6 +127,7 @@ def _force_schedule(monkeypatch, **overrides):
     monkeypatch.setattr(focal_context_bwd, "chain_schedule", forced)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,tile", SMALL_TILE_CASES)
 def test_fp32_small_tiles_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, tile):
     _force_schedule(monkeypatch, tile=tile)
