@@ -145,6 +145,7 @@ BAND_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,band_rows,tile", BAND_CASES)
 def test_fp32_bands_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, band_rows, tile):
     _force_schedule(monkeypatch, band_rows=band_rows, tile=tile)
@@ -166,6 +167,7 @@ def test_bands_only_when_the_gpu_would_idle():
     assert bands(7, 1) == 1  # too short to pay for a halo
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None, derandomize=True, database=None)
 @given(B=st.integers(1, 2), H=st.integers(1, 8), W=st.integers(1, 8), C=st.integers(1, 24),
        levels=st.integers(1, 4), window=st.sampled_from([3, 5]), normalize=st.booleans(), bias=st.booleans())
