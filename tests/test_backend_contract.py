@@ -102,6 +102,7 @@ def test_fp32_matches_float64_reference(backend, B, H, W, C, kernel_sizes, norma
 @EVERY_BACKEND
 @settings(max_examples=10, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
 @given(B=st.integers(1, 2), H=st.integers(1, 8), W=st.integers(1, 8), C=st.integers(1, 24),
        levels=st.integers(1, 4), window=st.sampled_from([3, 5]), normalize=st.booleans(), bias=st.booleans())
 def test_fp32_random_shapes_match_float64_reference(backend, B, H, W, C, levels, window, normalize, bias):

@@ -64,6 +64,7 @@ def built_module_path(tmp_path: Path) -> Path:
     return tmp_path / "lib" / "focalfast" / "ops" / "cuda" / extension.extension_filename()
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_setup_py_builds_sm80_sm90_module_that_imports(tmp_path):
     """A fresh build of every source for sm_80 and sm_90, warning-free; the module imports (no driver here)."""

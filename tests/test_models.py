@@ -144,6 +144,7 @@ def test_drop_path_in_training_only():
 # HF transformers parity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size, batch", [
     ("focalnet_tiny_srf", 64, 2),
     ("focalnet_tiny_lrf", 64, 2),
@@ -164,6 +165,7 @@ def test_hf_classification_parity(name, size, batch):
         assert rel_err(ours(x), hf(x).logits) < 1e-5
 
 
+@pytest.mark.slow
 def test_hf_parity_every_flag_any_input_size():
     """Conv embedding, layer scale, post-norm, post-norm in modulation, normalised modulator,
     per-stage levels and windows; sizes that are not multiples of the strides (both pad)."""

@@ -48,7 +48,6 @@ def checkout(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_wheel_ships_cuda_sources_and_no_stale_extension(checkout, tmp_path):
     run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path / "dist")], cwd=checkout)
@@ -68,7 +67,6 @@ def test_wheel_ships_cuda_sources_and_no_stale_extension(checkout, tmp_path):
     assert installed.source_hash(installed.SOURCE_DIR, ["80"]) == extension.source_hash(REPO / "csrc", ["80"])
 
 
-@pytest.mark.slow
 def test_sdist_ships_sources_tests_and_benchmarks(checkout, tmp_path):
     run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=checkout)
     (sdist,) = tmp_path.glob("focalfast-*.tar.gz")

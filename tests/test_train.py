@@ -47,6 +47,7 @@ def shapes_run(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_training_on_shapes_ends_clearly_above_chance(shapes_run):
     out, summary = shapes_run
     # 4 balanced classes: chance is 25%. This run reaches 86.3% here (seed 0, CPU, torch 2.13);
@@ -67,6 +68,7 @@ def test_training_on_shapes_ends_clearly_above_chance(shapes_run):
     assert summary["peak_memory_mb"] is None  # no GPU memory on CPU
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """2 epochs straight == stop mid-epoch 1, resume, stop mid-epoch 2 (past an epoch end and its
     evaluation), resume to the end: same step, bitwise-equal weights, optimizer state and metrics."""
@@ -100,6 +102,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert not torch.equal(fresh.state_dict()["head.weight"], a.model["head.weight"])
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(tmp_path):
     out = str(tmp_path / "run")
     train(dict(TINY, out_dir=out, epochs=1))
@@ -227,6 +230,7 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
 
 
+@pytest.mark.slow
 def test_registered_focalnet_and_convnext_train_with_activation_checkpointing(tmp_path):
     """Activation checkpointing recomputes the same blocks (drop path RNG included): same weights."""
     for model, options in (("focalnet_tiny_srf", dict(embed_dim=8, depths=[1, 1, 1, 1], drop_path_rate=0.1)),
@@ -242,6 +246,7 @@ def test_registered_focalnet_and_convnext_train_with_activation_checkpointing(tm
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), model
 
 
+@pytest.mark.slow
 def test_backend_option_reference_vs_triton_and_bf16_autocast(tmp_path):
     """--backend picks the focal-modulation implementation: two steps with the Triton kernels
     (CPU interpreter here) give the reference run's weights; bf16 autocast trains too."""

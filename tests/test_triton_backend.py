@@ -49,6 +49,7 @@ def _force_schedule(monkeypatch, **overrides):
     monkeypatch.setattr(focal_context_bwd, "chain_schedule", forced)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,tile", SMALL_TILE_CASES)
 def test_fp32_small_tiles_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, tile):
     _force_schedule(monkeypatch, tile=tile)
@@ -67,6 +68,7 @@ BAND_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,H,W,C,kernel_sizes,normalize,bias,band_rows,tile", BAND_CASES)
 def test_fp32_bands_match_reference(monkeypatch, B, H, W, C, kernel_sizes, normalize, bias, band_rows, tile):
     _force_schedule(monkeypatch, band_rows=band_rows, tile=tile)
