@@ -1,4 +1,4 @@
-"""focalfast: fused FocalNet kernels. Subcommands: demo, bench, train, visualize.
+"""focalfast: fused FocalNet kernels. Subcommands: demo, bench, train, visualize, plan.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
 """
@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("focalfast.bench", "benchmark the op, the module and a training step; table, JSON and plot"),
     "train": ("focalfast.train", "train a FocalNet / ConvNeXt image classifier"),
     "visualize": ("focalfast.visualize", "draw a checkpoint's gate maps and modulator on an image"),
+    "plan": ("focalfast.memory_plan.command", "plan a training step's GPU memory on a CPU: what fits where"),
 }
 
 

@@ -6,8 +6,10 @@
     build(...), output_size(...)                                     Edifice-style isotropic FocalNet
     ConvNeXt, build_convnext(...), convnext_output_size(...)
     load_focalnet_weights, load_convnext_weights                     official / timm / HF checkpoints
+    set_checkpointing(model, mode)                                   recompute activations in backward
 """
 
+from focalfast.models.activation_checkpointing import CHECKPOINTING_MODES, set_checkpointing
 from focalfast.models.backbone import FocalNetBackbone
 from focalfast.models.checkpoint import read_state_dict
 from focalfast.models.config import FocalNetConfig
@@ -28,6 +30,7 @@ from focalfast.models.masked_image_modeling import FocalNetForMaskedImageModelin
 from focalfast.models.registry import VARIANTS, create, get_config, list_models
 
 __all__ = [
+    "CHECKPOINTING_MODES",
     "ConvNeXt",
     "FocalNet",
     "FocalNetBackbone",
@@ -49,4 +52,5 @@ __all__ = [
     "load_focalnet_weights",
     "output_size",
     "read_state_dict",
+    "set_checkpointing",
 ]
