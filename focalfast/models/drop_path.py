@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,12 +21,27 @@ class DropPath(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _sample_scale(self, x: Tensor) -> Optional[Tensor]:
+        """``[B, 1, ..., 1]``: 0 for dropped samples, ``1 / (1 - p)`` for kept ones; None when inactive."""
         if self.p == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.p
         mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
-        return x * mask.bernoulli_(keep) / keep
+        return mask.bernoulli_(keep).div_(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self._sample_scale(x)
+        return x if scale is None else x * scale
+
+    def add_to(self, residual: Tensor, branch: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
+        """``residual + self(gamma * branch)`` (``gamma`` None: no scaling) in one op, with no
+        branch-sized temporary: the per-sample and per-channel scales multiply first (``[B, 1, .., C]``)."""
+        scale = self._sample_scale(branch)
+        if gamma is not None:
+            scale = gamma if scale is None else scale * gamma
+        if scale is None:
+            return residual + branch
+        return torch.addcmul(residual, branch, scale)
 
 
 def drop_path_rates(rate: float, num_blocks: int) -> List[float]:

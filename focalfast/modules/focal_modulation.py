@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focalfast.modules.recompute_linear import norm_linear
 from focalfast.ops.focal_modulation import focal_context_ref, focal_modulation
 
 LAYOUTS = ("nhwc", "nchw")
@@ -87,8 +88,11 @@ class FocalModulation(nn.Module):
         return (f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, normalize_modulator="
                 f"{self.normalize_modulator}, layout={self.layout!r}, backend={self.backend!r}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, H, W, C]`` -> ``[B, H, W, C]`` (``[B, C, H, W]`` both ways when layout="nchw")."""
+    def forward(self, x: Tensor, norm: Optional[nn.LayerNorm] = None) -> Tensor:
+        """``[B, H, W, C]`` -> ``[B, H, W, C]`` (``[B, C, H, W]`` both ways when layout="nchw").
+
+        ``norm``: a LayerNorm over C applied to ``x`` first, fused with ``f`` so that its output is
+        not kept for backward (``focalfast.modules.recompute_linear.norm_linear``)."""
         channel_dim = 1 if self.layout == "nchw" else 3
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[channel_dim] != self.dim:
             shape = "[B, C, H, W]" if self.layout == "nchw" else "[B, H, W, C]"
@@ -101,7 +105,8 @@ class FocalModulation(nn.Module):
         if self.layout == "nchw":
             x = x.permute(0, 2, 3, 1)
         C, L = self.dim, self.focal_level
-        q, ctx, gates = torch.split(self.f(x), (C, C, L + 1), dim=-1)
+        projected = self.f(x) if norm is None else norm_linear(x, norm, self.f)
+        q, ctx, gates = torch.split(projected, (C, C, L + 1), dim=-1)
         weights = [layer[0].weight for layer in self.focal_layers]
         out = focal_modulation(q, ctx, gates, weights, self.h.weight, self.h.bias,
                                self.normalize_modulator, backend=self.backend)
