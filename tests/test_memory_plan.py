@@ -151,3 +151,18 @@ def test_plan_command_prints_a_table(capsys):
                  "--backend", "fused", "--memory", "1GiB", "--reserve", "0"]) == 0
     out = capsys.readouterr().out
     assert "| fused | none |" in out and out.rstrip().endswith("yes |")
+
+
+def test_each_checkpointing_mode_keeps_less():
+    """Saved bytes per image: none > mlp (fc1's output recomputed) > blocks > stage; and what a
+    mode recomputes shows in the step's FLOPs."""
+    saved, flops = {}, {}
+    for mode in ("none", "mlp", "blocks", "stage"):
+        planner = StepPlanner(tiny_focalnet, backend="fused", checkpointing=mode)
+        one, two = planner.measure(1, 64), planner.measure(2, 64)
+        saved[mode], flops[mode] = two.saved_bytes - one.saved_bytes, two.step_flops / two.forward_flops
+    assert saved["none"] > saved["mlp"] > saved["blocks"] > saved["stage"]
+    # per token of C channels (4C hidden) the "mlp" mode drops fc1's bf16 output: 8C bytes
+    tokens = [(64 // 4) ** 2, (64 // 8) ** 2]  # stage 1 (C = 16, 1 block), stage 2 (C = 32, 2 blocks)
+    assert saved["none"] - saved["mlp"] == 8 * 16 * tokens[0] + 2 * 8 * 32 * tokens[1]
+    assert flops["none"] < flops["mlp"] < flops["blocks"]

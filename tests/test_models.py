@@ -451,3 +451,30 @@ def test_lean_block_saved_bytes_by_storage():
     lean, plain = per_image(block), per_image(lambda x: _plain_block_forward(block, x))
     assert lean == H * W * (22 * C + 2 * L + 18) + 8 * C + 2 * 2
     assert plain == H * W * (34 * C + 2 * L + 18) + 8 * C + 2 * 2
+
+
+@pytest.mark.parametrize("mode", ["mlp", "blocks", "stage"])
+def test_set_checkpointing_keeps_values_gradients_and_state_dict(mode):
+    """Every mode recomputes in backward and changes nothing else; "none" restores the plain model."""
+    from focalfast.models import set_checkpointing
+
+    torch.manual_seed(0)
+    model = create("focalnet_tiny_srf", num_classes=5, embed_dim=8, depths=(1, 2), focal_levels=2,
+                   focal_windows=3, drop_path_rate=0.0).double()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    calls = []
+    model.layers[1].blocks[1].modulation.register_forward_hook(lambda *args: calls.append(1))
+    results = []
+    for current in (mode, "none"):
+        set_checkpointing(model, current)
+        calls.clear()
+        out = model(images)
+        results.append((out, torch.autograd.grad(out.sum(), list(model.parameters())), len(calls)))
+    (out, grads, calls_mode), (out_ref, grads_ref, calls_none) = results
+    assert calls_none == 1 and calls_mode == (1 if mode == "mlp" else 2)  # "mlp" recomputes no modulation
+    assert rel_err(out, out_ref) < 1e-13
+    assert all(rel_err(g, g_ref) < 1e-12 for g, g_ref in zip(grads, grads_ref))
+    assert list(model.state_dict()) == list(create("focalnet_tiny_srf", num_classes=5, embed_dim=8, depths=(1, 2),
+                                                    focal_levels=2, focal_windows=3).state_dict())
+    with pytest.raises(ValueError, match="mode"):
+        set_checkpointing(model, "everything")

@@ -2,12 +2,16 @@
 
 Modes:
     none    keep every activation (the default)
+    mlp     the MLPs keep only their input and recompute fc1 (and the LayerNorm and GELU) in
+            backward: in a FocalNet block the largest activation (fc1's output, 8C bytes per pixel
+            in bf16) for a third of the block's forward GEMM FLOPs; the modulation, whose fused op
+            keeps little, is not recomputed
     blocks  recompute each block: keep only the blocks' inputs
     stage   recompute each stage: keep only the stages' inputs (a stage's activations are live
             while its backward runs)
 
-Blocks are the members of ``nn.ModuleList``s named ``blocks``; stages are the modules that hold them.
-The state dict is unchanged by every mode.
+Blocks are the members of ``nn.ModuleList``s named ``blocks``; stages are the modules that hold them;
+MLPs are ``focalfast.models.mlp.Mlp`` modules (FocalNet's). The state dict is unchanged by every mode.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import functools
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CHECKPOINTING_MODES = ("none", "blocks", "stage")
+from focalfast.models.mlp import Mlp
+
+CHECKPOINTING_MODES = ("none", "mlp", "blocks", "stage")
 
 
 def _blocks_and_stages(model: nn.Module):
@@ -42,8 +48,12 @@ def set_checkpointing(model: nn.Module, mode: str) -> None:
     if mode not in CHECKPOINTING_MODES:
         raise ValueError(f"mode: expected one of {CHECKPOINTING_MODES}, got {mode!r}")
     blocks, stages = _blocks_and_stages(model)
-    if mode != "none" and not blocks:
-        raise ValueError(f"mode={mode!r}: {type(model).__name__} has no blocks to checkpoint")
+    mlps = [module for module in model.modules() if isinstance(module, Mlp)]
+    if mode != "none" and not (mlps if mode == "mlp" else blocks):
+        what = "FocalNet MLPs" if mode == "mlp" else "blocks"
+        raise ValueError(f"mode={mode!r}: {type(model).__name__} has no {what} to checkpoint")
+    for mlp in mlps:
+        mlp.recompute_hidden = mode == "mlp"
     for block in blocks:
         _recompute_forward(block, mode == "blocks")
     for stage in stages:

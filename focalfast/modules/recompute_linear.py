@@ -2,11 +2,13 @@
 
     norm_linear(x, norm, linear)      linear(norm(x)), keeping x (and the LayerNorm's per-token mean
                                       and 1/std) instead of also the normalized x
-    gelu_linear(h, linear)            linear(GELU(h)), keeping h instead of also GELU(h)
+    mlp(x, norm, fc1, fc2)            fc2(GELU(fc1(norm(x)))), keeping x and fc1's output h, not
+                                      norm(x) nor GELU(h); keep_hidden=False: x only (fc1 recomputed)
 
 Autograd on ``linear(norm(x))`` keeps ``x`` for the LayerNorm and ``norm(x)`` (cast to the
 autocast dtype) for the linear; ``norm_linear`` recomputes ``norm(x)`` in backward, an elementwise
-pass. Likewise ``gelu_linear`` recomputes the GELU. No GEMM is recomputed, and the gradients are
+pass. Likewise ``mlp`` recomputes the GELU. No GEMM is recomputed (but fc1's with
+``keep_hidden=False``), and the gradients are
 those of autograd on the same ops: the same kernels in the same precisions. Under autocast the
 linear runs in the autocast dtype and the LayerNorm in float32, as autocast runs them on a GPU.
 """
@@ -31,10 +33,21 @@ def _linear_backward(grad_out: Tensor, inputs: Tensor, weight: Tensor, has_bias:
     return grad_out.matmul(weight), grad_weight, (g.sum(0) if has_bias else None)
 
 
+def _normalized(x: Tensor, ln_weight, ln_bias, eps: float):
+    """``(y, mean, rstd)`` of ``layer_norm(x)`` over the last dimension."""
+    return torch.native_layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+
+
+def _norm_backward(ctx, grad_y: Tensor, x: Tensor, ln_weight, ln_bias, mean, rstd):
+    """``(grad_x, grad_ln_weight, grad_ln_bias)``; ``x, ln_weight, ln_bias`` are inputs 0 to 2 of ``ctx``."""
+    return torch.ops.aten.native_layer_norm_backward(grad_y.to(x.dtype), x, (x.shape[-1],), mean, rstd, ln_weight,
+                                                     ln_bias, list(ctx.needs_input_grad[:3]))
+
+
 class _NormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_weight, ln_bias, eps, weight, bias):
-        y, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+        y, mean, rstd = _normalized(x, ln_weight, ln_bias, eps)
         ctx.save_for_backward(x, ln_weight, ln_bias, mean, rstd, weight)
         ctx.eps, ctx.has_bias = eps, bias is not None
         return F.linear(y.to(weight.dtype), weight, bias)
@@ -43,34 +56,61 @@ class _NormLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, ln_weight, ln_bias, mean, rstd, weight = ctx.saved_tensors
         with torch.autocast(x.device.type, enabled=False):  # backward may run inside autocast
-            y = torch.native_layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, ctx.eps)[0]
+            y = _normalized(x, ln_weight, ln_bias, ctx.eps)[0]
             grad_y, grad_weight, grad_bias = _linear_backward(grad_out.to(weight.dtype), y.to(weight.dtype),
                                                               weight, ctx.has_bias)
-            grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
-                grad_y.to(x.dtype), x, (x.shape[-1],), mean, rstd, ln_weight, ln_bias, list(ctx.needs_input_grad[:3]))
+            grad_x, grad_ln_weight, grad_ln_bias = _norm_backward(ctx, grad_y, x, ln_weight, ln_bias, mean, rstd)
         return grad_x, grad_ln_weight, grad_ln_bias, None, grad_weight, grad_bias
 
 
-class _GeluLinear(torch.autograd.Function):
+class _Mlp(torch.autograd.Function):
+    """``fc2(GELU(fc1(cast(norm(x)))))`` (norm optional); keeps ``x`` (or its cast without a norm) and,
+    with ``keep_hidden``, fc1's output; recomputes the rest (fc1's GEMM too without ``keep_hidden``)."""
+
     @staticmethod
-    def forward(ctx, h, weight, bias, approximate):
-        ctx.save_for_backward(h, weight)
-        ctx.approximate, ctx.has_bias = approximate, bias is not None
-        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+    def forward(ctx, x, ln_weight, ln_bias, eps, w1, b1, w2, b2, approximate, keep_hidden):
+        normalized = ln_weight is not None
+        mean = rstd = None
+        if normalized:
+            y, mean, rstd = _normalized(x, ln_weight, ln_bias, eps)
+        y_cast = (y if normalized else x).to(w1.dtype)
+        hidden = F.linear(y_cast, w1, b1)
+        out = F.linear(F.gelu(hidden, approximate=approximate), w2, b2)
+        ctx.save_for_backward(x if normalized else y_cast, ln_weight, ln_bias, mean, rstd, w1, b1, w2,
+                              hidden if keep_hidden else None)
+        ctx.options = (normalized, eps, approximate, b2 is not None)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        h, weight = ctx.saved_tensors
-        with torch.autocast(h.device.type, enabled=False):
-            grad_a, grad_weight, grad_bias = _linear_backward(grad_out.to(weight.dtype),
-                                                              F.gelu(h, approximate=ctx.approximate), weight,
-                                                              ctx.has_bias)
-            grad_h = torch.ops.aten.gelu_backward(grad_a, h, approximate=ctx.approximate)
-        return grad_h, grad_weight, grad_bias, None
+        x, ln_weight, ln_bias, mean, rstd, w1, b1, w2, hidden = ctx.saved_tensors
+        normalized, eps, approximate, has_b2 = ctx.options
+        with torch.autocast(x.device.type, enabled=False):
+            y_cast = (_normalized(x, ln_weight, ln_bias, eps)[0] if normalized else x).to(w1.dtype)
+            if hidden is None:
+                hidden = F.linear(y_cast, w1, b1)
+            grad_a, grad_w2, grad_b2 = _linear_backward(grad_out.to(w2.dtype),
+                                                        F.gelu(hidden, approximate=approximate), w2, has_b2)
+            grad_hidden = torch.ops.aten.gelu_backward(grad_a, hidden, approximate=approximate)
+            grad_y, grad_w1, grad_b1 = _linear_backward(grad_hidden, y_cast, w1, b1 is not None)
+            if normalized:
+                grad_x, grad_ln_weight, grad_ln_bias = _norm_backward(ctx, grad_y, x, ln_weight, ln_bias, mean, rstd)
+            else:
+                grad_x, grad_ln_weight, grad_ln_bias = grad_y, None, None
+        return grad_x, grad_ln_weight, grad_ln_bias, None, grad_w1, grad_b1, grad_w2, grad_b2, None, None
 
 
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(t.device.type) if torch.is_autocast_enabled(t.device.type) else None
+
+
+def _norm_input(x: Tensor):
+    """``(x, dtype of the linear)``: under autocast a LayerNorm runs in float32 (as on a GPU) and the
+    linear in the autocast dtype; without autocast both in ``x``'s dtype."""
+    dtype = _autocast_dtype(x)
+    if dtype is None:
+        return x, x.dtype
+    return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x), dtype
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -81,19 +121,24 @@ def norm_linear(x: Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> Tensor:
     """``linear(norm(x))`` ``[..., C_in]`` -> ``[..., C_out]`` keeping ``x`` but not ``norm(x)`` for backward."""
     if not torch.is_grad_enabled():
         return linear(norm(x))
-    dtype = _autocast_dtype(x)
-    if dtype is not None and x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()  # autocast runs layer_norm in float32 on a GPU
-    dtype = dtype or x.dtype
+    x, dtype = _norm_input(x)
     with torch.autocast(x.device.type, enabled=False):
         return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight.to(dtype),
                                  _cast(linear.bias, dtype))
 
 
-def gelu_linear(h: Tensor, linear: nn.Linear, approximate: str = "none") -> Tensor:
-    """``linear(GELU(h))`` ``[..., C_in]`` -> ``[..., C_out]`` keeping ``h`` but not ``GELU(h)`` for backward."""
+def mlp(x: Tensor, norm: Optional[nn.LayerNorm], fc1: nn.Linear, fc2: nn.Linear, approximate: str = "none",
+        keep_hidden: bool = True) -> Tensor:
+    """``fc2(GELU(fc1(norm(x))))`` ``[..., C]`` -> ``[..., C]`` (``norm`` None: no LayerNorm) keeping
+    ``x`` and, with ``keep_hidden``, fc1's output; without it backward recomputes fc1 (a GEMM) too."""
     if not torch.is_grad_enabled():
-        return linear(F.gelu(h, approximate=approximate))
-    dtype = _autocast_dtype(h) or h.dtype
-    with torch.autocast(h.device.type, enabled=False):
-        return _GeluLinear.apply(h.to(dtype), linear.weight.to(dtype), _cast(linear.bias, dtype), approximate)
+        h = fc1(x if norm is None else norm(x))
+        return fc2(F.gelu(h, approximate=approximate))
+    if norm is None:
+        dtype = _autocast_dtype(x) or x.dtype
+    else:
+        x, dtype = _norm_input(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return _Mlp.apply(x, None if norm is None else norm.weight, None if norm is None else norm.bias,
+                          None if norm is None else norm.eps, fc1.weight.to(dtype), _cast(fc1.bias, dtype),
+                          fc2.weight.to(dtype), _cast(fc2.bias, dtype), approximate, keep_hidden)
