@@ -402,13 +402,15 @@ def _plain_block_forward(block, x):
     return residual(x, block.mlp(block.norm2(x)), block.gamma_2)
 
 
-@pytest.mark.parametrize("layerscale,postln", [(False, False), (True, False), (True, True)])
-def test_lean_block_equals_plain_autograd_float64(layerscale, postln):
-    """The block's recomputing MLP, LayerNorm + f and drop path give autograd's values and gradients."""
+@pytest.mark.parametrize("layerscale,postln,drop", [(False, False, 0.0), (True, False, 0.0), (True, True, 0.0),
+                                                   (False, False, 0.2)])
+def test_lean_block_equals_plain_autograd_float64(layerscale, postln, drop):
+    """The block's recomputing MLP, LayerNorm + f, residual and drop path give autograd's values and
+    gradients (with dropout: the plain residual path)."""
     from focalfast.models.block import FocalNetBlock
 
     torch.manual_seed(0)
-    block = FocalNetBlock(16, focal_level=2, focal_window=3, drop_path=0.5, use_layerscale=layerscale,
+    block = FocalNetBlock(16, focal_level=2, focal_window=3, drop=drop, drop_path=0.5, use_layerscale=layerscale,
                           layerscale_value=0.7, use_postln=postln).double().train()
     for p in block.parameters():  # non-trivial LayerNorm affine and biases
         p.data.add_(0.1 * torch.randn_like(p))
@@ -427,9 +429,9 @@ def test_lean_block_equals_plain_autograd_float64(layerscale, postln):
 
 
 def test_lean_block_saved_bytes_by_storage():
-    """Per image under bf16 autocast with the fused op, a pre-norm block keeps x and x1 (float32),
-    the LayerNorms' mean and 1/std, f's output, the op's [C] vectors, proj's input and fc1's output:
-    (22C + 2L + 18) bytes per pixel + 8C, against (34C + 2L + 18) + 8C for autograd on the plain block."""
+    """Per image under bf16 autocast with the fused op, a pre-norm block keeps x (float32), the
+    LayerNorms' mean and 1/std, f's output, the op's [C] vectors, proj's input and fc1's output:
+    (18C + 2L + 18) bytes per pixel + 8C, against (34C + 2L + 18) + 8C for autograd on the plain block."""
     from focalfast.memory_plan import SavedTensors, cuda_autocast_policy
     from focalfast.models.block import FocalNetBlock
 
@@ -449,7 +451,7 @@ def test_lean_block_saved_bytes_by_storage():
         return saved(forward, 3) - saved(forward, 2)  # parameter casts cancel
 
     lean, plain = per_image(block), per_image(lambda x: _plain_block_forward(block, x))
-    assert lean == H * W * (22 * C + 2 * L + 18) + 8 * C + 2 * 2
+    assert lean == H * W * (18 * C + 2 * L + 18) + 8 * C + 2 * 2
     assert plain == H * W * (34 * C + 2 * L + 18) + 8 * C + 2 * 2
 
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from focalfast.models.drop_path import DropPath
 from focalfast.models.mlp import Mlp
+from focalfast.modules import recompute_linear
 from focalfast.modules.focal_modulation import FocalModulation
 
 
@@ -19,11 +20,13 @@ class FocalNetBlock(nn.Module):
     Post-norm (``use_postln``): ``x += gamma_1 * norm1(modulation(x))``, ``x += gamma_2 * norm2(mlp(x))``.
     ``gamma_*`` exist only with ``use_layerscale``; each branch goes through drop path.
 
-    Kept for backward (pre-norm, bf16 autocast, fused op; bytes per pixel): the float32 inputs of
-    the two LayerNorms (8C) and their statistics, f's output (4C + 2L + 2), proj's input (2C) and
-    fc1's output (8C): 22C + 2L + 18, against 34C + 2L + 18 for autograd on the same layers. The
-    LayerNorm outputs and the GELU are recomputed in backward (``recompute_linear``), and drop path
-    scales the branch inside the residual addition (``DropPath.add_to``): no GEMM is recomputed.
+    Kept for backward (pre-norm, bf16 autocast, fused op; bytes per pixel): the float32 input x
+    (4C) and both LayerNorms' statistics (16), f's output (4C + 2L + 2), proj's input (2C) and fc1's
+    output (8C): 18C + 2L + 18, against 34C + 2L + 18 for autograd on the same layers. Backward
+    recomputes the LayerNorm outputs, the GELU and, from x and proj's input, the float32 residual
+    ``x1`` between the branches (proj's C x C GEMM: about 8% of the block's forward GEMM FLOPs)
+    (``recompute_linear``); drop path scales a branch inside the residual addition. The plain
+    path (dropout in training, or a float16/bfloat16 residual stream) keeps ``x1`` too: 22C + 2L + 18.
     """
 
     def __init__(
@@ -71,5 +74,12 @@ class FocalNetBlock(nn.Module):
         if self.use_postln:
             x = self.drop_path.add_to(x, self.norm1(self.modulation(x)), self.gamma_1)
             return self.drop_path.add_to(x, self.norm2(self.mlp.forward_with_norm(x)), self.gamma_2)
-        x = self.drop_path.add_to(x, self.modulation(x, self.norm1), self.gamma_1)
-        return self.drop_path.add_to(x, self.mlp.forward_with_norm(x, self.norm2), self.gamma_2)
+        dropout = self.training and (self.modulation.proj_drop.p > 0 or self.mlp.drop.p > 0)
+        if dropout or x.dtype in (torch.float16, torch.bfloat16):  # the plain residual path
+            x = self.drop_path.add_to(x, self.modulation(x, self.norm1), self.gamma_1)
+            return self.drop_path.add_to(x, self.mlp.forward_with_norm(x, self.norm2), self.gamma_2)
+        modulated = self.modulation(x, self.norm1, project=False)
+        x1, branch = recompute_linear.residual_mlp(
+            x, modulated, self.modulation.proj, self.drop_path.branch_scale(modulated, self.gamma_1), self.norm2,
+            self.mlp.fc1, self.mlp.fc2, self.mlp.act.approximate, keep_hidden=not self.mlp.recompute_hidden)
+        return self.drop_path.add_to(x1, branch, self.gamma_2)

@@ -33,15 +33,19 @@ class DropPath(nn.Module):
         scale = self._sample_scale(x)
         return x if scale is None else x * scale
 
-    def add_to(self, residual: Tensor, branch: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
-        """``residual + self(gamma * branch)`` (``gamma`` None: no scaling) in one op, with no
-        branch-sized temporary: the per-sample and per-channel scales multiply first (``[B, 1, .., C]``)."""
+    def branch_scale(self, branch: Tensor, gamma: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The factor of ``self(gamma * branch)``: the per-sample scale times ``gamma`` (``[B, 1, .., 1]``,
+        ``[C]`` or ``[B, 1, .., C]``), or None when it is 1; draws the drop-path mask."""
         scale = self._sample_scale(branch)
         if gamma is not None:
             scale = gamma if scale is None else scale * gamma
-        if scale is None:
-            return residual + branch
-        return torch.addcmul(residual, branch, scale)
+        return scale
+
+    def add_to(self, residual: Tensor, branch: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
+        """``residual + self(gamma * branch)`` (``gamma`` None: no scaling) in one op, with no
+        branch-sized temporary."""
+        scale = self.branch_scale(branch, gamma)
+        return residual + branch if scale is None else torch.addcmul(residual, branch, scale)
 
 
 def drop_path_rates(rate: float, num_blocks: int) -> List[float]:

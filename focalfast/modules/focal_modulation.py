@@ -88,11 +88,12 @@ class FocalModulation(nn.Module):
         return (f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, normalize_modulator="
                 f"{self.normalize_modulator}, layout={self.layout!r}, backend={self.backend!r}")
 
-    def forward(self, x: Tensor, norm: Optional[nn.LayerNorm] = None) -> Tensor:
+    def forward(self, x: Tensor, norm: Optional[nn.LayerNorm] = None, project: bool = True) -> Tensor:
         """``[B, H, W, C]`` -> ``[B, H, W, C]`` (``[B, C, H, W]`` both ways when layout="nchw").
 
         ``norm``: a LayerNorm over C applied to ``x`` first, fused with ``f`` so that its output is
-        not kept for backward (``focalfast.modules.recompute_linear.norm_linear``)."""
+        not kept for backward (``focalfast.modules.recompute_linear.norm_linear``). ``project=False``
+        stops before ``proj`` and its dropout (for a caller that fuses them with what follows)."""
         channel_dim = 1 if self.layout == "nchw" else 3
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[channel_dim] != self.dim:
             shape = "[B, C, H, W]" if self.layout == "nchw" else "[B, H, W, C]"
@@ -114,7 +115,8 @@ class FocalModulation(nn.Module):
             self._capture(ctx, gates, weights)
         if self.use_postln_in_modulation:
             out = self.ln(out)
-        out = self.proj_drop(self.proj(out))
+        if project:
+            out = self.proj_drop(self.proj(out))
         return out.permute(0, 3, 1, 2) if self.layout == "nchw" else out
 
     @torch.no_grad()
