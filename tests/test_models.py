@@ -480,3 +480,15 @@ def test_set_checkpointing_keeps_values_gradients_and_state_dict(mode):
                                                     focal_levels=2, focal_windows=3).state_dict())
     with pytest.raises(ValueError, match="mode"):
         set_checkpointing(model, "everything")
+
+
+def test_set_checkpointing_names_what_a_model_lacks():
+    from focalfast import build_convnext
+    from focalfast.models import set_checkpointing
+
+    convnext = build_convnext(depths=(1, 1), dims=(8, 16), num_classes=3)
+    set_checkpointing(convnext, "blocks")
+    with pytest.raises(ValueError, match="no FocalNet MLPs"):
+        set_checkpointing(convnext, "mlp")
+    with pytest.raises(ValueError, match="no blocks"):
+        set_checkpointing(torch.nn.Linear(2, 2), "stage")

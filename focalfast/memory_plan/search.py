@@ -24,8 +24,8 @@ def _predict(points: Dict[int, int], lo: int, hi: int, budget: int, power: int) 
 def largest_fitting(peak_of: Callable[[int], int], budget: int, start: int, limit: int, power: int = 1) -> int:
     """The largest ``k`` in ``[1, limit]`` with ``peak_of(k) <= budget`` (0 if none), for a
     ``peak_of`` that grows with ``k``. Measures ``start``, a second point, then where the secant
-    through the nearest measurements meets the budget (bisecting where that crawls), until the
-    boundary is pinned: typically four or five calls."""
+    through the nearest measurements meets the budget (bisecting when two probes in a row land on
+    the same side), until the boundary is pinned: typically four to six calls."""
     if not 1 <= start <= limit:
         raise ValueError(f"start: expected 1 <= start <= limit = {limit}, got {start}")
     points: Dict[int, int] = {}
@@ -43,14 +43,14 @@ def largest_fitting(peak_of: Callable[[int], int], budget: int, start: int, limi
     second = min(2 * start, limit) if lo == start else max(1, start // 2)
     if second != start:
         probe(second)
-    stepped = False  # the last probe was the smallest untried value above a fitting one
+    sides = []  # whether each probe fitted
     while hi - lo > 1:
         if len(points) < 2:  # start is 1 or the limit
             probe(lo + 1 if lo else 1)
             continue
         candidate = min(max(_predict(points, lo, hi, budget, power), lo + 1), hi - 1)
-        if stepped and candidate == lo + 1:  # the secant crawls: halve the interval instead
+        if hi <= limit and len(sides) >= 2 and sides[-1] == sides[-2]:  # the secant crawls from one side
             candidate = (lo + hi) // 2
-        stepped = candidate == lo + 1
         probe(candidate)
+        sides.append(points[candidate] <= budget)
     return lo

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 from typing import Callable, Optional
 
@@ -43,6 +44,9 @@ class StepMemory:
     state_bytes: parameters and AdamW state, live between steps.
     saved_bytes: what autograd keeps after the forward (distinct storages; parameters excluded).
     peak_bytes: the most bytes live at once over the step (state, batch, activations, gradients).
+        Python's cyclic garbage collector is off during the step: what only it frees (activation
+        checkpointing leaves some) counts until the step ends, an upper bound that does not depend
+        on when a collection happens to run.
     forward_flops, step_flops: GEMM and convolution FLOPs of the forward and of the whole step
         (checkpointing adds its recomputation to the step); the fused op's own FLOPs are not seen.
     """
@@ -61,8 +65,14 @@ def _triton_backend_on_cpu():
     """Let the Triton backend accept CPU tensors (as under ``TRITON_INTERPRET=1``); under
     ``FakeTensorMode`` its custom op runs its fake implementation, so no kernel is launched.
     The kernels are imported first, so that they keep the interpreter setting they were defined with."""
-    import focalfast.ops.triton.dwconv_layernorm  # noqa: F401
-    import focalfast.ops.triton.focal_modulation  # noqa: F401
+    from focalfast.backends import BackendUnavailableError
+
+    try:
+        import focalfast.ops.triton.dwconv_layernorm  # noqa: F401
+        import focalfast.ops.triton.focal_modulation  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError("backend='fused': the plan runs the Triton backend's custom op (its fake "
+                                      f"implementation), which needs Triton importable: {exc}") from exc
 
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
@@ -162,6 +172,14 @@ class StepPlanner:
         for name, value in (("batch", batch), ("resolution", resolution)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        gc.collect()
+        gc.disable()  # cyclic garbage (activation checkpointing makes some) then stays until the step ends
+        try:
+            return self._measure(batch, resolution)
+        finally:
+            gc.enable()
+
+    def _measure(self, batch: int, resolution: int) -> StepMemory:
         with self._context():
             live = LiveMemory(self.granularity)
             flops = FlopCounterMode(display=False)
