@@ -390,3 +390,107 @@ def test_timm_parity_and_patch():
         assert patch(reference) == 12
         assert patch(reference) == 0
         assert rel_err(reference(x), expected) < 1e-5
+
+
+def _plain_block_forward(block, x):
+    """The block written with ordinary autograd (no recomputation), drawing drop-path masks in the same order."""
+    def residual(x, branch, gamma):
+        return x + block.drop_path(branch if gamma is None else gamma * branch)
+
+    if block.use_postln:
+        x = residual(x, block.norm1(block.modulation(x)), block.gamma_1)
+        return residual(x, block.norm2(block.mlp(x)), block.gamma_2)
+    x = residual(x, block.modulation(block.norm1(x)), block.gamma_1)
+    return residual(x, block.mlp(block.norm2(x)), block.gamma_2)
+
+
+@pytest.mark.parametrize("layerscale,postln,drop", [(False, False, 0.0), (True, False, 0.0), (True, True, 0.0),
+                                                   (False, False, 0.2)])
+def test_lean_block_equals_plain_autograd_float64(layerscale, postln, drop):
+    """The block's recomputing MLP, LayerNorm + f, residual and drop path give autograd's values and
+    gradients (with dropout: the plain residual path)."""
+    from focalfast.models.block import FocalNetBlock
+
+    torch.manual_seed(0)
+    block = FocalNetBlock(16, focal_level=2, focal_window=3, drop=drop, drop_path=0.5, use_layerscale=layerscale,
+                          layerscale_value=0.7, use_postln=postln).double().train()
+    for p in block.parameters():  # non-trivial LayerNorm affine and biases
+        p.data.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(4, 6, 5, 16, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(4, 6, 5, 16, dtype=torch.float64)
+    results = []
+    for forward in (block, lambda x: _plain_block_forward(block, x)):
+        torch.manual_seed(1)
+        out = forward(x)
+        grads = torch.autograd.grad(out, [x, *block.parameters()], grad_out)
+        results.append((out, grads))
+    (out, grads), (out_ref, grads_ref) = results
+    assert rel_err(out, out_ref) < 1e-13
+    for name, g, g_ref in zip(["x"] + [n for n, _ in block.named_parameters()], grads, grads_ref):
+        assert rel_err(g, g_ref) < 1e-12, name
+
+
+def test_lean_block_saved_bytes_by_storage():
+    """Per image under bf16 autocast with the fused op, a pre-norm block keeps x (float32), the
+    LayerNorms' mean and 1/std, f's output, the op's [C] vectors, proj's input and fc1's output:
+    (18C + 2L + 18) bytes per pixel + 8C, against (34C + 2L + 18) + 8C for autograd on the plain block."""
+    from focalfast.memory_plan import SavedTensors, cuda_autocast_policy
+    from focalfast.models.block import FocalNetBlock
+
+    C, L, H, W = 16, 2, 5, 4
+    block = FocalNetBlock(C, focal_level=L, focal_window=3, drop_path=0.2, backend="triton").train()
+
+    def saved(forward, batch):
+        x = torch.randn(batch, H, W, C, requires_grad=True)
+        counter = SavedTensors(exclude=list(block.parameters()))
+        with cuda_autocast_policy(), torch.autocast("cpu", torch.bfloat16), counter:
+            out = forward(x)
+        nbytes = counter.nbytes
+        out.float().sum().backward()
+        return nbytes
+
+    def per_image(forward):
+        return saved(forward, 3) - saved(forward, 2)  # parameter casts cancel
+
+    lean, plain = per_image(block), per_image(lambda x: _plain_block_forward(block, x))
+    assert lean == H * W * (18 * C + 2 * L + 18) + 8 * C + 2 * 2
+    assert plain == H * W * (34 * C + 2 * L + 18) + 8 * C + 2 * 2
+
+
+@pytest.mark.parametrize("mode", ["mlp", "blocks", "stage"])
+def test_set_checkpointing_keeps_values_gradients_and_state_dict(mode):
+    """Every mode recomputes in backward and changes nothing else; "none" restores the plain model."""
+    from focalfast.models import set_checkpointing
+
+    torch.manual_seed(0)
+    model = create("focalnet_tiny_srf", num_classes=5, embed_dim=8, depths=(1, 2), focal_levels=2,
+                   focal_windows=3, drop_path_rate=0.0).double()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    calls = []
+    model.layers[1].blocks[1].modulation.register_forward_hook(lambda *args: calls.append(1))
+    results = []
+    for current in (mode, "none"):
+        set_checkpointing(model, current)
+        calls.clear()
+        out = model(images)
+        results.append((out, torch.autograd.grad(out.sum(), list(model.parameters())), len(calls)))
+    (out, grads, calls_mode), (out_ref, grads_ref, calls_none) = results
+    assert calls_none == 1 and calls_mode == (1 if mode == "mlp" else 2)  # "mlp" recomputes no modulation
+    assert rel_err(out, out_ref) < 1e-13
+    assert all(rel_err(g, g_ref) < 1e-12 for g, g_ref in zip(grads, grads_ref))
+    assert list(model.state_dict()) == list(create("focalnet_tiny_srf", num_classes=5, embed_dim=8, depths=(1, 2),
+                                                    focal_levels=2, focal_windows=3).state_dict())
+    with pytest.raises(ValueError, match="mode"):
+        set_checkpointing(model, "everything")
+
+
+def test_set_checkpointing_names_what_a_model_lacks():
+    from focalfast import build_convnext
+    from focalfast.models import set_checkpointing
+
+    convnext = build_convnext(depths=(1, 1), dims=(8, 16), num_classes=3)
+    set_checkpointing(convnext, "blocks")
+    with pytest.raises(ValueError, match="no FocalNet MLPs"):
+        set_checkpointing(convnext, "mlp")
+    with pytest.raises(ValueError, match="no blocks"):
+        set_checkpointing(torch.nn.Linear(2, 2), "stage")

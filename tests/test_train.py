@@ -277,7 +277,7 @@ def test_activation_checkpointing_recomputes_each_block():
 
     model = build_model(TrainConfig(**TINY), NUM_SHAPES)
     calls = []
-    model.layers[0].blocks[1].norm1.register_forward_pre_hook(lambda module, args: calls.append(1))
+    model.layers[0].blocks[1].modulation.register_forward_pre_hook(lambda module, args: calls.append(1))
     images = torch.randn(2, 3, 32, 32)
     for enabled, expected in ((False, 1), (True, 2), (False, 1)):  # forward, + recompute in backward
         set_grad_checkpointing(model, enabled)

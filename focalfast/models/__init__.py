@@ -7,8 +7,10 @@
     ConvNeXt, build_convnext(...), convnext_output_size(...)
     load_focalnet_weights, load_convnext_weights                     official / timm / HF checkpoints
     focalnet_state_dict_for_timm(model)                              our weights in timm's names
+    set_checkpointing(model, mode)                                   recompute activations in backward
 """
 
+from focalfast.models.activation_checkpointing import CHECKPOINTING_MODES, set_checkpointing
 from focalfast.models.backbone import FocalNetBackbone
 from focalfast.weights import read_state_dict
 from focalfast.models.config import FocalNetConfig
@@ -30,6 +32,7 @@ from focalfast.models.masked_image_modeling import FocalNetForMaskedImageModelin
 from focalfast.models.registry import VARIANTS, create, get_config, list_models
 
 __all__ = [
+    "CHECKPOINTING_MODES",
     "ConvNeXt",
     "FocalNet",
     "FocalNetBackbone",
@@ -52,4 +55,5 @@ __all__ = [
     "load_focalnet_weights",
     "output_size",
     "read_state_dict",
+    "set_checkpointing",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,12 +21,31 @@ class DropPath(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _sample_scale(self, x: Tensor) -> Optional[Tensor]:
+        """``[B, 1, ..., 1]``: 0 for dropped samples, ``1 / (1 - p)`` for kept ones; None when inactive."""
         if self.p == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.p
         mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
-        return x * mask.bernoulli_(keep) / keep
+        return mask.bernoulli_(keep).div_(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self._sample_scale(x)
+        return x if scale is None else x * scale
+
+    def branch_scale(self, branch: Tensor, gamma: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The factor of ``self(gamma * branch)``: the per-sample scale times ``gamma`` (``[B, 1, .., 1]``,
+        ``[C]`` or ``[B, 1, .., C]``), or None when it is 1; draws the drop-path mask."""
+        scale = self._sample_scale(branch)
+        if gamma is not None:
+            scale = gamma if scale is None else scale * gamma
+        return scale
+
+    def add_to(self, residual: Tensor, branch: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
+        """``residual + self(gamma * branch)`` (``gamma`` None: no scaling) in one op, with no
+        branch-sized temporary."""
+        scale = self.branch_scale(branch, gamma)
+        return residual + branch if scale is None else torch.addcmul(residual, branch, scale)
 
 
 def drop_path_rates(rate: float, num_blocks: int) -> List[float]:

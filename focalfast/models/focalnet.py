@@ -119,19 +119,22 @@ class FocalNet(nn.Module):
             raise ValueError(f"images: expected shape [B, {self.config.in_channels}, H, W], got {got}")
         return self.patch_embed(images)
 
-    def encode(self, tokens: Tensor) -> List[Tensor]:
+    def encode(self, tokens: Tensor, all_stages: bool = True) -> List[Tensor]:
         """Stem tokens -> each stage's output ``[B, H_i, W_i, dims[i]]`` (before downsampling);
-        the last one is the final feature map (not yet normalised)."""
+        the last one is the final feature map (not yet normalised). ``all_stages=False`` returns
+        the last one only and frees each earlier one as soon as the next stage has its input."""
         x = self.pos_drop(tokens)
         outputs = []
-        for stage in self.layers:
+        for index, stage in enumerate(self.layers):
             out, x = stage(x)
-            outputs.append(out)
+            if all_stages or index == len(self.layers) - 1:
+                outputs.append(out)
+            del out
         return outputs
 
     def forward_features(self, images: Tensor) -> Tensor:
         """``[B, in_channels, H, W]`` -> pooled features ``[B, num_features]``."""
-        return self.norm(self.encode(self.embed(images))[-1]).mean((1, 2))
+        return self.norm(self.encode(self.embed(images), all_stages=False)[-1]).mean((1, 2))
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, in_channels, H, W]`` -> ``[B, num_classes]`` (``[B, num_features]`` without a head)."""

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from focalfast import backends
 from focalfast.modules.modulate import check_tokens, modulate
+from focalfast.modules.recompute_linear import norm_linear
 from focalfast.ops.focal_modulation import focal_context_ref
 
 LAYOUTS = ("nhwc", "nchw")
@@ -105,8 +106,23 @@ class FocalModulation(nn.Module):
             check_tokens(x, self.dim, 1 if nchw else 3)
         if nchw:
             x = x.permute(0, 2, 3, 1)
+        out = self.proj_drop(self.proj(self._modulate(self.f(x))))
+        return out.permute(0, 3, 1, 2) if nchw else out
+
+    @torch.jit.unused
+    def forward_normed(self, x: Tensor, norm: nn.LayerNorm, project: bool = True) -> Tensor:
+        """``forward(norm(x))`` for ``[B, H, W, C]`` tokens, with ``norm`` fused into ``f`` so that its
+        output is not kept for backward (``focalfast.modules.recompute_linear.norm_linear``).
+        ``project=False`` stops before ``proj`` and its dropout (for a caller that fuses them with
+        what follows). Used by focalfast's own FocalNet blocks."""
+        check_tokens(x, self.dim, 3)
+        out = self._modulate(norm_linear(x, norm, self.f))
+        return self.proj_drop(self.proj(out)) if project else out
+
+    def _modulate(self, projected: Tensor) -> Tensor:
+        """``f``'s output ``[B, H, W, 2C + L + 1]`` -> the modulated tokens before ``proj``."""
         C, L = self.dim, self.focal_level
-        q, ctx, gates = torch.split(self.f(x), [C, C, L + 1], dim=-1)
+        q, ctx, gates = torch.split(projected, [C, C, L + 1], dim=-1)
         weights: List[Tensor] = []
         for layer in self.focal_layers:
             weights.append(layer[0].weight)
@@ -117,8 +133,7 @@ class FocalModulation(nn.Module):
         if hasattr(self, "ln"):  # resolved when scripting: official modules have ln only with the flag
             if self.use_postln_in_modulation:
                 out = self.ln(out)
-        out = self.proj_drop(self.proj(out))
-        return out.permute(0, 3, 1, 2) if nchw else out
+        return out
 
     @torch.jit.unused
     @torch.no_grad()

@@ -1,0 +1,66 @@
+"""``LiveMemory``: the bytes of every live tensor storage, and their peak, as ops run.
+
+A ``TorchDispatchMode`` that sees the output of every op (forward, backward, optimizer): each storage
+not seen before is counted from the op that makes it until Python frees it (a weak reference on the
+storage). It runs on real tensors and, inside ``FakeTensorMode``, on fake ones (no memory used), so a
+full-size training step is measured on a CPU. Storages made inside a custom op's implementation
+(the fused kernels' scratch) are not seen: only the op's outputs are.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+def allocation_bytes(nbytes: int, granularity: int) -> int:
+    """``nbytes`` rounded up to a multiple of ``granularity`` (the CUDA caching allocator rounds each
+    block to 512 bytes)."""
+    return -(-nbytes // granularity) * granularity
+
+
+class LiveMemory(TorchDispatchMode):
+    """Tracks live storage bytes: ``now``, ``peak`` (since the last ``reset_peak``).
+
+    Tensors that exist before the mode is entered (parameters, optimizer state, the batch) are
+    counted through ``track``. ``granularity`` rounds every storage up (1: exact bytes).
+    """
+
+    def __init__(self, granularity: int = 1):
+        super().__init__()
+        if not isinstance(granularity, int) or granularity < 1:
+            raise ValueError(f"granularity: expected a positive int, got {granularity!r}")
+        self.granularity = granularity
+        self.now = 0
+        self.peak = 0
+        self._live = {}
+
+    def track(self, *tensors) -> None:
+        """Count the storages of ``tensors`` (nested lists, dicts and None are fine) while they live."""
+        for t in tree_flatten(tensors)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t.untyped_storage())
+
+    def reset_peak(self) -> None:
+        self.peak = self.now
+
+    def _add(self, storage) -> None:
+        key = id(storage)
+        if key in self._live:
+            return
+        nbytes = allocation_bytes(storage.nbytes(), self.granularity)
+        self._live[key] = weakref.ref(storage, lambda _, key=key, nbytes=nbytes: self._free(key, nbytes))
+        self.now += nbytes
+        self.peak = max(self.peak, self.now)
+
+    def _free(self, key: int, nbytes: int) -> None:
+        del self._live[key]
+        self.now -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.track(out)
+        return out
