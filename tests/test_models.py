@@ -467,7 +467,14 @@ def test_set_checkpointing_keeps_values_gradients_and_state_dict(mode):
                    focal_windows=3, drop_path_rate=0.0).double()
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     calls = []
-    model.layers[1].blocks[1].modulation.register_forward_hook(lambda *args: calls.append(1))
+    modulation = model.layers[1].blocks[1].modulation
+    modulate = modulation._modulate  # what every forward of the modulation runs (plain or with the norm fused)
+
+    def counting_modulate(projected):
+        calls.append(1)
+        return modulate(projected)
+
+    modulation._modulate = counting_modulate
     results = []
     for current in (mode, "none"):
         set_checkpointing(model, current)

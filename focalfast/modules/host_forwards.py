@@ -47,6 +47,7 @@ class OfficialModulationForward:
     (``patch`` adds the ``layout``, ``capture`` and ``backend`` attributes it reads)."""
 
     forward = FocalModulation.forward
+    _modulate = FocalModulation._modulate
     _capture = FocalModulation._capture
 
 
