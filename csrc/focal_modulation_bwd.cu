@@ -58,6 +58,9 @@ struct ContextBwdLayout {
 template <typename T>
 struct ContextBwd {
   using Params = ContextBwdParams;
+  struct Args {
+    Params p;
+  };
   static constexpr const char* kName = "context_bwd";
 
   // dw_l[i, j, c] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] for every j < k, summed in x order: a
@@ -95,7 +98,8 @@ FF_UNROLL
     }
   }
 
-  static FF_HD void run(const Params& p, int block, float* smem) {
+  static FF_HD void run(const Args& args, int block, float* smem) {
+    const Params& p = args.p;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
     const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
@@ -405,7 +409,7 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
   const int64_t smem = context_bwd_smem_bytes(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextBwd<T>>(p, blocks, sweep_threads(p.geo.W, kBwdStrip, p.chunk), smem, stream);
+    launch_sweep<ContextBwd<T>>({p}, blocks, sweep_threads(p.geo.W, kBwdStrip, p.chunk), smem, stream);
   });
 }
 

@@ -114,6 +114,139 @@ FF_UNROLL
   }
 }
 
+// ---- Register-blocked strips on channel-major ring rows --------------------------------------------
+//
+// A conv item computes one channel at a strip of kStrip consecutive pixels of one output row. For each
+// of the K input rows it loads the strip's window (kStrip + 2 pad floats: 16-byte loads) into registers
+// once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the ring's
+// row slots wrap with a compare, never a division.
+constexpr int kStrip = 8;
+
+// Zero columns on each side of a ring row read by a conv of size k: k / 2 rounded up to a multiple of 4,
+// so that every strip's window starts 16-byte aligned.
+FF_HD constexpr int ring_pad(int k) { return (k / 2 + 3) / 4 * 4; }
+
+FF_HD int wrap(int slot, int depth) { return slot >= depth ? slot - depth : slot; }
+
+// A ring of `depth` rows (row y in slot y mod depth); a row holds `chunk` channels, each a run of `pitch`
+// floats with image column x at pad + x and zeros around it. Channel c starts at c * pitch + (c / 8) * 8:
+// pitch = 4 (mod 8) puts the 16-byte loads of 8 consecutive channels in distinct banks, and the skew
+// does the same for the scalar stores of (column, group of 8 channels) items.
+// slot(y) is y mod depth by a multiply-high with magic = floor((2^32 - 1) / depth) + 1, exact for
+// 0 <= y + kSlotBias * depth < 2^32 / depth: rows -kSlotBias <= y < kMaxSweepRows (the binding checks H).
+constexpr int kSlotBias = 64;  // more than any lag of a sweep (2R <= 48); kMaxSweepRows: 2^24 + 64 * 49 < 2^32 / 49
+
+struct RowRing {
+  int base = 0, row_floats = 0, depth = 1, pitch = 0, pad = 0;
+  unsigned magic = 0;
+
+  FF_HD int channel(int c) const { return c * pitch + (c >> 3) * 8; }
+  FF_HD int slot(int y) const {
+    const unsigned n = unsigned(y + kSlotBias * depth);
+#ifdef __CUDA_ARCH__
+    return int(n - __umulhi(n, magic) * unsigned(depth));
+#else
+    return int(n % unsigned(depth));
+#endif
+  }
+  FF_HD float* row(float* smem, int slot) const { return smem + base + slot * row_floats; }
+  FF_HD const float* row(const float* smem, int slot) const { return smem + base + slot * row_floats; }
+};
+
+// Row width of the strips: W rounded up to whole strips.
+FF_HD int strip_width(int W) { return (W + kStrip - 1) / kStrip * kStrip; }
+
+inline RowRing row_ring(SmemAllocator& a, int depth, int W, int chunk, int pad) {
+  RowRing r;
+  r.depth = depth;
+  r.magic = 0xFFFFFFFFu / unsigned(depth) + 1u;
+  r.pad = pad;
+  r.pitch = strip_width(W) + 2 * pad + 4;
+  r.row_floats = int((int64_t(chunk) * r.pitch + chunk / kGroup * 8 + 3) / 4 * 4);
+  r.base = int(a.take(int64_t(depth) * r.row_floats));
+  return r;
+}
+
+// N consecutive floats of shared memory (16-byte aligned, N a multiple of 4) to or from registers.
+template <int N>
+FF_HD void load_run(const float* src, float (&dst)[N]) {
+#ifdef __CUDA_ARCH__
+FF_UNROLL
+  for (int q = 0; q < N / 4; ++q) {
+    const float4 v = reinterpret_cast<const float4*>(src)[q];
+    dst[4 * q] = v.x;
+    dst[4 * q + 1] = v.y;
+    dst[4 * q + 2] = v.z;
+    dst[4 * q + 3] = v.w;
+  }
+#else
+  for (int i = 0; i < N; ++i) dst[i] = src[i];
+#endif
+}
+
+template <int N>
+FF_HD void store_run(float* dst, const float (&src)[N]) {
+#ifdef __CUDA_ARCH__
+FF_UNROLL
+  for (int q = 0; q < N / 4; ++q) {
+    reinterpret_cast<float4*>(dst)[q] = make_float4(src[4 * q], src[4 * q + 1], src[4 * q + 2], src[4 * q + 3]);
+  }
+#else
+  for (int i = 0; i < N; ++i) dst[i] = src[i];
+#endif
+}
+
+// acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < kStrip, r = K / 2: the depthwise conv
+// of one channel at a strip. z's rows y - r .. y + r are in the ring's slots slot0, slot0 + 1, ... (wrapping);
+// chan = ring.channel(c); w points to the channel's tap (0, 0) of [K * K][chunk]. kFlip uses w[K-1-i, K-1-j]:
+// the adjoint conv (the gradient of a conv's input from the gradient of its output).
+// Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight loads, K * kStrip FMAs.
+template <int K, bool kFlip>
+FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const float* w,
+                      int chunk, float (&acc)[kStrip]) {
+  constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+FF_UNROLL
+  for (int i = 0; i < K; ++i) {
+    float window[n];
+    load_run(ring.row(smem, wrap(slot0 + i, ring.depth)) + chan + x0, window);
+FF_UNROLL
+    for (int j = 0; j < K; ++j) {
+      const float wv = w[(kFlip ? K * K - 1 - (i * K + j) : i * K + j) * chunk];
+FF_UNROLL
+      for (int p = 0; p < kStrip; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
+    }
+  }
+}
+
+// t[b, y, x0 + u, c] = scale * v[u] for u < min(valid, kStrip): one channel of a strip to global memory.
+template <typename T>
+FF_HD void store_strip(const View& t, int b, int y, int x0, int c, int valid, float scale, const float (&v)[kStrip]) {
+  T* out = static_cast<T*>(t.ptr) + t.at(b, y, x0) + c;
+  if (valid >= kStrip) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) out[u * t.sx] = from_float<T>(scale * v[u]);
+  } else {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) {
+      if (u < valid) out[u * t.sx] = from_float<T>(scale * v[u]);
+    }
+  }
+}
+
+// Runs STATEMENT with the compile-time constant K = k for an odd kernel size k <= kMaxKernelSize (the
+// binding checks k; any other value runs nothing).
+#define FF_WITH_KERNEL_SIZE(k, STATEMENT)               \
+  switch (k) {                                          \
+    case 1: { constexpr int K = 1; STATEMENT; } break;   \
+    case 3: { constexpr int K = 3; STATEMENT; } break;   \
+    case 5: { constexpr int K = 5; STATEMENT; } break;   \
+    case 7: { constexpr int K = 7; STATEMENT; } break;   \
+    case 9: { constexpr int K = 9; STATEMENT; } break;   \
+    case 11: { constexpr int K = 11; STATEMENT; } break; \
+    case 13: { constexpr int K = 13; STATEMENT; } break; \
+    default: break;                                     \
+  }
+
 // The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
 // A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's
 // direction and writes rows y0 .. y1 - 1 only: why that is exact is in focalfast/ops/sweep_geometry.py.
@@ -142,26 +275,29 @@ inline int sweep_threads(int W, int S, int chunk) {
   return min_int(kSweepThreads, 32 * (warps < 2 ? 2 : warps));
 }
 
-// Runs Op::run(p, block, smem) for every block: a GPU grid of `threads`-thread blocks with `smem_bytes` of
+// Runs Op::run(args, block, smem) for every block: a GPU grid of `threads`-thread blocks with `smem_bytes` of
 // dynamic shared memory, or the blocks in order on the host (the array is zeroed by the kernel itself).
+// Op::Args (the parameters and the shared-memory layout, computed on the host) is a __grid_constant__
+// kernel argument: indexing its per-level arrays with a runtime level reads the constant bank (LDC), no
+// copy on the stack.
 extern __shared__ float4 sweep_smem[];
 
 template <class Op>
-__global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const typename Op::Params p) {
-  Op::run(p, int(blockIdx.x), reinterpret_cast<float*>(sweep_smem));
+__global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const __grid_constant__ typename Op::Args args) {
+  Op::run(args, int(blockIdx.x), reinterpret_cast<float*>(sweep_smem));
 }
 
 template <class Op>
-void launch_sweep(const typename Op::Params& p, int blocks, int threads, int64_t smem_bytes, const Stream& stream) {
+void launch_sweep(const typename Op::Args& args, int blocks, int threads, int64_t smem_bytes, const Stream& stream) {
   if (blocks <= 0) return;
   if (stream.on_host) {
     std::vector<float> smem(size_t(smem_bytes / 4));
-    for (int block = 0; block < blocks; ++block) Op::run(p, block, smem.data());
+    for (int block = 0; block < blocks; ++block) Op::run(args, block, smem.data());
     return;
   }
   check_cuda(cudaFuncSetAttribute(sweep_kernel<Op>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)),
              Op::kName);
-  sweep_kernel<Op><<<unsigned(blocks), unsigned(threads), size_t(smem_bytes), stream.stream>>>(p);
+  sweep_kernel<Op><<<unsigned(blocks), unsigned(threads), size_t(smem_bytes), stream.stream>>>(args);
   check_cuda(cudaGetLastError(), Op::kName);
 }
 

@@ -284,21 +284,54 @@ def test_host_sweep_is_deterministic_across_chunks(ext, monkeypatch):
             assert rel_err(a, b) < 1e-6, label
 
 
+@pytest.mark.parametrize("path", ["sweep8", "levels1"])
+def test_host_kernels_index_images_past_2_to_31_elements(ext, monkeypatch, tmp_path, path):
+    """q, ctx and gates are views with a pixel stride of 2^29 elements over a sparse memory-mapped file, so
+    one image spans 3 * 2^30 elements: every kernel's offsets must be 64-bit (int32 ones would wrap and
+    read or write the wrong pixels). Only the few pages that hold the pixels are touched."""
+    B, H, W, C, kernel_sizes = 1, 2, 3, 8, (3, 5)
+    L, stride = len(kernel_sizes), 1 << 29
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(cuda_op, name, value)
+    numel = B * H * W * stride
+    path_file = tmp_path / "f_out.bin"
+    with open(path_file, "wb") as f:
+        f.truncate(numel * 4)  # sparse: no disk and no memory until a page is written
+    storage = torch.from_file(str(path_file), shared=True, size=numel, dtype=torch.float32)
+    f_out = storage.as_strided((B, H, W, 2 * C + L + 1), (H * W * stride, W * stride, stride, 1))
+    small = random_focal_inputs(B, H, W, C, kernel_sizes, generator=torch.Generator().manual_seed(0))
+    f_out.copy_(torch.cat([small["q"], small["ctx"], small["gates"]], dim=-1))
+    q, ctx, gates = torch.split(f_out, (C, C, L + 1), dim=-1)
+    weights, h_weight, h_bias = small["weights"], small["h_weight"], small["h_bias"]
+    out, pooled_mean = cuda_op._forward(q, ctx, gates, weights, h_weight, h_bias, True)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    grads = cuda_op._backward(grad_out, q, ctx, gates, weights, h_weight, h_bias, pooled_mean, True)
+
+    inputs64 = as_float64(dict(q=q, ctx=ctx, gates=gates, weights=weights, h_weight=h_weight, h_bias=h_bias))
+    ref = focal_modulation_ref(**inputs64, normalize_modulator=True)
+    leaves = [inputs64[n] for n in GRAD_NAMES] + inputs64["weights"]
+    grads64 = torch.autograd.grad(ref, leaves, grad_out.double())
+    assert rel_err(out, ref) < 1e-5
+    for label, g, g64 in zip(list(GRAD_NAMES) + ["weights[0]", "weights[1]"], grads, grads64):
+        assert rel_err(g, g64) < 1e-4, label
+
+
 def test_sweep_chunk_choice(ext, monkeypatch):
     """Largest chunk with enough blocks that fits; smaller ones for wide images; None (fallback) when none fits."""
     kernels = _Kernels(torch.device("cpu"))
     cpu = torch.device("cpu")
     ks = [3, 5, 7]
     fwd8, bwd8 = ext.sweep_smem_bytes(ks, 56, 8, False), ext.sweep_smem_bytes(ks, 56, 8, True)
-    assert ext.sweep_smem_bytes(ks, 56, 16, False) == 2 * fwd8 and bwd8 > fwd8
+    assert fwd8 < ext.sweep_smem_bytes(ks, 56, 16, False) < 2 * fwd8 and bwd8 > fwd8  # the gate ring is per block
     assert ext.sweep_smem_bytes(ks, 112, 8, True) > bwd8
     monkeypatch.setattr(cuda_op, "SWEEP_SMEM_BYTES", 227 * 1024)
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 96, False, cpu) == 16  # 32 channels: one block per SM
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 14, 384, False, cpu) == 32
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 96, True, cpu) == 8  # 16 channels: 220 KB, one block per SM
-    assert cuda_op._sweep_chunk(kernels, ks, 2, 56, 96, False, cpu) == 8  # few images: the most blocks
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 4, False, cpu) == 8  # no chunk wider than C needs
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 4000, 96, False, cpu) is None
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 96, False, cpu) == 16  # 32 channels: one block per SM
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 14, 14, 384, False, cpu) == 32
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 96, True, cpu) == 8  # 16 channels: 220 KB, one block per SM
+    assert cuda_op._sweep_chunk(kernels, ks, 2, 56, 56, 96, False, cpu) == 8  # few images: the most blocks
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 4, False, cpu) == 8  # no chunk wider than C needs
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 4000, 4000, 96, False, cpu) is None
+    assert cuda_op._sweep_chunk(kernels, ks, 1, 1 << 24, 8, 8, False, cpu) is None  # too tall for the ring slots
 
 
 def test_sweep_band_choice():
@@ -314,7 +347,8 @@ def test_sweep_band_choice():
 @pytest.mark.parametrize("change,words", [
     (dict(kernel_sizes=[3]), "kernel_sizes: expected one per focal level (L = 2), got 1"),
     (dict(kernel_sizes=[3, 4]), "kernel_sizes: kernel size must be odd and at most 13, got 4"),
-    (dict(chunk=12), "chunk: expected a positive multiple of 8, got 12"),
+    (dict(chunk=12), "chunk: expected a power of two >= 8, got 12"),
+    (dict(chunk=24), "chunk: expected a power of two >= 8, got 24"),
     (dict(band_rows=0), "band_rows: expected a positive number of rows, got 0"),
     (dict(band_rows=2, pooled_sum=torch.empty(1, 8)), "pooled_sum: expected shape [2, 8]"),
     (dict(weights=torch.randn(33, 8)), "weights: expected shape [34, 8]"),

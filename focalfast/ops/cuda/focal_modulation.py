@@ -61,6 +61,7 @@ SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
 SWEEP_BAND_ROWS: Optional[int] = None  # rows per band of the sweeps (None: _sweep_band_rows decides)
+MAX_SWEEP_ROWS = 1 << 24  # taller images take the level-at-a-time kernels (the sweep's ring slots: csrc)
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -127,9 +128,12 @@ def _smem_limit(device: torch.device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 48 * 1024)
 
 
-def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, W: int, C: int, backward: bool,
+def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, H: int, W: int, C: int, backward: bool,
                  device: torch.device) -> Optional[int]:
-    """Channels per block of the fused sweep, or None if even the smallest chunk does not fit."""
+    """Channels per block of the fused sweep, or None if even the smallest chunk does not fit (or H is
+    MAX_SWEEP_ROWS or more)."""
+    if H >= MAX_SWEEP_ROWS:
+        return None
     limit = _smem_limit(device)
     wanted = [c for c in SWEEP_CHUNKS if c < C + 8] or [min(SWEEP_CHUNKS)]
     smem = {c: kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward) for c in wanted}
@@ -209,7 +213,7 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
         kernel_sizes = [w.shape[-1] for w in weights]
-        chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
+        chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, False, q.device)
         if chunk is not None:
             band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, False, q.device)
             bands = -(-H // band_rows)
@@ -300,11 +304,11 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
         kernel_sizes = [w.shape[-1] for w in weights]
-        chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, True, q.device)
+        chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, True, q.device)
         if chunk is not None:
             taps_concat = _taps_concat(weights)
             ctx_local = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device) or chunk
+            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, False, q.device) or chunk
             kernels.launch("context_fwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates,
                            scale=scale, chunk=fwd_chunk,
                            band_rows=_sweep_band_rows(kernel_sizes, B, H, C, fwd_chunk, False, q.device),
