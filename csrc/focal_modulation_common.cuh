@@ -198,12 +198,6 @@ FF_HD void gelu_and_grad(float x, float& value, float& grad) {
   grad = fmaf(x, pdf, cdf);
 }
 
-FF_HD float gelu_grad(float x) {
-  float value, grad;
-  gelu_and_grad(x, value, grad);
-  return grad;
-}
-
 // pre[c] = sum_{i,j} w[i, j, c] * z[b, y + i - r, x + j - r, c], r = k / 2, zero outside the image.
 template <typename Z>
 FF_HD Group depthwise_conv(const View& z, const View& w, int k, const Geometry& geo, int b, int y,

@@ -137,12 +137,7 @@ FF_UNROLL
       const int ctx_items = s.width << group_shift;
       FF_FOR_EACH(item, ctx_items + L * s.width) {
         if (item < ctx_items) {
-          const int x = item >> group_shift, c = (item & ((1 << group_shift) - 1)) * kGroup;
-          const int n = min_int(kGroup, cn - c);
-          const Group v = t < H && x < W && n > 0 ? load_at<T>(p.ctx, b, t, x, c_begin + c, n) : Group{};
-          float* dst = z0_row + z0.channel(c) + x;
-FF_UNROLL
-          for (int e = 0; e < kGroup; ++e) dst[e * z0.pitch] = v.v[e];
+          load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, t, H, W, c_begin, cn);
         } else if (t < H) {
           const int l = (item - ctx_items) / s.width, x = (item - ctx_items) % s.width;
           gate_row[s.gates.channel(l) + x] = x < W ? load_gate<T>(p.gates, b, t, x, l) : 0.f;
@@ -252,7 +247,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextFwd<T>>({p, layout}, blocks, sweep_threads(p.geo.W, kStrip, p.chunk),
+    launch_sweep<ContextFwd<T>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
                                 int64_t(layout.total) * int64_t(sizeof(float)), stream);
   });
 }

@@ -1,6 +1,6 @@
 """The fused focal-modulation op on the CUDA C++ kernels of ``csrc/``, with a fused backward.
 
-Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (DESIGN.md section 1):
+Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (docs/design.md):
     context_fwd          one row-streaming sweep per (image, chunk of channels): z_{l+1} = GELU(dwconv(z_l))
                          in shared-memory rings, ctx_local = s * sum_l g_l z_{l+1} in T, and
                          pooled_sum = sum_{H,W} z_L [B, C] fp32;  G = GELU(pooled_sum / (H W))
@@ -19,9 +19,24 @@ with u[b] = sum_p g_L grad_mod and dG = s * u W. Every partial sum is reduced by
 fixed order (no atomics): the gradients are bitwise deterministic.
 
 HBM traffic per element of a C-sized tensor (bf16, C = 96, kernels 3/5/7; counted, not measured):
-context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of DESIGN.md section 3),
+context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of docs/design.md),
 the whole forward about 14 (with the GEMM and the epilogue), the whole backward about 36. The sweeps
-are then bound by shared-memory bandwidth (about 65 reads per element forward, 180 backward).
+are bound by instruction issue: they are written for few instructions per output element (pixel x
+channel). An item of a conv phase is one channel of an 8-pixel strip: its window rows come in 16-byte
+shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
+GELU / GELU' share one 17-instruction Phi (csrc/focal_modulation_common.cuh).
+
+Instruction counts (sm_90a SASS of nvcc -O3, counted by hand: loop bodies times trip counts), in
+warp-instructions per output element, bf16, q/ctx/gates as views, FocalNet-T stage 1 srf (B = 128,
+56x56, C = 96), with the halo rows; a model of issue, not a GPU measurement:
+    context_fwd   about 5.0 (was about 16 for the whole forward); FMA floor 1.06, GELU 1.1
+    context_bwd   about 14 (the whole backward was about 61); FMA floor about 3.2
+Registers and occupancy (ptxas -v, H100/H200 228 KB shared memory per SM): both sweeps use 80 registers,
+no stack, no spills (the host-computed layout is a __grid_constant__ argument). The chunk is the largest
+whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd takes 32 channels
+for srf (98 KB, 2 blocks of 7 warps per SM) and 16 for lrf; context_bwd's rings are deeper (the adjoint
+trails the recompute by up to 2R rows) and take 8 channels at stage 1 (58 KB srf: 3 blocks of 2 warps
+per SM; 142 KB lrf: one). Shared memory, not registers, sets the occupancy.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
 cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
