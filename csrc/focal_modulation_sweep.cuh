@@ -254,9 +254,10 @@ __global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const __grid_const
 template <class Op>
 void launch_sweep(const typename Op::Args& args, int blocks, int threads, int64_t smem_bytes, const Stream& stream) {
   if (blocks <= 0) return;
+  if (stream.record) return record_launch<Op>(blocks, threads, smem_bytes);
   if (stream.on_host) {
     std::vector<float> smem(size_t(smem_bytes / 4));
-    for (int block = 0; block < blocks; ++block) Op::run(args, block, smem.data());
+    for (int block = 0; block < ceil_div(blocks, stream.host_sample); ++block) Op::run(args, block, smem.data());
     return;
   }
   check_cuda(cudaFuncSetAttribute(sweep_kernel<Op>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)),
