@@ -3,7 +3,7 @@
 // Plain CUDA, no torch headers. The pybind11 binding (focal_modulation.cpp) checks the arguments and
 // fills these structs; the kernels are in focal_modulation_fwd.cu and focal_modulation_bwd.cu.
 //
-// Notation (DESIGN.md section 1), per image b, pixel p, channel c, L levels, s = 1/(L+1) or 1:
+// Notation (docs/design.md), per image b, pixel p, channel c, L levels, s = 1/(L+1) or 1:
 //   z_0 = ctx,   pre_l = dwconv_l(z_l) (zero padding),   z_{l+1} = GELU(pre_l)
 //   ctx_local = s * sum_l gates_l * z_{l+1}              (stored in the input dtype T: the GEMM's A)
 //   G = GELU(mean_p z_L)                                  ([B, C], fp32)

@@ -97,9 +97,6 @@ FF_UNROLL
 FF_UNROLL
       for (int e = 0; e < kVec; ++e) g.v[k + e] = to_float(r.v[e]);
     }
-  } else if (n == kGroup) {
-FF_UNROLL
-    for (int e = 0; e < kGroup; ++e) g.v[e] = to_float(p[e]);
   } else {
 FF_UNROLL
     for (int e = 0; e < kGroup; ++e) g.v[e] = e < n ? to_float(p[e]) : 0.f;
