@@ -228,10 +228,18 @@ SweepLevels sweep_levels(const Checks& c, const std::vector<int>& kernel_sizes, 
 }
 
 int sweep_chunk(const Checks& c, int chunk) {
-  if (chunk < kGroup || chunk % kGroup != 0) {
-    c.fail_value("chunk", "expected a positive multiple of " + std::to_string(kGroup) + ", got " + std::to_string(chunk));
+  if (chunk < kGroup || (chunk & (chunk - 1)) != 0) {
+    c.fail_value("chunk", "expected a power of two >= " + std::to_string(kGroup) + ", got " + std::to_string(chunk));
   }
   return chunk;
+}
+
+// The sweep's ring slots are exact for rows below kMaxSweepRows (RowRing::slot); taller images take the fallback.
+void sweep_rows(const Checks& c, const Geometry& geo) {
+  if (geo.H >= kMaxSweepRows) {
+    c.fail_value("ctx", "the sweep handles images of fewer than " + std::to_string(kMaxSweepRows) + " rows, got " +
+                            std::to_string(geo.H));
+  }
 }
 
 // Rows per band of a sweep (1 .. H); returns the number of bands.
@@ -255,6 +263,7 @@ void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   ContextFwdParams p;
   p.geo = c.geometry(ctx, "ctx");
   const Geometry& geo = p.geo;
+  sweep_rows(c, geo);
   p.dtype = ctx.dtype;
   p.ctx = c.view(ctx, "ctx", p.dtype, pixel_shape(geo), false, geo.C);
   p.gates = c.gates(gates, geo, p.dtype);
@@ -277,6 +286,7 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   ContextBwdParams p;
   p.geo = c.geometry(ctx, "ctx");
   const Geometry& geo = p.geo;
+  sweep_rows(c, geo);
   p.dtype = ctx.dtype;
   p.ctx = c.view(ctx, "ctx", p.dtype, pixel_shape(geo), false, geo.C);
   p.gates = c.gates(gates, geo, p.dtype);

@@ -26,6 +26,7 @@ namespace focalfast {
 constexpr int kGroup = 8;  // channels per thread: one 16-byte vector of fp16/bf16, two of fp32
 constexpr int kMaxKernelSize = 13;
 constexpr int kMaxFocalLevel = 4;
+constexpr int kMaxSweepRows = 1 << 24;  // taller images take the level-at-a-time kernels (RowRing::slot)
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 

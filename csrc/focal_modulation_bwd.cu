@@ -12,101 +12,172 @@
 namespace focalfast {
 namespace {
 
-// Shared memory of context_bwd (fp32). With lag_l = 2R - o_{l+1} (the adjoint of level l runs that many
-// rows behind the ctx row being loaded) the rings are as deep as their readers need:
-//   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1), padded by r_l: read by the recompute,
+// Shared memory of context_bwd (fp32), computed on the host. With lag_l = 2R - o_{l+1} (the adjoint of level l
+// runs that many rows behind the ctx row being loaded) the rings (RowRing) are as deep as their readers need:
+//   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1), padded by ring_pad(k_l): read by the recompute,
 //                the weight gradient (rows y +- r_l at lag_l) and the gate gradient of level l - 1;
-//                z_0 = ctx only k_0 rows, for the recompute (level 0's weight gradient reads ctx itself)
+//                z_0 = ctx as deep as the others (2R + 1 rows): level 0's weight gradient reads it
 //   gelu_grad_l  GELU'(pre_l), 2R - 2 o_{l+1} + 1 rows: written at lag o_{l+1}, read at lag_l
-//   grad_pre_l   k_l rows, padded by r_l: read by level l - 1's adjoint conv (grad_ctx for l = 0)
-// plus the block's weights and its weight-gradient sums. ctx and grad_ctx_all rows that are read again
-// later come from global memory (L1/L2 hits): two blocks per SM fit where deeper rings would not.
-constexpr int kBwdStrip = 3;  // pixels per conv item of context_bwd (odd: no bank conflicts)
-
+//   grad_pre_l   k_l rows, padded by ring_pad(k_l): read by level l - 1's adjoint conv (grad_ctx for l = 0)
+//                and by level l's weight gradient
+// plus the block's weights and its weight-gradient sums [taps][chunk].
 struct ContextBwdLayout {
-  int64_t weights = 0, weight_grad = 0, total = 0;
-  Ring z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel];
+  int weights = 0, weight_grad = 0, total = 0, width = 0, chunk_shift = 0;
+  int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
+  int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
+  int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights (and their gradients)
+  int row_items = 0;                       // kernel-row items of the weight gradient: sum_l k_l
+  RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel];
 
-  FF_HD ContextBwdLayout(const SweepLevels& lv, int W, int chunk) {
+  ContextBwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
-    const int width = strips_of(W, kBwdStrip) * kBwdStrip, R = lv.offset(lv.L);
-    weights = a.take(int64_t(lv.taps()) * chunk);
-    weight_grad = a.take(int64_t(lv.taps()) * chunk);
+    const int R = lv.offset(lv.L);
+    width = strip_width(W);
+    while ((1 << chunk_shift) < chunk) ++chunk_shift;
+    weights = int(a.take(int64_t(lv.taps()) * chunk));
+    weight_grad = int(a.take(int64_t(lv.taps()) * chunk));
     for (int l = 0; l <= lv.L; ++l) {
-      const int depth = l == 0 ? lv.k[0] : 2 * (R - lv.offset(l)) + 1;
-      z[l] = a.ring(depth, width + (l < lv.L ? 2 * lv.r(l) : 0), chunk);
+      z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, l < lv.L ? ring_pad(lv.k[l]) : 0);
     }
-    for (int l = 0; l < lv.L; ++l) gelu_grad[l] = a.ring(2 * (R - lv.offset(l + 1)) + 1, width, chunk);
-    for (int l = 0; l < lv.L; ++l) grad_pre[l] = a.ring(lv.k[l], width + 2 * lv.r(l), chunk);
-    total = a.used;
+    for (int l = 0; l < lv.L; ++l) {
+      gelu_grad[l] = row_ring(a, 2 * (R - lv.offset(l + 1)) + 1, W, chunk, 0);
+      grad_pre[l] = row_ring(a, lv.k[l], W, chunk, ring_pad(lv.k[l]));
+      lag_fwd[l] = lv.offset(l + 1);
+      lag_bwd[l] = 2 * R - lv.offset(l + 1);
+      level_taps[l] = lv.taps_before(l) * chunk;
+      row_items += lv.k[l];
+    }
+    total = int(a.used);
   }
 };
 
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
-// behind, row y = y_start - t + lag (outputs: rows of the band only):
-//   load          ctx row (lag 0) into z_0
+// behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
+// channel) unless said otherwise:
+//   load          ctx row (lag 0) into z_0; an item per (column, 8 channels)
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l)
 //   adjoint       level l = L-1 .. 0 at lag_l = 2R - o_{l+1}:
 //                   dz = scale * gates_l * grad_ctx_all + (grad_mean at the last level, else
 //                        the adjoint conv of grad_pre_{l+1}, whose rows y +- r_{l+1} are in by now)
 //                   grad_pre_l = dz * GELU'(pre_l)
-//   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R); weight-gradient sums
-//                 dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l), in x order,
-//                 one item per kernel row i and channel;
-//                 gate partials over the chunk's channels (lag_l)
+//   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R);
+//                 weight gradients dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l),
+//                 an item per (level, kernel row i, channel), summed over x in order strip by strip;
+//                 gate partials over the chunk's channels (lag_l), an item per (level, column)
+// Cost per output element and level of size K (FMAs and shared-memory accesses, as context_fwd's):
+// recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level) and two 2-byte
+// global loads (gate, grad_ctx_all); weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32 + K / 16
+// 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level.
 template <typename T>
 struct ContextBwd {
   using Params = ContextBwdParams;
+  struct Args {
+    Params p;
+    ContextBwdLayout s;
+  };
   static constexpr const char* kName = "context_bwd";
 
-  // dw_l[i, j, c] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] for every j < k, summed in x order: a
-  // window of k values of z_l's row slides along x in registers (two loads per k FMAs). z_0 = ctx comes
-  // from global memory (zero outside the image), the other levels from their rings.
-  static FF_HD void weight_grad_row(const Params& p, const ContextBwdLayout& s, float* smem, int l, int i, int b,
-                                    int y, int c_begin, int c) {
-    const SweepLevels& lv = p.levels;
-    const int k = lv.k[l], r = lv.r(l), W = p.geo.W, chunk = p.chunk, yy = y + i - r;
-    if (l == 0 && (yy < 0 || yy >= p.geo.H)) return;
-    const float* z_row = l > 0 ? s.z[l].row(smem, yy) + c : nullptr;
-    const T* ctx_row = l == 0 ? static_cast<const T*>(p.ctx.ptr) + p.ctx.at(b, yy, 0) + c_begin + c : nullptr;
-    auto z_at = [&](int q) -> float {  // z_l at padded column q, image column q - r
-      if (z_row) return z_row[q * chunk];
-      return q >= r && q - r < W ? to_float(ctx_row[(q - r) * p.ctx.sx]) : 0.f;
-    };
-    const float* grad_pre = s.grad_pre[l].row(smem, y) + r * chunk + c;
-    float acc[kMaxKernelSize] = {}, window[kMaxKernelSize];
+  template <int K>
+  static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, float* smem, int l, int y) {
+    const int W = p.geo.W, chunk = p.chunk;
+    const bool inside = y >= 0 && y < p.geo.H;
+    const RowRing &in = s.z[l], &out = s.z[l + 1], &dg_ring = s.gelu_grad[l];
+    const int slot0 = in.slot(y - K / 2);
+    const float* weights = smem + s.weights + s.level_taps[l];
+    float* out_row = out.row(smem, out.slot(y)) + out.pad;
+    float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
+    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      float z[kStrip] = {}, dg[kStrip] = {};
+      if (inside) {
+        float pre[kStrip] = {};
+        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, weights + c, chunk, pre);
 FF_UNROLL
-    for (int j = 0; j < kMaxKernelSize; ++j) window[j] = j < k ? z_at(j) : 0.f;
-    for (int x = 0; x < W; ++x) {
-      const float g = grad_pre[x * chunk];
-      const float next = x + 1 < W ? z_at(x + k) : 0.f;
+        for (int u = 0; u < kStrip; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
+        if (x0 + kStrip > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
 FF_UNROLL
-      for (int j = 0; j < kMaxKernelSize; ++j) {
-        if (j < k) acc[j] = fmaf(g, window[j], acc[j]);
+          for (int u = 0; u < kStrip; ++u) {
+            z[u] = x0 + u < W ? z[u] : 0.f;
+            dg[u] = x0 + u < W ? dg[u] : 0.f;
+          }
+        }
       }
-FF_UNROLL
-      for (int j = 0; j < kMaxKernelSize; ++j) window[j] = j + 1 < k ? window[j < kMaxKernelSize - 1 ? j + 1 : j] : next;
-    }
-    float* dw = smem + s.weight_grad + int64_t(lv.taps_before(l) + i * k) * chunk + c;
-FF_UNROLL
-    for (int j = 0; j < kMaxKernelSize; ++j) {
-      if (j < k) dw[j * chunk] += acc[j];
+      store_run(out_row + out.channel(c) + x0, z);
+      store_run(dg_row + dg_ring.channel(c) + x0, dg);
     }
   }
 
-  static FF_HD void run(const Params& p, int block, float* smem) {
+  template <int K_next>
+  static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int l,
+                            int y) {
+    const int W = p.geo.W, chunk = p.chunk;
+    const bool inside = y >= 0 && y < p.geo.H, last = l == p.levels.L - 1;
+    const RowRing &out = s.grad_pre[l], &dg_ring = s.gelu_grad[l], &next = s.grad_pre[last ? l : l + 1];
+    const int slot0 = next.slot(y - K_next / 2);
+    const float* weights_next = smem + s.weights + s.level_taps[last ? l : l + 1];
+    const float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
+    float* out_row = out.row(smem, out.slot(y)) + out.pad;
+    const View gate_view = gates_as_view(p.gates);
+    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      float grad_pre[kStrip] = {};  // zero past W, where dg is
+      if (inside && c < band.cn) {
+        if (last) {
+          const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(band.b, 0, 0) + band.c_begin + c];
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) grad_pre[u] = grad_mean;
+        } else {
+          conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, weights_next + c, chunk, grad_pre);
+        }
+        float dg[kStrip], gate[kStrip], grad_ctx_all[kStrip];
+        load_run(dg_row + dg_ring.channel(c) + x0, dg);
+        load_strip<T>(p.grad_ctx_all, band.b, y, x0, band.c_begin + c, W - x0, grad_ctx_all);
+        load_strip<T>(gate_view, band.b, y, x0, l * p.gates.sl, W - x0, gate);
+FF_UNROLL
+        for (int u = 0; u < kStrip; ++u) grad_pre[u] = fmaf(p.scale * gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];
+      }
+      store_run(out_row + out.channel(c) + x0, grad_pre);
+    }
+  }
+
+  // dw_l[i, j, c] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] for every j < K: strip by strip, a window
+  // of z_l's row and kStrip values of grad_pre_l in registers feed K * kStrip FMAs.
+  template <int K>
+  static FF_HD void weight_grad_row(const ContextBwdLayout& s, float* smem, int l, int i, int y, int c, int chunk) {
+    constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+    const RowRing &z = s.z[l], &g = s.grad_pre[l];
+    const float* z_row = z.row(smem, z.slot(y + i - r)) + z.channel(c);
+    const float* g_row = g.row(smem, g.slot(y)) + g.channel(c) + g.pad;
+    float acc[K] = {};
+    for (int x0 = 0; x0 < s.width; x0 += kStrip) {
+      float window[n], grad[kStrip];
+      load_run(z_row + x0, window);
+      load_run(g_row + x0, grad);
+FF_UNROLL
+      for (int j = 0; j < K; ++j) {
+FF_UNROLL
+        for (int u = 0; u < kStrip; ++u) acc[j] = fmaf(grad[u], window[pad - r + u + j], acc[j]);
+      }
+    }
+    float* dw = smem + s.weight_grad + s.level_taps[l] + i * K * chunk + c;
+FF_UNROLL
+    for (int j = 0; j < K; ++j) dw[j * chunk] += acc[j];
+  }
+
+  static FF_HD void run(const Args& args, int block, float* smem) {
+    const Params& p = args.p;
+    const ContextBwdLayout& s = args.s;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), groups = chunk / kGroup;
+    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), group_shift = s.chunk_shift - 3;
     const SweepBand band(block, geo, p.band_rows, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn, chunk_index = band.chunk_index;
-    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W, kBwdStrip), taps = lv.taps();
+    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), taps = lv.taps();
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
-    const ContextBwdLayout s(lv, W, chunk);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
-    FF_FOR_EACH(i, int(s.total)) {
+    FF_FOR_EACH(i, s.total) {
       float v = 0.f;
       if (i < taps * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
       smem[i] = v;
@@ -115,110 +186,55 @@ FF_UNROLL
 
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
       const int y_top = y_start - t;  // the row at lag 0
-      FF_FOR_EACH(item, W * groups) {
-        const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
-        const Group v = y_top >= 0 && n > 0 ? load_at<T>(p.ctx, b, y_top, x, c_begin + c, n) : Group{};
-        store8(s.z[0].row(smem, y_top) + (lv.r(0) + x) * chunk + c, v);
+      const RowRing& z0 = s.z[0];
+      float* z0_row = z0.row(smem, z0.slot(y_top)) + z0.pad;
+      FF_FOR_EACH(item, s.width << group_shift) {
+        load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, y_top, H, W, c_begin, cn);
       }
       FF_BARRIER();
 
-      for (int l = 0; l < L; ++l) {  // recompute
-        const int y = y_top + lv.offset(l + 1);
-        const float* w = smem + s.weights + int64_t(lv.taps_before(l)) * chunk;
-        FF_FOR_EACH(item, strips * chunk) {
-          const int x0 = item / chunk * kBwdStrip, c = item % chunk;
-          float pre[kBwdStrip] = {}, z[kBwdStrip] = {}, dg[kBwdStrip] = {};
-          if (y >= 0 && y < H) {
-            conv_strip(smem, s.z[l], w + c, lv.k[l], chunk, y, x0, c, false, pre);
-FF_UNROLL
-            for (int u = 0; u < kBwdStrip; ++u) {
-              if (x0 + u < W) {
-                z[u] = gelu(pre[u]);
-                dg[u] = gelu_grad(pre[u]);
-              }
-            }
-          }
-          const int pad = l + 1 < L ? lv.r(l + 1) : 0;
-          float* z_dst = s.z[l + 1].row(smem, y) + (pad + x0) * chunk + c;
-          float* dg_dst = s.gelu_grad[l].row(smem, y) + x0 * chunk + c;
-FF_UNROLL
-          for (int u = 0; u < kBwdStrip; ++u) {
-            z_dst[u * chunk] = z[u];
-            dg_dst[u * chunk] = dg[u];
-          }
-        }
+      for (int l = 0; l < L; ++l) {
+        FF_WITH_KERNEL_SIZE(lv.k[l], recompute<K>(p, s, smem, l, y_top + s.lag_fwd[l]));
         FF_BARRIER();
       }
-
-      for (int l = L - 1; l >= 0; --l) {  // adjoint
-        const int y = y_top + 2 * R - lv.offset(l + 1);
-        FF_FOR_EACH(item, strips * chunk) {
-          const int x0 = item / chunk * kBwdStrip, c = item % chunk;
-          float grad_pre[kBwdStrip] = {};
-          if (y >= 0 && y < H && c < cn) {
-            if (l == L - 1) {
-              const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(b, 0, 0) + c_begin + c];
-FF_UNROLL
-              for (int u = 0; u < kBwdStrip; ++u) grad_pre[u] = grad_mean;
-            } else {
-              const float* w_next = smem + s.weights + int64_t(lv.taps_before(l + 1)) * chunk;
-              conv_strip(smem, s.grad_pre[l + 1], w_next + c, lv.k[l + 1], chunk, y, x0, c, true, grad_pre);
-            }
-            const T* grad_ctx_all =
-                static_cast<const T*>(p.grad_ctx_all.ptr) + p.grad_ctx_all.at(b, y, 0) + c_begin + c;
-            const float* dg = s.gelu_grad[l].row(smem, y) + c;
-FF_UNROLL
-            for (int u = 0; u < kBwdStrip; ++u) {
-              const int x = x0 + u;
-              if (x >= W) {
-                grad_pre[u] = 0.f;
-                continue;
-              }
-              const float gate = p.scale * load_gate<T>(p.gates, b, y, x, l);
-              grad_pre[u] = fmaf(gate, to_float(grad_ctx_all[x * p.grad_ctx_all.sx]), grad_pre[u]) * dg[x * chunk];
-            }
-          }
-          float* dst = s.grad_pre[l].row(smem, y) + (lv.r(l) + x0) * chunk + c;
-FF_UNROLL
-          for (int u = 0; u < kBwdStrip; ++u) dst[u * chunk] = grad_pre[u];
-        }
+      for (int l = L - 1; l >= 0; --l) {
+        FF_WITH_KERNEL_SIZE(l == L - 1 ? 1 : lv.k[l + 1], adjoint<K>(p, s, band, smem, l, y_top + s.lag_bwd[l]));
         FF_BARRIER();
       }
 
       // Reduce: grad_ctx items, then weight-gradient items, then gate items.
-      const int ctx_items = strips * groups, weight_items = (2 * R + L) * chunk;  // sum_l k_l kernel rows
+      const int ctx_items = s.width / kStrip * chunk, weight_items = s.row_items * chunk;
       FF_FOR_EACH(item, ctx_items + weight_items + (L + 1) * W) {
         if (item < ctx_items) {
-          const int y = y_top + 2 * R, x0 = item / groups * kBwdStrip, c = item % groups * kGroup;
-          const int n = min_int(kGroup, cn - c);
-          if (!band.owns(y) || n <= 0) continue;
-          float grad[kGroup][kBwdStrip] = {};
-FF_UNROLL
-          for (int e = 0; e < kGroup; ++e) {
-            conv_strip(smem, s.grad_pre[0], smem + s.weights + c + e, lv.k[0], chunk, y, x0, c + e, true, grad[e]);
-          }
-          for (int u = 0; u < kBwdStrip && x0 + u < W; ++u) {
-            Group v;
-FF_UNROLL
-            for (int e = 0; e < kGroup; ++e) v.v[e] = grad[e][u];
-            store_at<T>(p.grad_ctx, b, y, x0 + u, c_begin + c, n, v);
-          }
+          const int y = y_top + 2 * R, x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+          if (!band.owns(y) || c >= cn) continue;
+          const RowRing& g = s.grad_pre[0];
+          float grad[kStrip] = {};
+          FF_WITH_KERNEL_SIZE(lv.k[0], conv_strip<K, true>(smem, g, g.slot(y - K / 2), g.channel(c), x0,
+                                                          smem + s.weights + c, chunk, grad));
+          store_strip<T>(p.grad_ctx, b, y, x0, c_begin + c, W - x0, 1.f, grad);
         } else if (item < ctx_items + weight_items) {
-          int l = 0, i = (item - ctx_items) / chunk;  // kernel row i of level l
+          int l = 0, i = (item - ctx_items) >> s.chunk_shift;  // kernel row i of level l
           while (i >= lv.k[l]) i -= lv.k[l++];
-          const int c = (item - ctx_items) % chunk, y = y_top + 2 * R - lv.offset(l + 1);
-          if (band.owns(y) && c < cn) weight_grad_row(p, s, smem, l, i, b, y, c_begin, c);
+          const int c = (item - ctx_items) & (chunk - 1), y = y_top + s.lag_bwd[l];
+          if (band.owns(y) && c < cn) FF_WITH_KERNEL_SIZE(lv.k[l], weight_grad_row<K>(s, smem, l, i, y, c, chunk));
         } else {
           const int level = (item - ctx_items - weight_items) / W, x = (item - ctx_items - weight_items) % W;
-          const int l = min_int(level, L - 1), y = y_top + 2 * R - lv.offset(l + 1);
+          const int l = min_int(level, L - 1), y = y_top + s.lag_bwd[l];
           if (!band.owns(y)) continue;
-          const int pad = level + 1 < L ? lv.r(level + 1) : 0;
-          const float* z = level < L ? s.z[level + 1].row(smem, y) + (pad + x) * chunk : nullptr;
+          const RowRing& zr = s.z[level + 1 <= L ? level + 1 : L];
+          const float* z = level < L ? zr.row(smem, zr.slot(y)) + zr.pad + x : nullptr;
           float sum = 0.f;
           for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * (z_{level+1} or G)
             const int n = min_int(kGroup, cn - c);
             const Group g = load_at<T>(p.grad_ctx_all, b, y, x, c_begin + c, n);
-            const Group v = z ? load8(z + c) : load_at<float>(p.pooled, b, 0, 0, c_begin + c, n);
+            Group v;
+            if (z) {
+FF_UNROLL
+              for (int e = 0; e < kGroup; ++e) v.v[e] = z[zr.channel(c + e)];
+            } else {
+              v = load_at<float>(p.pooled, b, 0, 0, c_begin + c, n);
+            }
 FF_UNROLL
             for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], v.v[e], sum);
           }
@@ -305,8 +321,10 @@ FF_UNROLL
     float grad_gate = 0.f;
 FF_UNROLL
     for (int e = 0; e < kGroup; ++e) {
-      grad_pre.v[e] = dz.v[e] * gelu_grad(pre.v[e]);
-      grad_gate = fmaf(grad_ctx_all.v[e], gelu(pre.v[e]), grad_gate);
+      float z, dg;
+      gelu_and_grad(pre.v[e], z, dg);
+      grad_pre.v[e] = dz.v[e] * dg;
+      grad_gate = fmaf(grad_ctx_all.v[e], z, grad_gate);
     }
     store_at<float>(p.grad_pre, b, y, x, c0, n, grad_pre);
 
@@ -397,15 +415,16 @@ void dispatch_kernel_size(int k, F&& f) {
 }  // namespace
 
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
-  return ContextBwdLayout(levels, W, chunk).total * int64_t(sizeof(float));
+  return int64_t(ContextBwdLayout(levels, W, chunk).total) * int64_t(sizeof(float));
 }
 
 void context_bwd(const ContextBwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
-  const int64_t smem = context_bwd_smem_bytes(p.levels, p.geo.W, p.chunk);
+  const ContextBwdLayout layout(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextBwd<T>>(p, blocks, sweep_threads(p.geo.W, kBwdStrip, p.chunk), smem, stream);
+    launch_sweep<ContextBwd<T>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
+                                int64_t(layout.total) * int64_t(sizeof(float)), stream);
   });
 }
 

@@ -7,49 +7,122 @@
 namespace focalfast {
 namespace {
 
-// Shared memory of context_fwd (fp32): the block's weights, a ring of k_l rows per level input z_l
-// (padded by r_l), the gated sums of the rows between level 0 and the last level, and per-item pooling sums.
-constexpr int kFwdStrip = 3;  // pixels per conv item of context_fwd (odd: no bank conflicts)
-
+// Shared memory of context_fwd (fp32): the block's weights [taps][chunk]; a ring of the last R + 1 rows of
+// gates [L][strip_width(W)]; per level input z_l a ring of k_l rows (RowRing, padded by ring_pad(k_l)); the
+// gated sums of the rows between level 0 and the last level (R - o_1 + 1 rows); per-item pooling sums.
 struct ContextFwdLayout {
-  int64_t weights = 0, pool = 0, total = 0;
-  Ring z[kMaxFocalLevel];
-  Ring acc;
+  int weights = 0, pool = 0, total = 0, width = 0, chunk_shift = 0;
+  int lag[kMaxFocalLevel] = {};          // o_{l+1}: level l's output row trails the ctx row by this much
+  int level_weights[kMaxFocalLevel] = {};  // where level l's [k_l^2][chunk] weights start
+  RowRing gates;  // a "channel" per level
+  RowRing z[kMaxFocalLevel + 1];  // z[L] unused: the last level's output goes out
+  RowRing acc;
 
-  FF_HD ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
+  ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
-    const int width = strips_of(W, kFwdStrip) * kFwdStrip;
-    weights = a.take(int64_t(lv.taps()) * chunk);
-    for (int l = 0; l < lv.L; ++l) z[l] = a.ring(lv.k[l], width + 2 * lv.r(l), chunk);
-    acc = a.ring(lv.offset(lv.L) - lv.offset(1) + 1, width, chunk);
-    pool = a.take(int64_t(strips_of(W, kFwdStrip)) * chunk);
-    total = a.used;
+    width = strip_width(W);
+    while ((1 << chunk_shift) < chunk) ++chunk_shift;
+    weights = int(a.take(int64_t(lv.taps()) * chunk));
+    gates = row_ring(a, lv.offset(lv.L) + 1, W, lv.L, 0);
+    for (int l = 0; l < lv.L; ++l) {
+      z[l] = row_ring(a, lv.k[l], W, chunk, ring_pad(lv.k[l]));
+      lag[l] = lv.offset(l + 1);
+      level_weights[l] = weights + lv.taps_before(l) * chunk;
+    }
+    acc = row_ring(a, lv.offset(lv.L) - lv.offset(1) + 1, W, chunk, 0);
+    pool = int(a.take(int64_t(width / kStrip) * chunk));
+    total = int(a.used);
   }
 };
 
-// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t,
-// and level l turns z_l's rows into z_{l+1}'s row y = t - o_{l+1} (its k_l input rows are in the ring by then):
-//   z_{l+1} = GELU(dwconv_l(z_l)),  acc += gates_l * z_{l+1};  at the last level
+// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t
+// and gates row t, then level l turns z_l's rows into z_{l+1}'s row y = t - o_{l+1} (its k_l input rows are
+// in the ring by then), one item per (strip of kStrip pixels, channel):
+//   z_{l+1} = GELU(dwconv_l(z_l)),  acc = (l > 0 ? acc : 0) + gates_l * z_{l+1};  at the last level
 //   ctx_local = scale * acc (row t - R), pool += z_L   (rows of the band only).
-// Rows outside the image enter the rings as zeros (each conv zero-pads its own input). The sweep starts at
-// t = y0 - R (the halo; 0 for the first band) and ends when row y1 - 1 is out.
+// Rows outside the image enter the rings as zeros (each conv zero-pads its own input), and so do columns
+// past W. The sweep starts at t = y0 - R (the halo; 0 for the first band) and ends when row y1 - 1 is out.
+//
+// Cost per output element (one item's strip, one level of size K, fp32 FMAs and shared-memory accesses;
+// the counted SASS is in the module docstring of focalfast/ops/cuda/focal_modulation.py):
+//   K^2 FMAs, K^2 / 8 weight loads, K (8 + 2 ring_pad(K)) / 32 16-byte window loads, one GELU,
+//   1/4 16-byte gate loads, 1/4 (1/2 for 0 < l < L - 1) 16-byte accumulator accesses, 1/4 16-byte z stores;
+//   once per element: the ctx load (a 2-byte global load, a convert, a shared store) and the ctx_local store.
 template <typename T>
 struct ContextFwd {
   using Params = ContextFwdParams;
+  struct Args {
+    Params p;
+    ContextFwdLayout s;
+  };
   static constexpr const char* kName = "context_fwd";
 
-  static FF_HD void run(const Params& p, int block, float* smem) {
+  template <int K>
+  static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, int l,
+                          int t) {
+    const SweepLevels& lv = p.levels;
+    const int L = lv.L, H = p.geo.H, W = p.geo.W, chunk = p.chunk, y = t - s.lag[l];
+    const bool last = l == L - 1, inside = y >= 0 && y < H;
+    if (last && !band.owns(y)) return;  // the last level's rows outside the band feed nothing
+    const RowRing& in = s.z[l];
+    const int slot0 = in.slot(y - K / 2);
+    const float* weights = smem + s.level_weights[l];
+    const float* gates = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
+    float* acc_row = s.acc.row(smem, s.acc.slot(y));
+    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      float z[kStrip] = {};
+      if (inside) {
+        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, weights + c, chunk, z);
+FF_UNROLL
+        for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+        if (x0 + kStrip > W) {
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
+        }
+        float gate[kStrip], acc[kStrip];
+        load_run(gates + x0, gate);
+        float* acc_run = acc_row + s.acc.channel(c) + x0;
+        if (l == 0) {
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) acc[u] = gate[u] * z[u];
+        } else {
+          load_run(acc_run, acc);
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
+        }
+        if (!last) {
+          store_run(acc_run, acc);
+        } else {
+          if (p.pooled_sum.ptr) {
+            float sum = 0.f;
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) sum += z[u];
+            smem[s.pool + item] += sum;
+          }
+          if (c < band.cn) store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, W - x0, p.scale, acc);
+        }
+      }
+      if (!last) {
+        const RowRing& next = s.z[l + 1];
+        store_run(next.row(smem, next.slot(y)) + next.channel(c) + next.pad + x0, z);
+      }
+    }
+  }
+
+  static FF_HD void run(const Args& args, int block, float* smem) {
+    const Params& p = args.p;
+    const ContextFwdLayout& s = args.s;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, groups = chunk / kGroup;
+    const int chunk = p.chunk, group_shift = s.chunk_shift - 3;
     const SweepBand band(block, geo, p.band_rows, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
-    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), strips = strips_of(W, kFwdStrip);
-    const ContextFwdLayout s(lv, W, chunk);
+    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
     // The block's weights (zero past cn); everything else zero.
-    FF_FOR_EACH(i, int(s.total)) {
+    FF_FOR_EACH(i, s.total) {
       float v = 0.f;
       if (i < lv.taps() * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
       smem[i] = v;
@@ -57,61 +130,29 @@ struct ContextFwd {
     FF_BARRIER();
 
     for (int t = max_int(0, band.y0 - R); t < band.y1 + R; ++t) {
-      // ctx row t (zeros past the image) into ring 0, 8 channels an item.
-      FF_FOR_EACH(item, W * groups) {
-        const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
-        const Group v = t < H && n > 0 ? load_at<T>(p.ctx, b, t, x, c_begin + c, n) : Group{};
-        store8(s.z[0].row(smem, t) + (lv.r(0) + x) * chunk + c, v);
+      // ctx row t (zeros past the image) into ring 0, an item per (column, 8 channels); gates row t.
+      const RowRing& z0 = s.z[0];
+      float* z0_row = z0.row(smem, z0.slot(t)) + z0.pad;
+      float* gate_row = s.gates.row(smem, s.gates.slot(t));
+      const int ctx_items = s.width << group_shift;
+      FF_FOR_EACH(item, ctx_items + L * s.width) {
+        if (item < ctx_items) {
+          load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, t, H, W, c_begin, cn);
+        } else if (t < H) {
+          const int l = (item - ctx_items) / s.width, x = (item - ctx_items) % s.width;
+          gate_row[s.gates.channel(l) + x] = x < W ? load_gate<T>(p.gates, b, t, x, l) : 0.f;
+        }
       }
       FF_BARRIER();
 
       for (int l = 0; l < L; ++l) {
-        const int y = t - lv.offset(l + 1);
-        const bool last = l == L - 1;
-        const float* w = smem + s.weights + int64_t(lv.taps_before(l)) * chunk;
-        FF_FOR_EACH(item, strips * chunk) {
-          const int x0 = item / chunk * kFwdStrip, c = item % chunk;
-          float z[kFwdStrip] = {};
-          if (y >= 0 && y < H) {
-            conv_strip(smem, s.z[l], w + c, lv.k[l], chunk, y, x0, c, false, z);
-            float* acc = s.acc.row(smem, y) + c;
-FF_UNROLL
-            for (int u = 0; u < kFwdStrip; ++u) {
-              const int x = x0 + u;
-              if (x >= W) {
-                z[u] = 0.f;
-                continue;
-              }
-              z[u] = gelu(z[u]);
-              const float gate = load_gate<T>(p.gates, b, y, x, l);
-              acc[x * chunk] = l == 0 ? gate * z[u] : fmaf(gate, z[u], acc[x * chunk]);
-              if (last && band.owns(y)) smem[s.pool + item] += z[u];
-            }
-          }
-          if (!last) {
-            float* dst = s.z[l + 1].row(smem, y) + (lv.r(l + 1) + x0) * chunk + c;
-FF_UNROLL
-            for (int u = 0; u < kFwdStrip; ++u) dst[u * chunk] = z[u];
-          }
-        }
-        FF_BARRIER();
-      }
-
-      const int y = t - R;  // its gated sum is complete
-      if (band.owns(y)) {
-        FF_FOR_EACH(item, W * groups) {
-          const int x = item / groups, c = item % groups * kGroup, n = min_int(kGroup, cn - c);
-          if (n <= 0) continue;
-          Group v = load8(s.acc.row(smem, y) + x * chunk + c);
-FF_UNROLL
-          for (int e = 0; e < kGroup; ++e) v.v[e] *= p.scale;
-          store_at<T>(p.ctx_local, b, y, x, c_begin + c, n, v);
-        }
+        FF_WITH_KERNEL_SIZE(lv.k[l], level<K>(p, s, band, smem, l, t));
         FF_BARRIER();
       }
     }
 
     if (p.pooled_sum.ptr) {  // the items' sums in a fixed order
+      const int strips = s.width / kStrip;
       FF_FOR_EACH(c, cn) {
         float sum = 0.f;
         for (int i = 0; i < strips; ++i) sum += smem[s.pool + i * chunk + c];
@@ -198,15 +239,16 @@ struct ReduceSum {
 }  // namespace
 
 int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
-  return ContextFwdLayout(levels, W, chunk).total * int64_t(sizeof(float));
+  return int64_t(ContextFwdLayout(levels, W, chunk).total) * int64_t(sizeof(float));
 }
 
 void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
-  const int64_t smem = context_fwd_smem_bytes(p.levels, p.geo.W, p.chunk);
+  const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextFwd<T>>(p, blocks, sweep_threads(p.geo.W, kFwdStrip, p.chunk), smem, stream);
+    launch_sweep<ContextFwd<T>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
+                                int64_t(layout.total) * int64_t(sizeof(float)), stream);
   });
 }
 

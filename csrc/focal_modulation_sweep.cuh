@@ -1,11 +1,11 @@
 // The row-streaming sweep shared by the fused forward (context_fwd) and backward (context_bwd) kernels.
 //
-// One CUDA block owns one image b and one chunk of `chunk` channels (a multiple of 8) and sweeps the
+// One CUDA block owns one image b and one chunk of `chunk` channels (a power of two >= 8) and sweeps the
 // image rows once, keeping the few rows that each level still needs in shared-memory rings. A level
 // whose row y is produced at step t "lags" the sweep by t - y rows (forward, top to bottom) or y - (H-1-t)
 // rows (backward, bottom to top); a ring of depth D holds the last D rows produced, row y in slot y mod D.
-// Ring rows are fp32, [width][chunk] with the channels fastest, and padded left and right by the
-// radius of the conv that reads them, so the padding columns stay zero for the whole sweep.
+// Ring rows are fp32, channel-major (RowRing below), and padded left and right for the conv that reads
+// them, so the padding columns stay zero for the whole sweep.
 //
 // The block body is written as a sequence of phases separated by barriers:
 //     FF_FOR_EACH(item, count) { ...one item... }  FF_BARRIER();
@@ -30,18 +30,6 @@ namespace focalfast {
 
 constexpr int kSweepThreads = 256;
 
-// A ring of `depth` rows of `width` pixels x `chunk` channels at smem[base ...].
-struct Ring {
-  int64_t base = 0;
-  int depth = 1, pitch = 0;  // pitch = width * chunk floats per row
-
-  FF_HD float* row(float* smem, int y) const {
-    int slot = y % depth;
-    if (slot < 0) slot += depth;
-    return smem + base + int64_t(slot) * pitch;
-  }
-};
-
 // Hands out consecutive float regions of shared memory.
 struct SmemAllocator {
   int64_t used = 0;
@@ -50,69 +38,179 @@ struct SmemAllocator {
     used += (floats + 3) / 4 * 4;  // keep every region 16-byte aligned
     return base;
   }
-  FF_HD Ring ring(int depth, int width, int chunk) {
-    Ring r;
-    r.depth = depth;
-    r.pitch = width * chunk;
-    r.base = take(int64_t(depth) * r.pitch);
-    return r;
-  }
 };
 
-// A conv item computes one channel at a strip of S consecutive pixels (a sliding window in registers:
-// S + k - 1 ring loads and k weight loads per kernel row for S k FMAs); ring rows are padded to whole strips.
-// Items run channel fastest: a warp reads the same column offset of 32 / chunk strips, pixels S apart, of
-// all `chunk` channels; with [width][chunk] rows an odd S puts them in distinct banks (even S: 2- to 4-way
-// conflicts for chunks of 8 and 16).
-FF_HD int strips_of(int W, int S) { return (W + S - 1) / S; }
+// ---- Register-blocked strips on channel-major ring rows --------------------------------------------
+//
+// A conv item computes one channel at a strip of kStrip consecutive pixels of one output row. For each
+// of the K input rows it loads the strip's window (kStrip + 2 pad floats: 16-byte loads) into registers
+// once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the ring's
+// row slots wrap with a compare, never a division. Items run channel fastest: a warp reads one window
+// offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips).
+constexpr int kStrip = 8;
 
-// Eight consecutive floats of shared memory (16-byte aligned) from or to a Group: two 16-byte accesses on the GPU.
-FF_HD void store8(float* dst, const Group& g) {
+// Zero columns on each side of a ring row read by a conv of size k: k / 2 rounded up to a multiple of 4,
+// so that every strip's window starts 16-byte aligned.
+FF_HD constexpr int ring_pad(int k) { return (k / 2 + 3) / 4 * 4; }
+
+FF_HD int wrap(int slot, int depth) { return slot >= depth ? slot - depth : slot; }
+
+// A ring of `depth` rows (row y in slot y mod depth); a row holds `chunk` channels, each a run of `pitch`
+// floats with image column x at pad + x and zeros around it. Channel c starts at c * pitch + (c / 8) * 8:
+// pitch = 4 (mod 8) puts the 16-byte loads of 8 consecutive channels in distinct banks, and the skew
+// does the same for the scalar stores of (column, group of 8 channels) items.
+// slot(y) is y mod depth by a multiply-high with magic = floor((2^32 - 1) / depth) + 1, exact for
+// 0 <= y + kSlotBias * depth < 2^32 / depth: rows -kSlotBias <= y < kMaxSweepRows (the binding checks H).
+constexpr int kSlotBias = 64;  // more than any lag of a sweep (2R <= 48); kMaxSweepRows: 2^24 + 64 * 49 < 2^32 / 49
+
+struct RowRing {
+  int base = 0, row_floats = 0, depth = 1, pitch = 0, pad = 0;
+  unsigned magic = 0;
+
+  FF_HD int channel(int c) const { return c * pitch + (c >> 3) * 8; }
+  FF_HD int slot(int y) const {
+    const unsigned n = unsigned(y + kSlotBias * depth);
 #ifdef __CUDA_ARCH__
-  reinterpret_cast<float4*>(dst)[0] = make_float4(g.v[0], g.v[1], g.v[2], g.v[3]);
-  reinterpret_cast<float4*>(dst)[1] = make_float4(g.v[4], g.v[5], g.v[6], g.v[7]);
+    return int(n - __umulhi(n, magic) * unsigned(depth));
 #else
-  for (int e = 0; e < kGroup; ++e) dst[e] = g.v[e];
+    return int(n % unsigned(depth));
+#endif
+  }
+  FF_HD float* row(float* smem, int slot) const { return smem + base + slot * row_floats; }
+  FF_HD const float* row(const float* smem, int slot) const { return smem + base + slot * row_floats; }
+};
+
+// Row width of the strips: W rounded up to whole strips.
+FF_HD int strip_width(int W) { return (W + kStrip - 1) / kStrip * kStrip; }
+
+inline RowRing row_ring(SmemAllocator& a, int depth, int W, int chunk, int pad) {
+  RowRing r;
+  r.depth = depth;
+  r.magic = 0xFFFFFFFFu / unsigned(depth) + 1u;
+  r.pad = pad;
+  r.pitch = strip_width(W) + 2 * pad + 4;
+  r.row_floats = int((int64_t(chunk) * r.pitch + chunk / kGroup * 8 + 3) / 4 * 4);
+  r.base = int(a.take(int64_t(depth) * r.row_floats));
+  return r;
+}
+
+// N consecutive floats of shared memory (16-byte aligned, N a multiple of 4) to or from registers.
+template <int N>
+FF_HD void load_run(const float* src, float (&dst)[N]) {
+#ifdef __CUDA_ARCH__
+FF_UNROLL
+  for (int q = 0; q < N / 4; ++q) {
+    const float4 v = reinterpret_cast<const float4*>(src)[q];
+    dst[4 * q] = v.x;
+    dst[4 * q + 1] = v.y;
+    dst[4 * q + 2] = v.z;
+    dst[4 * q + 3] = v.w;
+  }
+#else
+  for (int i = 0; i < N; ++i) dst[i] = src[i];
 #endif
 }
 
-FF_HD Group load8(const float* src) {
-  Group g;
+template <int N>
+FF_HD void store_run(float* dst, const float (&src)[N]) {
 #ifdef __CUDA_ARCH__
-  const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
-  g = Group{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
+FF_UNROLL
+  for (int q = 0; q < N / 4; ++q) {
+    reinterpret_cast<float4*>(dst)[q] = make_float4(src[4 * q], src[4 * q + 1], src[4 * q + 2], src[4 * q + 3]);
+  }
 #else
-  for (int e = 0; e < kGroup; ++e) g.v[e] = src[e];
+  for (int i = 0; i < N; ++i) dst[i] = src[i];
 #endif
-  return g;
 }
 
-// acc[p] += sum_{i,j} w[i, j] z[y + i - r, x0 + p + j - r] for p < S: the depthwise conv of one
-// channel at S consecutive pixels, z a ring padded by r = k / 2 (so padded column x0 + p + j).
-// w points to the channel's tap (0, 0) in [k * k][chunk]. flip: use w[k-1-i, k-1-j], which makes this
-// the adjoint conv (the gradient of the input from the gradient of the output).
-template <int S>
-FF_HD void conv_strip(float* smem, const Ring& z, const float* w, int k, int chunk, int y, int x0, int c, bool flip,
-                      float (&acc)[S]) {
-  const int r = k / 2;
-  for (int i = 0; i < k; ++i) {
-    const float* row = z.row(smem, y + i - r) + c;
-    float window[S];
+// acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < kStrip, r = K / 2: the depthwise conv
+// of one channel at a strip. z's rows y - r .. y + r are in the ring's slots slot0, slot0 + 1, ... (wrapping);
+// chan = ring.channel(c); w points to the channel's tap (0, 0) of [K * K][chunk]. kFlip uses w[K-1-i, K-1-j]:
+// the adjoint conv (the gradient of a conv's input from the gradient of its output).
+// Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight loads, K * kStrip FMAs.
+template <int K, bool kFlip>
+FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const float* w,
+                      int chunk, float (&acc)[kStrip]) {
+  constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
 FF_UNROLL
-    for (int p = 0; p < S; ++p) window[p] = row[(x0 + p) * chunk];
-    for (int j = 0; j < k; ++j) {
-      if (j > 0) {  // slide the window one pixel right
+  for (int i = 0; i < K; ++i) {
+    float window[n];
+    load_run(ring.row(smem, wrap(slot0 + i, ring.depth)) + chan + x0, window);
 FF_UNROLL
-        for (int p = 0; p + 1 < S; ++p) window[p] = window[p + 1];
-        window[S - 1] = row[(x0 + S - 1 + j) * chunk];
-      }
-      const int tap = flip ? k * k - 1 - (i * k + j) : i * k + j;
-      const float wv = w[tap * chunk];
+    for (int j = 0; j < K; ++j) {
+      const float wv = w[(kFlip ? K * K - 1 - (i * K + j) : i * K + j) * chunk];
 FF_UNROLL
-      for (int p = 0; p < S; ++p) acc[p] = fmaf(wv, window[p], acc[p]);
+      for (int p = 0; p < kStrip; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
     }
   }
 }
+
+// v[u] = t[b, y, x0 + u, c] for u < min(valid, kStrip), else 0: one channel of a strip from global memory
+// (c is an element offset: a channel, or a level times the gates' level stride).
+template <typename T>
+FF_HD void load_strip(const View& t, int b, int y, int x0, int64_t c, int valid, float (&v)[kStrip]) {
+  const T* in = static_cast<const T*>(t.ptr) + t.at(b, y, x0) + c;
+  if (valid >= kStrip) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) v[u] = to_float(in[u * t.sx]);
+  } else {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) v[u] = u < valid ? to_float(in[u * t.sx]) : 0.f;
+  }
+}
+
+// The gates [B, H, W, L + 1] as a View of pixels; level l is at element offset l * g.sl.
+FF_HD View gates_as_view(const GateView& g) {
+  View v;
+  v.ptr = const_cast<void*>(g.ptr);
+  v.sb = g.sb;
+  v.sy = g.sy;
+  v.sx = g.sx;
+  return v;
+}
+
+// t[b, y, x0 + u, c] = scale * v[u] for u < min(valid, kStrip): one channel of a strip to global memory.
+template <typename T>
+FF_HD void store_strip(const View& t, int b, int y, int x0, int c, int valid, float scale, const float (&v)[kStrip]) {
+  T* out = static_cast<T*>(t.ptr) + t.at(b, y, x0) + c;
+  if (valid >= kStrip) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) out[u * t.sx] = from_float<T>(scale * v[u]);
+  } else {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) {
+      if (u < valid) out[u * t.sx] = from_float<T>(scale * v[u]);
+    }
+  }
+}
+
+// Item `item` of loading image row y of ctx (T, [B, H, W, C]) into a ring row (`row` points at its column
+// 0, after the padding): column x = item >> group_shift, channels c .. c + 7 of the block's chunk, c =
+// (item mod 2^group_shift) * 8; zeros outside the image and past cn. One 2-byte (or 16-byte) global load,
+// a convert and a shared store per element.
+template <typename T>
+FF_HD void load_ctx_item(const View& ctx, const RowRing& ring, float* row, int item, int group_shift, int b, int y,
+                         int H, int W, int c_begin, int cn) {
+  const int x = item >> group_shift, c = (item & ((1 << group_shift) - 1)) * kGroup, n = min_int(kGroup, cn - c);
+  const Group v = y >= 0 && y < H && x < W && n > 0 ? load_at<T>(ctx, b, y, x, c_begin + c, n) : Group{};
+  float* dst = row + ring.channel(c) + x;
+FF_UNROLL
+  for (int e = 0; e < kGroup; ++e) dst[e * ring.pitch] = v.v[e];
+}
+
+// Runs the statement (the macro's other arguments) with the compile-time constant K = k for an odd kernel
+// size k <= kMaxKernelSize (the binding checks k; any other value runs nothing).
+#define FF_WITH_KERNEL_SIZE(k, ...)                      \
+  switch (k) {                                           \
+    case 1: { constexpr int K = 1; __VA_ARGS__; } break;   \
+    case 3: { constexpr int K = 3; __VA_ARGS__; } break;   \
+    case 5: { constexpr int K = 5; __VA_ARGS__; } break;   \
+    case 7: { constexpr int K = 7; __VA_ARGS__; } break;   \
+    case 9: { constexpr int K = 9; __VA_ARGS__; } break;   \
+    case 11: { constexpr int K = 11; __VA_ARGS__; } break; \
+    case 13: { constexpr int K = 13; __VA_ARGS__; } break; \
+    default: break;                                      \
+  }
 
 // The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
 // A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's
@@ -136,33 +234,35 @@ struct SweepBand {
 };
 
 // Threads of a sweep block: one per item of the conv phases (strips x chunk), whole warps, 64 to kSweepThreads.
-inline int sweep_threads(int W, int S, int chunk) {
-  const int items = strips_of(W, S) * chunk;
-  const int warps = (items + 31) / 32;
+inline int sweep_threads(int W, int chunk) {
+  const int warps = (strip_width(W) / kStrip * chunk + 31) / 32;
   return min_int(kSweepThreads, 32 * (warps < 2 ? 2 : warps));
 }
 
-// Runs Op::run(p, block, smem) for every block: a GPU grid of `threads`-thread blocks with `smem_bytes` of
+// Runs Op::run(args, block, smem) for every block: a GPU grid of `threads`-thread blocks with `smem_bytes` of
 // dynamic shared memory, or the blocks in order on the host (the array is zeroed by the kernel itself).
+// Op::Args (the parameters and the shared-memory layout, computed on the host) is a __grid_constant__
+// kernel argument: indexing its per-level arrays with a runtime level reads the constant bank (LDC), no
+// copy on the stack.
 extern __shared__ float4 sweep_smem[];
 
 template <class Op>
-__global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const typename Op::Params p) {
-  Op::run(p, int(blockIdx.x), reinterpret_cast<float*>(sweep_smem));
+__global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const __grid_constant__ typename Op::Args args) {
+  Op::run(args, int(blockIdx.x), reinterpret_cast<float*>(sweep_smem));
 }
 
 template <class Op>
-void launch_sweep(const typename Op::Params& p, int blocks, int threads, int64_t smem_bytes, const Stream& stream) {
+void launch_sweep(const typename Op::Args& args, int blocks, int threads, int64_t smem_bytes, const Stream& stream) {
   if (blocks <= 0) return;
   if (stream.record) return record_launch<Op>(blocks, threads, smem_bytes);
   if (stream.on_host) {
     std::vector<float> smem(size_t(smem_bytes / 4));
-    for (int block = 0; block < ceil_div(blocks, stream.host_sample); ++block) Op::run(p, block, smem.data());
+    for (int block = 0; block < ceil_div(blocks, stream.host_sample); ++block) Op::run(args, block, smem.data());
     return;
   }
   check_cuda(cudaFuncSetAttribute(sweep_kernel<Op>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)),
              Op::kName);
-  sweep_kernel<Op><<<unsigned(blocks), unsigned(threads), size_t(smem_bytes), stream.stream>>>(p);
+  sweep_kernel<Op><<<unsigned(blocks), unsigned(threads), size_t(smem_bytes), stream.stream>>>(args);
   check_cuda(cudaGetLastError(), Op::kName);
 }
 

@@ -23,8 +23,9 @@ import torch
 from focalfast.ops.cuda import extension
 from focalfast.ops.cuda import focal_modulation as cuda_op
 from focalfast.ops.cuda.focal_modulation import _Kernels, focal_modulation_cuda
-from focalfast.ops.focal_modulation import focal_modulation
-from focalfast.testing import check_against_reference, differentiable, focal_case, rel_err, saved_for_backward
+from focalfast.ops.focal_modulation import focal_modulation, focal_modulation_ref
+from focalfast.testing import (GRAD_NAMES, check_against_reference, differentiable, focal_case, random_focal_inputs,
+                               rel_err, saved_for_backward)
 
 CPU = torch.device("cpu")
 
@@ -191,9 +192,14 @@ def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes
     names = launched_kernels(monkeypatch)
     tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 1e-2)
     check_against_reference(focal_modulation_cuda, B, H, W, C, kernel_sizes, normalize, bias, dtype, *tol, layout)
-    fused = {"context_fwd", "context_bwd"}
-    levelwise = {"conv_level_fwd", "conv_level_bwd", "weight_grad", "conv_adjoint"}
-    used, unused = (fused, levelwise) if path.startswith("sweep") else (levelwise, fused)
+    levelwise_bwd = {"conv_level_bwd", "weight_grad", "conv_adjoint"}
+    if path.startswith("sweep"):  # the backward sweep's deeper rings may not fit (L = 4 at 32 channels): levelwise
+        chunk = PATHS[path]["SWEEP_CHUNKS"][0]
+        bwd_fits = ext.sweep_smem_bytes(list(kernel_sizes), W, chunk, True) <= cuda_op.HOST_SMEM_BYTES
+        used = {"context_fwd"} | ({"context_bwd"} if bwd_fits else levelwise_bwd)
+        unused = {"conv_level_fwd"} | levelwise_bwd if bwd_fits else {"context_bwd"}
+    else:
+        used, unused = {"conv_level_fwd"} | levelwise_bwd, {"context_fwd", "context_bwd"}
     assert used <= set(names) and not unused & set(names), names
 
 
@@ -233,21 +239,58 @@ def test_host_sweep_is_deterministic_across_chunks(ext, monkeypatch):
             assert rel_err(a, b) < 1e-6, label
 
 
+@pytest.mark.parametrize("path", ["sweep8", "levels1"])
+def test_host_kernels_index_images_past_2_to_31_elements(ext, monkeypatch, tmp_path, path):
+    """q, ctx and gates are views with a pixel stride of 2^29 elements over a sparse memory-mapped file, so
+    one image spans 3 * 2^30 elements: every kernel's offsets must be 64-bit (int32 ones would wrap and
+    read or write the wrong pixels). Only the few pages that hold the pixels are touched."""
+    B, H, W, C, kernel_sizes = 1, 2, 3, 8, (3, 5)
+    L, stride = len(kernel_sizes), 1 << 29
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(cuda_op, name, value)
+    numel = B * H * W * stride
+    path_file = tmp_path / "f_out.bin"
+    with open(path_file, "wb") as f:
+        f.truncate(numel * 4)  # sparse: no disk and no memory until a page is written
+    storage = torch.from_file(str(path_file), shared=True, size=numel, dtype=torch.float32)
+    f_out = storage.as_strided((B, H, W, 2 * C + L + 1), (H * W * stride, W * stride, stride, 1))
+    small = random_focal_inputs(B, H, W, C, kernel_sizes, generator=torch.Generator().manual_seed(0))
+    f_out.copy_(torch.cat([small["q"], small["ctx"], small["gates"]], dim=-1))
+    q, ctx, gates = torch.split(f_out, (C, C, L + 1), dim=-1)
+    weights, h_weight, h_bias = small["weights"], small["h_weight"], small["h_bias"]
+    out, pooled_mean = cuda_op._forward(q, ctx, gates, weights, h_weight, h_bias, True)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    grads = cuda_op._backward(grad_out, q, ctx, gates, weights, h_weight, h_bias, pooled_mean, True)
+
+    def leaf64(t):
+        return t.detach().double().requires_grad_(True)
+
+    inputs64 = dict(q=leaf64(q), ctx=leaf64(ctx), gates=leaf64(gates), weights=[leaf64(w) for w in weights],
+                    h_weight=leaf64(h_weight), h_bias=leaf64(h_bias))
+    ref = focal_modulation_ref(**inputs64, normalize_modulator=True)
+    leaves = [inputs64[n] for n in GRAD_NAMES] + inputs64["weights"]
+    grads64 = torch.autograd.grad(ref, leaves, grad_out.double())
+    assert rel_err(out, ref) < 1e-5
+    for label, g, g64 in zip(list(GRAD_NAMES) + ["weights[0]", "weights[1]"], grads, grads64):
+        assert rel_err(g, g64) < 1e-4, label
+
+
 def test_sweep_chunk_choice(ext, monkeypatch):
     """Largest chunk with enough blocks that fits; smaller ones for wide images; None (fallback) when none fits."""
     kernels = _Kernels(torch.device("cpu"))
     cpu = torch.device("cpu")
     ks = [3, 5, 7]
     fwd8, bwd8 = ext.sweep_smem_bytes(ks, 56, 8, False), ext.sweep_smem_bytes(ks, 56, 8, True)
-    assert ext.sweep_smem_bytes(ks, 56, 16, False) == 2 * fwd8 and bwd8 > fwd8
+    assert fwd8 < ext.sweep_smem_bytes(ks, 56, 16, False) < 2 * fwd8 and bwd8 > fwd8  # the gate ring is per block
     assert ext.sweep_smem_bytes(ks, 112, 8, True) > bwd8
     monkeypatch.setattr(cuda_op, "SWEEP_SMEM_BYTES", 227 * 1024)
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 96, False, cpu) == 16  # 32 channels: one block per SM
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 14, 384, False, cpu) == 32
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 96, True, cpu) == 8  # 16 channels: 220 KB, one block per SM
-    assert cuda_op._sweep_chunk(kernels, ks, 2, 56, 96, False, cpu) == 8  # few images: the most blocks
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 4, False, cpu) == 8  # no chunk wider than C needs
-    assert cuda_op._sweep_chunk(kernels, ks, 128, 4000, 96, False, cpu) is None
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 96, False, cpu) == 16  # 32 channels: one block per SM
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 14, 14, 384, False, cpu) == 32
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 96, True, cpu) == 8  # 16 channels: 220 KB, one block per SM
+    assert cuda_op._sweep_chunk(kernels, ks, 2, 56, 56, 96, False, cpu) == 8  # few images: the most blocks
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 4, False, cpu) == 8  # no chunk wider than C needs
+    assert cuda_op._sweep_chunk(kernels, ks, 128, 4000, 4000, 96, False, cpu) is None
+    assert cuda_op._sweep_chunk(kernels, ks, 1, 1 << 24, 8, 8, False, cpu) is None  # too tall for the ring slots
 
 
 def test_sweep_band_choice():
@@ -263,7 +306,8 @@ def test_sweep_band_choice():
 @pytest.mark.parametrize("change,words", [
     (dict(kernel_sizes=[3]), "kernel_sizes: expected one per focal level (L = 2), got 1"),
     (dict(kernel_sizes=[3, 4]), "kernel_sizes: kernel size must be odd and at most 13, got 4"),
-    (dict(chunk=12), "chunk: expected a positive multiple of 8, got 12"),
+    (dict(chunk=12), "chunk: expected a power of two >= 8, got 12"),
+    (dict(chunk=24), "chunk: expected a power of two >= 8, got 24"),
     (dict(band_rows=0), "band_rows: expected a positive number of rows, got 0"),
     (dict(band_rows=2, pooled_sum=torch.empty(1, 8)), "pooled_sum: expected shape [2, 8]"),
     (dict(weights=torch.randn(33, 8)), "weights: expected shape [34, 8]"),

@@ -21,7 +21,22 @@ fixed order (no atomics): the gradients are bitwise deterministic.
 HBM traffic per element of a C-sized tensor (bf16, C = 96, kernels 3/5/7; counted, not measured):
 context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of docs/design.md, "Where the time goes"),
 the whole forward about 14 (with the GEMM and the epilogue), the whole backward about 36. The sweeps
-are then bound by shared-memory bandwidth (about 65 reads per element forward, 180 backward).
+are bound by instruction issue: they are written for few instructions per output element (pixel x
+channel). An item of a conv phase is one channel of an 8-pixel strip: its window rows come in 16-byte
+shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
+GELU / GELU' share one 17-instruction Phi (csrc/focal_modulation_common.cuh).
+
+Instruction counts (sm_90a SASS of nvcc -O3, counted by hand: loop bodies times trip counts), in
+warp-instructions per output element, bf16, q/ctx/gates as views, FocalNet-T stage 1 srf (B = 128,
+56x56, C = 96), with the halo rows; a model of issue, not a GPU measurement:
+    context_fwd   about 5.0 (was about 16 for the whole forward); FMA floor 1.06, GELU 1.1
+    context_bwd   about 14 (the whole backward was about 61); FMA floor about 3.2
+Registers and occupancy (ptxas -v, H100/H200 228 KB shared memory per SM): both sweeps use 80 registers,
+no stack, no spills (the host-computed layout is a __grid_constant__ argument). The chunk is the largest
+whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd takes 32 channels
+for srf (98 KB, 2 blocks of 7 warps per SM) and 16 for lrf; context_bwd's rings are deeper (the adjoint
+trails the recompute by up to 2R rows) and take 8 channels at stage 1 (58 KB srf: 3 blocks of 2 warps
+per SM; 142 KB lrf: one). Shared memory, not registers, sets the occupancy.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
 cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
@@ -60,6 +75,7 @@ SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
 SWEEP_BAND_ROWS: Optional[int] = None  # rows per band of the sweeps (None: _sweep_band_rows decides)
+MAX_SWEEP_ROWS = 1 << 24  # taller images take the level-at-a-time kernels (the sweep's ring slots: csrc)
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -126,9 +142,12 @@ def _smem_limit(device: torch.device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 48 * 1024)
 
 
-def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, W: int, C: int, backward: bool,
+def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, H: int, W: int, C: int, backward: bool,
                  device: torch.device) -> Optional[int]:
-    """Channels per block of the fused sweep, or None if even the smallest chunk does not fit."""
+    """Channels per block of the fused sweep, or None if even the smallest chunk does not fit (or H is
+    MAX_SWEEP_ROWS or more)."""
+    if H >= MAX_SWEEP_ROWS:
+        return None
     limit = _smem_limit(device)
     wanted = [c for c in SWEEP_CHUNKS if c < C + 8] or [min(SWEEP_CHUNKS)]
     smem = {c: kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward) for c in wanted}
@@ -208,7 +227,7 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
         kernel_sizes = [w.shape[-1] for w in weights]
-        chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device)
+        chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, False, q.device)
         if chunk is not None:
             band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, False, q.device)
             bands = -(-H // band_rows)
@@ -299,11 +318,11 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
         kernel_sizes = [w.shape[-1] for w in weights]
-        chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, True, q.device)
+        chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, True, q.device)
         if chunk is not None:
             taps_concat = _taps_concat(weights)
             ctx_local = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, W, C, False, q.device) or chunk
+            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, False, q.device) or chunk
             kernels.launch("context_fwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates,
                            scale=scale, chunk=fwd_chunk,
                            band_rows=_sweep_band_rows(kernel_sizes, B, H, C, fwd_chunk, False, q.device),

@@ -4,9 +4,10 @@
     compute-sanitizer --tool racecheck python -m focalfast.ops.cuda.sanitize
 
 The shapes cover the scalar path (odd pixel stride, C not a multiple of 8, a 1x1 image) and the
-16-byte vector path (contiguous inputs, C % 8 == 0), fp32 and bf16; the fused sweep with 8- and
-32-channel chunks (racecheck: its shared-memory rings), a tall image in too few blocks (the sweep in
-bands of rows), and the level-at-a-time fallback of an image too wide for the sweep. Exits non-zero on a non-finite result.
+16-byte vector path (contiguous inputs, C % 8 == 0), fp32 and bf16; the fused sweep with 8-, 16- and
+32-channel chunks and widths that end in a partial 8-pixel strip (racecheck: its shared-memory rings,
+read with 16-byte loads), a tall image in too few blocks (the sweep in bands of rows), and the
+level-at-a-time fallback of an image too wide for the sweep. Exits non-zero on a non-finite result.
 """
 
 import sys
@@ -23,6 +24,7 @@ SHAPES = (
     (1, 1, 1, 5, (3,), torch.bfloat16, False, False, (8,)),
     (2, 12, 10, 64, (3, 5, 7), torch.bfloat16, False, True, (8,)),
     (2, 12, 10, 40, (3, 5, 7), torch.float32, True, False, (32,)),
+    (2, 9, 21, 48, (3, 5), torch.bfloat16, True, False, (16,)),  # 16-channel chunks, a partial 8-pixel strip
     (1, 40, 10, 16, (3, 5), torch.float32, True, False, (8,)),  # 2 blocks: bands of 12 and 24 rows
     (1, 3, 1500, 8, (3, 5, 7), torch.float32, False, False, (8,)),  # too wide: the fallback
 )
