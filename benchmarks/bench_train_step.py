@@ -28,6 +28,7 @@ CASES = [(size, dtype, variant)
 MEMORY_CAP = int(float(os.environ.get("FOCALFAST_MEMORY_CAP_GIB", "16")) * 2**30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,dtype,variant", CASES, ids=["-".join(c) for c in CASES])
 def test_train_step(run_workload, skip_unless_available, size, dtype, variant):
     skip_unless_available(variant, needs_model=True)

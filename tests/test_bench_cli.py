@@ -101,6 +101,7 @@ def test_op_workload_returns_every_gradient():
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow
 def test_focalfast_bench_cpu_tiny_suite(tmp_path, capsys):
     rc = cli.main(["bench", "--suite", "tiny", "--rounds", "2", "--warmup", "1", "--no-progress",
                    "--out-dir", str(tmp_path)])

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_tuner_times_and_cross_checks_schedules(tmp_path, capsys):
     out = tmp_path / "tune.json"
     code = tune_chain.main(["--dtype", "fp32", "--max-configs", "2", "--warmup", "0", "--rounds", "1",
