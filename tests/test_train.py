@@ -273,17 +273,24 @@ def test_backend_option_reference_vs_triton_and_bf16_autocast(tmp_path):
 
 
 def test_activation_checkpointing_recomputes_each_block():
-    from focalfast.training.activation_checkpointing import set_grad_checkpointing
+    from focalfast.training.activation_checkpointing import apply_checkpointing
 
     model = build_model(TrainConfig(**TINY), NUM_SHAPES)
     calls = []
-    model.layers[0].blocks[1].modulation.register_forward_pre_hook(lambda module, args: calls.append(1))
+    modulation = model.layers[0].blocks[1].modulation
+    modulate = modulation._modulate  # what every forward of the modulation runs
+
+    def counting_modulate(projected):
+        calls.append(1)
+        return modulate(projected)
+
+    modulation._modulate = counting_modulate
     images = torch.randn(2, 3, 32, 32)
-    for enabled, expected in ((False, 1), (True, 2), (False, 1)):  # forward, + recompute in backward
-        set_grad_checkpointing(model, enabled)
+    for mode, expected in (("none", 1), ("blocks", 2), ("none", 1)):  # forward, + recompute in backward
+        apply_checkpointing(model, mode)
         calls.clear()
         model(images).sum().backward()
-        assert len(calls) == expected, (enabled, calls)
+        assert len(calls) == expected, (mode, calls)
     assert list(model.state_dict()) == list(build_model(TrainConfig(**TINY), NUM_SHAPES).state_dict())
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-CHECKPOINTING_CHOICES = ("none", "blocks", "mlp", "stage")
+from focalfast.models.activation_checkpointing import CHECKPOINTING_MODES as CHECKPOINTING_CHOICES
 # Options of one invocation, never taken from a checkpoint: where to write, whether to resume,
 # where this invocation stops, and how it reports.
 INVOCATION_KEYS = ("out_dir", "resume", "overwrite", "max_steps", "progress", "log_every", "timing_warmup")
