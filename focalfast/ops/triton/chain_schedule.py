@@ -57,6 +57,14 @@ class ChainSchedule:
     band_rows: int  # image rows per program (H: one band)
     bands: int  # cdiv(H, band_rows)
     num_warps: int
+    lags: tuple  # (LAG_1, ..., LAG_4): rows level l trails the ctx rows of a step (P_1 + D_l)
+    first_taps: tuple  # (TAP_1, ..., TAP_4): first row of level l in the tap-major weights
+    halo: int  # rows a band's sweep starts above its own (D_L forward, B_0 backward)
+    ring: int  # rows of every fp32 ring of the forward (a power of two)
+
+    def scratch_elements(self) -> int:
+        """fp32 ring elements one forward program owns (rings z_0 .. z_{L-1})."""
+        return self.levels * self.ring * self.ring_width * self.channel_block
 
     def scratch_rows(self, backward: bool) -> int:
         """Ring rows one program owns."""
@@ -117,11 +125,11 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     elif interpret:
         BC = min(np2(C), 64)
         WT = min(np2(W), 64)
-        R = min(np2(H + lag), max(1, 16384 // (WT * BC)))
+        R = min(np2(H + 2 * P[0] + lag), max(1, 16384 // (WT * BC)))
     else:
         BC = min(np2(C), 32)
         WT = min(np2(W), 64)
-        R = max(1, min(np2(H + lag), 2048 // (WT * BC)))
+        R = max(1, min(np2(H + 2 * P[0] + lag), 4096 // (WT * BC)))
     # About 8 tile values per thread. ptxas -v of the sm_90a builds (Triton 3.9, bf16, FocalNet-T
     # stages 1 and 3, 2 or 3 levels, banded or not): 128-169 registers forward, 170-176 backward,
     # no spills; so two 8-warp programs per SM at 128 registers, one above, whose load latency
@@ -138,6 +146,9 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
             ring_z = max(R + max(2 * P[l], fwd[-1] - fwd[l - 1]) for l in range(1, L))
     ring_d = R + 2 * max(P)
     pad = max(P)
+    # Forward rings z_0 .. z_{L-1}: z_0 is read by level 1 (its halo), z_l by level l + 1 and by the
+    # gated sum at lag D_L; a power of two so that a row's slot is ``row & (ring - 1)``.
+    ring = np2(max([R + 2 * P[0]] + [R + max(2 * P[l], fwd[-1] - fwd[l - 1]) for l in range(1, L)]))
     if band_rows is None:
         whole_images = interpret or sm_count is None
         band_rows = H if whole_images else rows_per_band(H, lag, batch * triton.cdiv(C, BC), sm_count, R)
@@ -156,4 +167,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         band_rows=band_rows,
         bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
+        lags=tuple(P[0] + d for d in fwd) + (P[0] + fwd[-1],) * (MAX_LEVELS - L),
+        first_taps=tuple(sum(k * k for k in ks[:l]) for l in range(MAX_LEVELS)),
+        halo=lag,
+        ring=ring,
     )

@@ -19,8 +19,21 @@ With P = K // 2 and w the ``[C, 1, K, K]`` depthwise kernel (PyTorch's cross-cor
 The transposed conv is the input gradient of the conv. All sums are fp32.
 """
 
+import torch
 import triton
 import triton.language as tl
+
+
+def tap_major_weights(weights, block: int) -> torch.Tensor:
+    """fp32 ``[cdiv(C, block), sum K_l^2, block]``: per channel block, tap ``dy * K + dx`` of every
+    level's ``[C, 1, K, K]`` kernel as a row of ``block`` channels, levels one after another, zero
+    past C. A kernel loads one vector per tap, at a constant offset from its block's first tap."""
+    C = weights[0].shape[0]
+    taps = torch.cat([w.detach().reshape(C, -1) for w in weights], 1).float()  # [C, T]
+    n_cb = -(-C // block)
+    out = taps.new_zeros((n_cb * block, taps.shape[1]))
+    out[:C] = taps
+    return out.view(n_cb, block, -1).transpose(1, 2).contiguous()
 
 
 @triton.jit
@@ -36,6 +49,25 @@ def zero_fill(ptr, n, BLOCK: tl.constexpr):
 def ring_row_offsets(rows, row_stride, RING: tl.constexpr, ROW_BIAS: tl.constexpr):
     """Element offsets of image rows ``rows`` in a ring of RING rows (``rows + ROW_BIAS >= 0``)."""
     return ((rows + ROW_BIAS) % RING) * row_stride
+
+
+@triton.jit
+def ring_conv(src, rows, w, row_stride, K: tl.constexpr, FLIP: tl.constexpr, RING: tl.constexpr,
+              R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
+    """Depthwise conv (``FLIP``: transposed conv) of image rows ``rows`` ``[R, 1, 1]`` from an fp32 ring.
+
+    ``src`` ``[1, WT, BC]``: pointers at (ring row 0, the tile's columns, its channels); ring row
+    ``y`` is slot ``y & (RING - 1)`` (RING a power of two), ``row_stride`` elements apart, with
+    columns BC elements apart and zero pad columns on both sides. ``w`` ``[1, 1, BC]``: pointers
+    at tap 0 of this kernel in ``tap_major_weights`` (tap t at ``w + t * BC``). Per tap: one weight vector and one tile load at a constant offset, one FMA per value.
+    """
+    P: tl.constexpr = K // 2
+    acc = tl.zeros((R, WT, BC), dtype=tl.float32)
+    for dy in range(K):  # a loop, not unrolled: K^2 unrolled taps per level make builds slow
+        row_ptrs = src + ((rows + ((P - dy) if FLIP else (dy - P))) & (RING - 1)) * row_stride
+        for dx in tl.static_range(K):
+            acc += tl.load(w + (dy * K + dx) * BC) * tl.load(row_ptrs + ((P - dx) if FLIP else (dx - P)) * BC)
+    return acc
 
 
 @triton.jit
