@@ -63,7 +63,7 @@ def _pixel_tile(tile, n_pix, H, W, BLOCK_P: tl.constexpr):
     img = pix // (H * W)
     row = (pix // W) % H
     col = pix % W
-    return pix.to(tl.int64), valid, img.to(tl.int64), row, col
+    return pix.to(tl.int64), valid, img.to(tl.int64), row.to(tl.int64), col  # 64-bit: images > 2**31 elements
 
 
 @triton.jit
@@ -152,7 +152,7 @@ def dwconv_layernorm_bwd_conv_kernel(
     for t in range(tiles_per_program):
         pix, valid, img, row, col = _pixel_tile(prog * tiles_per_program + t, n_pix, H, W, BLOCK_P)
         mask = valid & cmask
-        dxv = dwconv_tile(du + img * (H * W * C) + chans, row, col, chans, C, H, W, W * C, C, conv_w,
+        dxv = dwconv_tile(du + img * H * W * C + chans, row, col, chans, C, H, W, W * C, C, conv_w,
                           K, True, 0, 0, 1, BLOCK_P, BLOCK_C)
         tl.store(dx + pix * C + chans, dxv.to(dx.dtype.element_ty), mask=mask)
         duv = tl.load(du + pix * C + chans, mask=mask, other=0.0).to(tl.float32)

@@ -47,7 +47,7 @@ def _forward_level(
     """Level l < L at lag D_l: z_l into ring z_l, GELU'(u_l) into ring g_l."""
     K: tl.constexpr = K1 if l == 1 else (K2 if l == 2 else (K3 if l == 3 else K4))
     LAG: tl.constexpr = (K2 // 2) * (l >= 2) + (K3 // 2) * (l >= 3) + (K4 // 2) * (l >= 4)
-    rows = top + s * R - LAG + tl.arange(0, R)[:, None, None]
+    rows = (top + s * R - LAG + tl.arange(0, R)[:, None, None]).to(tl.int64)  # 64-bit pixel offsets
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         inside = (rows >= 0) & (rows < H) & (cols < W)
@@ -80,7 +80,7 @@ def _last_level(
     K: tl.constexpr = K1 if L == 1 else (K2 if L == 2 else (K3 if L == 3 else K4))
     LAG: tl.constexpr = K2 // 2 + K3 // 2 + K4 // 2
     TAPS_BEFORE: tl.constexpr = K1 * K1 * (L > 1) + K2 * K2 * (L > 2) + K3 * K3 * (L > 3)
-    rows = top + s * R - LAG + tl.arange(0, R)[:, None, None]
+    rows = (top + s * R - LAG + tl.arange(0, R)[:, None, None]).to(tl.int64)  # 64-bit pixel offsets
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         inside = (rows >= 0) & (rows < H) & (cols < W)
@@ -136,7 +136,7 @@ def _grad_level(
     # B_l = D_L + P_{l+1} + ... + P_L
     LAG: tl.constexpr = (K2 // 2 + K3 // 2 + K4 // 2) + (K2 // 2) * (l < 2) + (K3 // 2) * (l < 3) + (K4 // 2)
     TAPS_BEFORE: tl.constexpr = K1 * K1 * (l > 1) + K2 * K2 * (l > 2)
-    rows = top + s * R - LAG + tl.arange(0, R)[:, None, None]
+    rows = (top + s * R - LAG + tl.arange(0, R)[:, None, None]).to(tl.int64)  # 64-bit pixel offsets
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         inside = (rows >= 0) & (rows < H) & (cols < W)
@@ -167,7 +167,7 @@ def _ctx_grad(
 ):
     """dctx = dwconv_transposed(du_1, w_1) at lag B_0, for the band's own rows."""
     LAG: tl.constexpr = 2 * (K2 // 2 + K3 // 2 + K4 // 2) + K1 // 2
-    rows = top + s * R - LAG + tl.arange(0, R)[:, None, None]
+    rows = (top + s * R - LAG + tl.arange(0, R)[:, None, None]).to(tl.int64)  # 64-bit pixel offsets
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         inside = (rows >= y0) & (rows < y1) & (cols < W)
