@@ -31,23 +31,8 @@ import triton
 import triton.language as tl
 
 from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
-from focalfast.ops.triton.depthwise_conv import ring_conv, tap_major_weights, zero_fill
+from focalfast.ops.triton.depthwise_conv import ring_conv, rows_into_ring, tap_major_weights, zero_fill
 from focalfast.ops.triton.gelu import gelu
-
-
-@triton.jit
-def _ctx_rows(s, ctx_img, ring0, ring_row, start, H, W, ctx_stride, cmask,
-              R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr):
-    """Stage 0 of step ``s``: image rows ``start + s*R + [0, R)`` of ctx into ring 0, in fp32, zero
-    outside the image."""
-    rows = start + s * R + tl.arange(0, R)[:, None, None]
-    slot = ring0 + (rows & (RING - 1)) * ring_row
-    row_px = rows.to(tl.int64) * W
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W) & cmask
-        v = tl.load(ctx_img + (row_px + cols) * ctx_stride, mask=inside, other=0.0)
-        tl.store(slot + cols * BC, v.to(tl.float32))
 
 
 @triton.jit
@@ -131,7 +116,8 @@ def focal_context_fwd_kernel(
 
     pool = tl.zeros((R, WT, BC), dtype=tl.float32)
     for s in range(n_steps):
-        _ctx_rows(s, ctx_img, rings, ring_row, start, H, W, ctx_stride, cmask, R, WT, BC, RING)
+        rows_into_ring(ctx_img, rings, (start + s * R + tl.arange(0, R)[:, None, None]).to(tl.int64), H, W,
+                       ctx_stride, cmask, RING, ring_row, WT, BC)  # ring 0: z_0 = ctx, lag 0
         tl.debug_barrier()
         for l in tl.static_range(1, L + 1):
             pool = _forward_level(
@@ -167,7 +153,7 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
     ctx_local = torch.empty((B, H, W, C), device=ctx.device, dtype=ctx.dtype)
     mean = torch.empty((B, bands, C), device=ctx.device, dtype=torch.float32)
     glob = torch.empty((B, C), device=ctx.device, dtype=torch.float32)
-    scratch = torch.empty(B * n_cb * bands * sched.scratch_elements(), device=ctx.device, dtype=torch.float32)
+    scratch = torch.empty(B * n_cb * bands * sched.scratch_elements(backward=False), device=ctx.device, dtype=torch.float32)
     focal_context_fwd_kernel[(n_cb, B, bands)](
         ctx, gates, taps, ctx_local, mean, glob, scratch,
         H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width,
