@@ -60,6 +60,7 @@ class ChainSchedule:
     band_rows: int  # image rows per program (H: one band)
     bands: int  # cdiv(H, band_rows)
     num_warps: int
+    max_registers: Optional[int]  # ptxas register cap (None: its own choice)
 
     def taps(self) -> int:
         """Depthwise taps of all levels together (``sum K_l^2``)."""
@@ -94,7 +95,7 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    tile holds about 4K values (R rows x WT columns x BC channels, 16 per thread), and images
+    tile holds 2K values forward, 4K backward (R rows x WT columns x BC channels), and images
     are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
     multiprocessors. ``tile = (R, WT, BC)`` (powers of two), ``band_rows`` and ``num_warps``
     override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
@@ -113,12 +114,15 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         BC = min(np2(C), 64)
         WT = min(np2(W), 64)
         R = min(np2(sweep), max(1, 16384 // (WT * BC)))
-    else:
+    else:  # 16 values per thread; the largest tiles whose sm_90 builds do not spill (ptxas, Triton 3.9)
         BC = min(np2(C), 32)
-        WT = min(np2(W), 64)
-        R = max(1, min(np2(sweep), 4096 // (WT * BC)))
+        WT = min(np2(W), 64 if backward else 32)
+        R = max(1, min(np2(sweep), (4096 if backward else 2048) // (WT * BC)))
     if num_warps is None:
         num_warps = max(1, min(8, R * WT * BC // 512))
+    # Left alone, ptxas caps the 3- and 4-level forward at 168 registers and spills; 232 lets it
+    # keep everything in registers (two 4-warp programs per SM instead of three).
+    max_registers = 232 if not backward and L >= 3 else None
 
     D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
     if backward:
@@ -147,4 +151,5 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         band_rows=band_rows,
         bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
+        max_registers=max_registers,
     )

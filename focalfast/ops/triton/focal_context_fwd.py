@@ -159,7 +159,7 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
         H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width,
         L, *sched.kernel_sizes, *sched.lags, *sched.first_taps, sched.taps(), sched.halo,
         sched.rows_per_step, sched.tile_width, sched.channel_block, sched.ring, sched.pad, bands == 1,
-        num_warps=sched.num_warps, num_stages=1,
+        num_warps=sched.num_warps, num_stages=1, maxnreg=sched.max_registers,
     )
     if bands == 1:
         return ctx_local, mean.view(B, C), glob
