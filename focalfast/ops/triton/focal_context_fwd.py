@@ -16,12 +16,15 @@ reduced once at the end (deterministic, no atomics); bands leave their share of 
 afterwards in band order.
 
 Bytes per output element (bf16): read ctx and gates (2 + 2 (L + 1) / C), write ctx_local (2);
-the rings are per-program fp32 scratch of a few rows (cache-resident). Instructions per output
-element (SASS of the sm_90 build, loop bodies x trip counts, FocalNet-T stage 1, bf16, tile
-2 x 64 x 32, 8 warps): 5.5 warp-instructions for k = 3, 5 (12.4 before the fp32 rings and
-tap-major weights): per tap 1/32 (an FMA per value) plus about 1/64 (128-bit loads of values and
-weights, ``ring_conv``); per level about 1.3 for the GELU (most of it), the ring store and, at the
-last level, the gates and the gated sum; 0.1 per step for ctx into ring 0.
+the rings are per-program fp32 scratch of a few rows (cache-resident).
+
+Instructions per output element (warp-instructions; SASS of the sm_90 build, loop bodies x trip
+counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 5.4 for
+k = 3, 5 (12.4 before fp32 rings and tap-major weights) and 10.4 for k = 3, 5, 7;
+stages 2 / 3 / 4: 5.9 / 7.8 / 13.2 (k = 3, 5) and 12.0 / 16.5 / 23.0 (k = 3, 5, 7), the small maps
+paying for tiles and lags larger than the image. Per tap: an FMA per value plus a quarter of a
+128-bit load (``ring_conv``); per level about 1 for the GELU (libdevice erf), ring store, gates
+and gated sum: the largest share after the taps.
 """
 
 from typing import Optional
