@@ -120,9 +120,9 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         R = max(1, min(np2(sweep), (4096 if backward else 2048) // (WT * BC)))
     if num_warps is None:
         num_warps = max(1, min(8, R * WT * BC // 512))
-    # Left alone, ptxas caps the 3- and 4-level forward at 168 registers and spills; 232 lets it
-    # keep everything in registers (two 4-warp programs per SM instead of three).
-    max_registers = 232 if not backward and L >= 3 else None
+    # Left alone, ptxas caps the forward at 128 (1-2 levels) or 168 (3-4 levels) registers and
+    # spills; 168 and 232 keep everything in registers (three or two 4-warp programs per SM).
+    max_registers = None if backward else (168 if L <= 2 else 232)
 
     D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
     if backward:
