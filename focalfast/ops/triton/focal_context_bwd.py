@@ -26,8 +26,8 @@ ctx_local (4) and the fp32 dgates partials (4 (L + 1) / BC); rings and weight-gr
 per-program fp32 scratch.
 
 Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``):
-FocalNet-T stage 1 14.1 for k = 3, 5 (48.1 before) and 31.7 for k = 3, 5, 7;
-stages 2 / 3 / 4: 19.5 / 30.7 / 45.3 (k = 3, 5), 50.3 / 86.8 / 178.8 (k = 3, 5, 7). Per tap and
+FocalNet-T stage 1 12.4 for k = 3, 5 (48.1 before) and 28.9 for k = 3, 5, 7;
+stages 2 / 3 / 4: 17.5 / 28.0 / 41.6 (k = 3, 5), 46.7 / 81.5 / 168.0 (k = 3, 5, 7). Per tap and
 value: an FMA plus a quarter load for the recompute and for the transposed conv, and about 2.5 for
 the weight gradient (``ring_weight_grad``: Triton converts the row-summed product's layout
 through shared memory, a barrier per tap, before the read-modify-write of the slots).

@@ -19,12 +19,12 @@ Bytes per output element (bf16): read ctx and gates (2 + 2 (L + 1) / C), write c
 the rings are per-program fp32 scratch of a few rows (cache-resident).
 
 Instructions per output element (warp-instructions; SASS of the sm_90 build, loop bodies x trip
-counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 5.4 for
-k = 3, 5 (12.4 before fp32 rings and tap-major weights) and 10.4 for k = 3, 5, 7;
-stages 2 / 3 / 4: 5.9 / 7.8 / 13.2 (k = 3, 5) and 12.0 / 16.5 / 23.0 (k = 3, 5, 7), the small maps
-paying for tiles and lags larger than the image. Per tap: an FMA per value plus a quarter of a
-128-bit load (``ring_conv``); per level about 1 for the GELU (libdevice erf), ring store, gates
-and gated sum: the largest share after the taps.
+counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 4.4 for
+k = 3, 5 (12.4 before fp32 rings, tap-major weights and the polynomial GELU) and 8.4 for
+k = 3, 5, 7; stages 2 / 3 / 4: 5.0 / 6.6 / 11.3 (k = 3, 5) and 9.8 / 13.7 / 19.0 (k = 3, 5, 7),
+the small maps paying for tiles and lags larger than the image. Per tap: an FMA per value plus a
+quarter of a 128-bit load (``ring_conv``); per level about 0.9 for the GELU (17 instructions
+per value, ``gelu``), the ring store and, at the last level, the gates and the gated sum.
 """
 
 from typing import Optional
