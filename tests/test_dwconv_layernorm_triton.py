@@ -4,6 +4,10 @@ Without a GPU the kernels run in Triton's interpreter (``tests/conftest.py``), i
 shapes; the GPU tests at ConvNeXt-T stage shapes are skipped there.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -107,6 +111,45 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(dwconv_layernorm_op, (*tensors, 1e-6))
     dy = torch.randn(1, 2, 3, 3, device=DEVICE)
     torch.library.opcheck(dwconv_layernorm_backward_op, (dy, *[t.detach() for t in tensors[:4]], 1e-6))
+
+
+_HUGE_IMAGE = r"""
+import sys, torch
+from focalfast.ops.dwconv_layernorm import dwconv_layernorm_ref
+from focalfast.ops.triton.dwconv_layernorm import dwconv_layernorm_backward_op, dwconv_layernorm_op
+from focalfast.testing import rel_err
+
+B, H, W, C, k = 2, 4, 4, 8, 3
+stride = 2**28 + 64  # pixel stride: one image spans H * W * stride = 2**32 + 1024 elements
+with open(sys.argv[1], "wb") as f:
+    f.truncate(B * H * W * stride * 4)  # sparse: only the pixels' first C elements are ever written
+y = torch.from_file(sys.argv[1], shared=True, size=B * H * W * stride, dtype=torch.float32).view(B, H, W, stride)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(B, H, W, C, generator=g, dtype=torch.float64)
+params = [torch.randn(C, 1, k, k, generator=g, dtype=torch.float64) / k] + [
+    torch.randn(C, generator=g, dtype=torch.float64) * 0.3 + shift for shift in (0.0, 1.0, 0.0)]
+y[..., :C] = x
+view = y[..., :C]
+out = dwconv_layernorm_op(view, *[p.float() for p in params], 1e-6)
+dy = torch.randn(B, H, W, C, generator=g)
+grads = dwconv_layernorm_backward_op(dy, view, *[p.float() for p in params[:3]], 1e-6)
+ref_in = [x.requires_grad_()] + [p.requires_grad_() for p in params]
+ref = dwconv_layernorm_ref(*ref_in, eps=1e-6)
+ref_grads = torch.autograd.grad(ref, ref_in, dy.double())
+print("errors", rel_err(out, ref), max(rel_err(a, b) for a, b in zip(grads, ref_grads)))
+"""
+
+
+def test_images_larger_than_2_31_elements(tmp_path):
+    """x as a view with a pixel stride so large that one image spans more than 2**31 elements (over
+    a sparse memory-mapped file): every offset inside an image must be 64-bit. In a subprocess,
+    since a wrapped 32-bit offset reads or writes anywhere."""
+    env = dict(os.environ, TRITON_INTERPRET="1") if DEVICE == "cpu" else dict(os.environ)
+    run = subprocess.run([sys.executable, "-c", _HUGE_IMAGE, str(tmp_path / "y.bin")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    out_err, grad_err = map(float, run.stdout.split("errors")[1].split())
+    assert out_err < 1e-5 and grad_err < 1e-4, run.stdout
 
 
 def test_too_many_channels_is_a_clear_error():

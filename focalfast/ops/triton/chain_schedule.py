@@ -1,28 +1,31 @@
 """Row-streaming schedule of the focal level chain: lags, ring sizes and tile sizes.
 
 One program of ``focal_context_fwd`` / ``focal_context_bwd`` owns one (image, channel block, band of
-rows) and sweeps its band top to bottom in steps of R rows. Level l (kernel K_l, P_l = K_l // 2) cannot
-produce row y before level l - 1 has produced row y + P_l, so each stage runs a fixed number of
-rows behind the one it reads, its *lag*. With z_0 = ctx read straight from memory:
+rows) and sweeps it top to bottom in steps of R rows. Each step first copies R rows of ctx into the
+fp32 ring of z_0 (rows ``start + s*R + [0, R)``, where ``start`` is P_1 rows above the band's first
+row ``top``); every later stage trails that by its *lag* (``focalfast.ops.sweep_geometry``: D_l
+forward, B_l backward, counted from ``top``):
 
-    forward level l       rows  s*R - D_l + [0, R),   D_l = P_2 + ... + P_l     (D_1 = 0)
-    gradient du_l         rows  s*R - B_l + [0, R),   B_L = D_L,  B_l = B_{l+1} + P_{l+1}
-    dctx (= dz_0)         rows  s*R - B_0 + [0, R),   B_0 = B_1 + P_1
+    forward level l       lag  P_1 + D_l            (z_l from ring z_{l-1})
+    gradient du_l         lag  P_1 + B_l            (du_L at the lag of level L)
+    dctx (= dz_0)         lag  P_1 + B_0
 
-A stage keeps the rows that later stages still need in a *ring buffer* of a few rows (a small,
-cache-resident scratch owned by the program); the ring sizes below are the exact live spans:
+A stage keeps the rows later stages still need in a *ring buffer* (per-program fp32 scratch of a
+few rows, cache-resident). The live spans, in rows:
 
-    forward  z_l  (l < L):  R + max(2 P_{l+1}, D_L - D_l)     (level l+1 halo; gated sum at lag D_L)
-    backward z_l  (l < L):  R + B_{l+1} + P_{l+1} - D_l        (weight gradient of level l+1)
-             GELU'(u_l):    R + B_l - D_l
-             du_l:          R + 2 P_l                          (transposed conv of level l)
+    forward   z_0: R + 2 P_1;   z_l (0 < l < L): R + max(2 P_{l+1}, D_L - D_l)
+    backward  z_l (l < L): R + B_{l+1} + P_{l+1} - D_l     (weight gradient of level l+1; D_0 = -P_1)
+              GELU'(u_l):  R + B_l - D_l
+              du_l:        R + 2 P_l                        (transposed conv of level l)
 
-Rows outside the image are stored as zero rows and every ring row carries P_max zero columns on
-both sides, so the kernels read rings without masks: that is the zero padding of every level.
+All rings of a kernel get the largest span rounded up to a power of two, so row y lives in slot
+``y & (ring - 1)``. Rows outside the image are stored as zero rows and every ring row carries P_max
+zero columns on both sides: the kernels read rings without masks, and that is the zero padding of
+every level.
 
 Bands (``focalfast.ops.sweep_geometry``): when B * cdiv(C, BC) programs would leave the GPU's
 multiprocessors less than two each, images are cut into bands of ``band_rows`` rows, one program
-each, whose sweep starts at ``top = max(0, y0 - lag)`` (lag = D_L forward, B_0 backward).
+each, whose sweep starts at ``top = max(0, y0 - halo)`` (halo = D_L forward, B_0 backward).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from typing import Optional, Tuple
 
 import torch
 import triton
-import triton.language as tl
 
 from focalfast.backends import FUSED_MAX_LEVELS as MAX_LEVELS  # the K1..K4 kernel arguments
 from focalfast.ops.sweep_geometry import backward_lags, forward_lags, rows_per_band, sweep_halo
@@ -45,29 +47,32 @@ class ChainSchedule:
 
     kernel_sizes: tuple  # (K_1, K_2, K_3, K_4), 1 for the levels past L
     levels: int  # L
+    lags: tuple  # (LAG_1, ..., LAG_4): rows forward level l trails the ctx rows of a step (P_1 + D_l)
+    grad_lags: tuple  # (GLAG_0, ..., GLAG_3): the same for du_l (P_1 + B_l; GLAG_0: dctx)
+    first_taps: tuple  # (TAP_1, ..., TAP_4): first row of level l in the tap-major weights
+    halo: int  # rows a band's sweep starts above its own (D_L forward, B_0 backward)
     rows_per_step: int  # R
     tile_width: int  # WT columns per tile; the row is swept in ceil(W / WT) tiles
     channel_block: int  # BC channels per program
-    ring_z: int  # rows of each z_l ring
-    ring_g: int  # rows of each GELU'(u_l) ring (backward)
-    ring_d: int  # rows of each du_l ring (backward)
-    row_bias: int  # added to a row index before taking it modulo a ring size (keeps it >= 0)
+    ring: int  # rows of every ring (a power of two)
     pad: int  # zero columns on each side of a ring row
     ring_width: int  # columns of a ring row: pad + ceil(W / WT) * WT + pad
     band_rows: int  # image rows per program (H: one band)
     bands: int  # cdiv(H, band_rows)
     num_warps: int
-
-    def scratch_rows(self, backward: bool) -> int:
-        """Ring rows one program owns."""
-        L = self.levels
-        if backward:
-            return (L - 1) * (self.ring_z + self.ring_g) + L * self.ring_d
-        return (L - 1) * self.ring_z
+    max_registers: Optional[int]  # ptxas register cap (None: its own choice)
 
     def taps(self) -> int:
         """Depthwise taps of all levels together (``sum K_l^2``)."""
         return sum(k * k for k in self.kernel_sizes[: self.levels])
+
+    def scratch_elements(self, backward: bool) -> int:
+        """fp32 scratch one program owns: L rings forward; 3L - 1 rings and the [taps, WT, BC]
+        weight-gradient slots backward."""
+        ring = self.ring * self.ring_width * self.channel_block
+        if backward:
+            return (3 * self.levels - 1) * ring + self.taps() * self.tile_width * self.channel_block
+        return self.levels * ring
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,16 +87,6 @@ def sm_count(device: torch.device) -> Optional[int]:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@triton.jit
-def sweep_band(band, band_rows, H, LAG: tl.constexpr, R: tl.constexpr):
-    """``(y0, y1, top, n_steps)`` of band ``band`` in a kernel: its own rows [y0, y1), the first
-    row ``top`` of its sweep (LAG rows above y0: the halo) and the R-row steps that reach y1."""
-    y0 = band * band_rows
-    y1 = tl.minimum(y0 + band_rows, H)
-    top = tl.maximum(y0 - LAG, 0)
-    return y0, y1, top, tl.cdiv(y1 - top + LAG, R)
-
-
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
                    batch: int = 1, sm_count: Optional[int] = None,
                    tile: Optional[Tuple[int, int, int]] = None,
@@ -100,8 +95,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    tile holds about 2K values (R rows x WT columns x BC channels), and images are cut into
-    bands when ``batch`` images give too few programs for the GPU's ``sm_count``
+    tile holds 2K values forward, 4K backward (R rows x WT columns x BC channels), and images
+    are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
     multiprocessors. ``tile = (R, WT, BC)`` (powers of two), ``band_rows`` and ``num_warps``
     override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
     (``focalfast.ops.triton.tune_chain``).
@@ -109,51 +104,52 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     ks = tuple(int(k) for k in kernel_sizes)
     L = len(ks)
     P = [k // 2 for k in ks]
-    fwd, bwd = forward_lags(ks), backward_lags(ks)  # fwd[l - 1] = D_l, bwd[l] = B_l
-    lag = sweep_halo(ks, backward)
+    D, Bk = forward_lags(ks), backward_lags(ks)  # D[l - 1] = D_l, Bk[l] = B_l
+    halo = sweep_halo(ks, backward)
+    sweep = H + 2 * P[0] + halo  # rows from the first ctx row to the last stage's last row
     np2 = triton.next_power_of_2
     if tile is not None:
         R, WT, BC = tile
     elif interpret:
         BC = min(np2(C), 64)
         WT = min(np2(W), 64)
-        R = min(np2(H + lag), max(1, 16384 // (WT * BC)))
-    else:
+        R = min(np2(sweep), max(1, 16384 // (WT * BC)))
+    else:  # 16 values per thread; the largest tiles whose sm_90 builds do not spill (ptxas, Triton 3.9)
         BC = min(np2(C), 32)
-        WT = min(np2(W), 64)
-        R = max(1, min(np2(H + lag), 2048 // (WT * BC)))
-    # About 8 tile values per thread. ptxas -v of the sm_90a builds (Triton 3.9, bf16, FocalNet-T
-    # stages 1 and 3, 2 or 3 levels, banded or not): 128-169 registers forward, 170-176 backward,
-    # no spills; so two 8-warp programs per SM at 128 registers, one above, whose load latency
-    # only more programs or smaller tiles can hide (what tune_chain measures).
+        WT = min(np2(W), 64 if backward else 32)
+        R = max(1, min(np2(sweep), (4096 if backward else 2048) // (WT * BC)))
     if num_warps is None:
-        num_warps = max(1, min(8, R * WT * BC // 256))
+        num_warps = max(1, min(8, R * WT * BC // 512))
+    # Left alone, ptxas caps the forward at 128 (1-2 levels) or 168 (3-4 levels) registers and
+    # spills; 168 and 232 keep everything in registers (three or two 4-warp programs per SM).
+    max_registers = None if backward else (168 if L <= 2 else 232)
 
-    ring_z = ring_g = 1  # unused when L == 1
-    if L > 1:
-        if backward:
-            ring_z = max(R + bwd[l + 1] + P[l] - fwd[l - 1] for l in range(1, L))
-            ring_g = max(R + bwd[l] - fwd[l - 1] for l in range(1, L))
-        else:
-            ring_z = max(R + max(2 * P[l], fwd[-1] - fwd[l - 1]) for l in range(1, L))
-    ring_d = R + 2 * max(P)
+    D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
+    if backward:
+        spans = [R + Bk[l + 1] + P[l] - D0[l] for l in range(L)]
+        spans += [R + Bk[l] - D0[l] for l in range(1, L)]
+        spans += [R + 2 * p for p in P]
+    else:
+        spans = [R + 2 * P[0]] + [R + max(2 * P[l], D[-1] - D[l - 1]) for l in range(1, L)]
     pad = max(P)
     if band_rows is None:
         whole_images = interpret or sm_count is None
-        band_rows = H if whole_images else rows_per_band(H, lag, batch * triton.cdiv(C, BC), sm_count, R)
+        band_rows = H if whole_images else rows_per_band(H, halo, batch * triton.cdiv(C, BC), sm_count, R)
     return ChainSchedule(
         kernel_sizes=ks + (1,) * (MAX_LEVELS - L),
         levels=L,
+        lags=tuple(P[0] + d for d in D) + (P[0] + D[-1],) * (MAX_LEVELS - L),
+        grad_lags=tuple(P[0] + b for b in Bk[:L]) + (P[0] + Bk[L],) * (MAX_LEVELS - L),
+        first_taps=tuple(sum(k * k for k in ks[:l]) for l in range(MAX_LEVELS)),
+        halo=halo,
         rows_per_step=R,
         tile_width=WT,
         channel_block=BC,
-        ring_z=ring_z,
-        ring_g=ring_g,
-        ring_d=ring_d,
-        row_bias=bwd[0] + pad + R,
+        ring=np2(max(spans)),
         pad=pad,
         ring_width=2 * pad + triton.cdiv(W, WT) * WT,
         band_rows=band_rows,
         bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
+        max_registers=max_registers,
     )

@@ -62,7 +62,7 @@ def _pixel_tile(tile, n_pix, H, W, BLOCK_P: tl.constexpr):
     img = pix // (H * W)
     row = (pix // W) % H
     col = pix % W
-    return pix.to(tl.int64), valid, img.to(tl.int64), row, col
+    return pix.to(tl.int64), valid, img.to(tl.int64), row.to(tl.int64), col  # 64-bit: images > 2**31 elements
 
 
 @triton.jit
@@ -71,7 +71,7 @@ def _normalized_conv(x, conv_w, conv_b, img, row, col, chans, C, H, W, sxb, sxh,
     """``(xhat [1, BLOCK_P, BLOCK_C], rstd [1, BLOCK_P, 1])`` of the pixels, fp32; xhat is 0 at channels >= C."""
     cmask = chans < C
     u = dwconv_tile(x + img * sxb + chans, row, col, chans, C, H, W, sxh, sxw, conv_w,
-                    K, False, 0, 0, 1, BLOCK_P, BLOCK_C)
+                    K, False, 1, BLOCK_P, BLOCK_C)
     u += tl.load(conv_b + chans, mask=cmask, other=0.0).to(tl.float32)  # u is 0 at channels >= C
     mean = tl.sum(u, axis=2, keep_dims=True) / C
     centered = tl.where(cmask, u - mean, 0.0)
@@ -151,12 +151,12 @@ def dwconv_layernorm_bwd_conv_kernel(
     for t in range(tiles_per_program):
         pix, valid, img, row, col = _pixel_tile(prog * tiles_per_program + t, n_pix, H, W, BLOCK_P)
         mask = valid & cmask
-        dxv = dwconv_tile(du + img * (H * W * C) + chans, row, col, chans, C, H, W, W * C, C, conv_w,
-                          K, True, 0, 0, 1, BLOCK_P, BLOCK_C)
+        dxv = dwconv_tile(du + img * H * W * C + chans, row, col, chans, C, H, W, W * C, C, conv_w,
+                          K, True, 1, BLOCK_P, BLOCK_C)
         tl.store(dx + pix * C + chans, dxv.to(dx.dtype.element_ty), mask=mask)
         duv = tl.load(du + pix * C + chans, mask=mask, other=0.0).to(tl.float32)
         dwconv_weight_grad_tile(duv, x + img * sxb + chans, row, col, chans, C, H, W, sxh, sxw, dw_prog,
-                                K, 0, 0, BLOCK_C)
+                                K, BLOCK_C)
 
 
 @dataclass(frozen=True)

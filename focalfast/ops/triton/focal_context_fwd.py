@@ -7,12 +7,24 @@ For one image and channel (zero padding of every level's input, exact GELU):
     mean      = mean_{H, W} z_L,    glob = GELU(mean)                         [B, C] fp32
 
 The global term ``gates[L] * glob`` is left to the ``h`` GEMM (``modulation_gemm``), which needs
-``glob`` per image anyway. One program streams one (image, channel block) top to bottom
-(``chain_schedule``): z_1 is computed from ctx read in place, z_1..z_{L-1} pass through
-per-program ring buffers of a few rows each (cache-resident scratch), z_L is consumed in
-registers: no level exists as a tensor in memory. The pool is a sequential sum inside one
-program (deterministic, no atomics). When the image is cut into bands (``chain_schedule``) each
-band leaves its share of the mean, summed afterwards in band order.
+``glob`` per image anyway. One program streams one (image, channel block, band of rows) top to
+bottom in steps of R rows (``chain_schedule``): each step copies R rows of ctx into the fp32 ring
+of z_0 (zero outside the image: the padding), then level l turns rows of ring l - 1 into rows of
+ring l, and level L forms ctx_local from z_L and the rows of z_1..z_{L-1} still in their rings.
+No level exists as a tensor in memory. The pool is summed per thread over the whole sweep and
+reduced once at the end (deterministic, no atomics); bands leave their share of the mean, summed
+afterwards in band order.
+
+Bytes per output element (bf16): read ctx and gates (2 + 2 (L + 1) / C), write ctx_local (2);
+the rings are per-program fp32 scratch of a few rows (cache-resident).
+
+Instructions per output element (warp-instructions; SASS of the sm_90 build, loop bodies x trip
+counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 4.4 for
+k = 3, 5 (12.4 before fp32 rings, tap-major weights and the polynomial GELU) and 8.4 for
+k = 3, 5, 7; stages 2 / 3 / 4: 5.0 / 6.6 / 11.3 (k = 3, 5) and 9.8 / 13.7 / 19.0 (k = 3, 5, 7),
+the small maps paying for tiles and lags larger than the image. Per tap: an FMA per value plus a
+quarter of a 128-bit load (``ring_conv``); per level about 0.9 for the GELU (17 instructions
+per value, ``gelu``), the ring store and, at the last level, the gates and the gated sum.
 """
 
 from typing import Optional
@@ -21,101 +33,110 @@ import torch
 import triton
 import triton.language as tl
 
-from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count, sweep_band
-from focalfast.ops.triton.depthwise_conv import dwconv_tile, ring_row_offsets, zero_fill
+from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
+from focalfast.ops.triton.depthwise_conv import ring_conv, rows_into_ring, tap_major_weights, zero_fill
 from focalfast.ops.triton.gelu import gelu
 
 
 @triton.jit
 def _forward_level(
-    s, l: tl.constexpr, pool, ctx_src, rings, ring_size, ring_row, gate_img, out_img, w_l, chans,
-    top, y0, y1, H, W, C, ctx_stride, gates_stride,
-    L: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, K4: tl.constexpr,
-    R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING_Z: tl.constexpr, ROW_BIAS: tl.constexpr,
+    s, pool, rings, ring_size, ring_row, w_l, gate_img, out_img, cmask,
+    start, y0, y1, H, W, C, gates_stride,
+    L: tl.constexpr, l: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
+    R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """Step ``s`` of level ``l``: z_l of its R rows into ring l, or (l = L) ctx_local and the pool
-    of the band's own rows ``[y0, y1)``; the sweep starts at row ``top``."""
-    K: tl.constexpr = K1 if l == 1 else (K2 if l == 2 else (K3 if l == 3 else K4))
-    LAG: tl.constexpr = (K2 // 2) * (l >= 2) + (K3 // 2) * (l >= 3) + (K4 // 2) * (l >= 4)  # D_l
-    rows = top + s * R - LAG + tl.arange(0, R)[:, None, None]
+    """Level ``l`` of step ``s`` at image rows ``start + s*R - LAG + [0, R)``: z_l into ring l, or
+    (l = L) ctx_local and the pool of the band's own rows ``[y0, y1)``."""
+    rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
+    slot = rings + (rows & (RING - 1)) * ring_row
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         inside = (rows >= 0) & (rows < H) & (cols < W)
-        if l == 1:
-            u = dwconv_tile(ctx_src, rows, cols, chans, C, H, W, W * ctx_stride, ctx_stride, w_l,
-                            K, False, 0, 0, R, WT, BC)
-        else:
-            u = dwconv_tile(rings + (l - 2) * ring_size, rows, cols, chans, C, H, W, ring_row, BC, w_l,
-                            K, False, RING_Z, ROW_BIAS, R, WT, BC)
+        col_at = cols * BC
+        u = ring_conv(rings + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
+                      R, WT, BC)
         z = tl.where(inside, gelu(u), 0.0)
-        ring_at = ring_row_offsets(rows, ring_row, RING_Z, ROW_BIAS) + cols * BC
         if l < L:
-            tl.store(rings + (l - 1) * ring_size + ring_at, z.to(rings.dtype.element_ty))
+            tl.store(slot + l * ring_size + col_at, z)
         else:
             # ctx_local = sum_j gates[j - 1] * z_j; z_1..z_{L-1} of these rows are still in their rings.
-            pix = rows * W + cols
+            pix = rows.to(tl.int64) * W + cols
             gate = gate_img + pix * gates_stride
             own = inside & (rows >= y0) & (rows < y1)
             acc = z * tl.load(gate + (L - 1), mask=own, other=0.0).to(tl.float32)
             for j in tl.static_range(1, L):
-                z_j = tl.load(rings + (j - 1) * ring_size + ring_at).to(tl.float32)
+                z_j = tl.load(slot + j * ring_size + col_at)
                 acc += z_j * tl.load(gate + (j - 1), mask=own, other=0.0).to(tl.float32)
-            tl.store(out_img + pix * C, acc.to(out_img.dtype.element_ty), mask=own & (chans < C))
-            z_own = tl.where(own, z, 0.0)
-            pool += tl.sum(tl.sum(z_own, axis=1, keep_dims=True), axis=0, keep_dims=True)
+            tl.store(out_img + pix * C, acc.to(out_img.dtype.element_ty), mask=own & cmask)
+            pool += tl.where(own, z, 0.0)
     return pool
 
 
 @triton.jit
 def focal_context_fwd_kernel(
-    ctx, gates, w1, w2, w3, w4,  # inputs: ctx [B,H,W,C] and gates [B,H,W,L+1] (pixel strides below)
-    ctx_local, mean, glob, scratch,  # outputs [B,H,W,C], [B,bands,C], [B,C]; ring scratch
+    ctx, gates, taps,  # inputs: ctx [B,H,W,C], gates [B,H,W,L+1] (pixel strides below), tap-major weights
+    ctx_local, mean, glob, scratch,  # outputs [B,H,W,C], [B,bands,C], [B,C]; fp32 ring scratch
     H, W, C, ctx_stride, gates_stride, band_rows, ring_width,
     L: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, K4: tl.constexpr,
-    R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr,
-    RING_Z: tl.constexpr, ROW_BIAS: tl.constexpr, PAD: tl.constexpr, ONE_BAND: tl.constexpr,
+    LAG1: tl.constexpr, LAG2: tl.constexpr, LAG3: tl.constexpr, LAG4: tl.constexpr,
+    TAP1: tl.constexpr, TAP2: tl.constexpr, TAP3: tl.constexpr, TAP4: tl.constexpr, TAPS: tl.constexpr,
+    HALO: tl.constexpr,
+    R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr, PAD: tl.constexpr,
+    ONE_BAND: tl.constexpr,
 ):
     """One program per (channel block, image, band); grid ``(cdiv(C, BC), B, bands)``.
 
-    ``mean[b, band]`` gets the band's share of the mean of z_L; with one band (``ONE_BAND``)
-    that is the mean, and ``glob`` = GELU(mean) is written too.
+    LAGl: rows level l trails the ctx rows of a step; TAPl: its first of the TAPS taps in ``taps``
+    (``tap_major_weights``); HALO: the band halo. ``mean[b, band]`` gets the band's share of the mean of z_L; with one band
+    (``ONE_BAND``) that is the mean, and ``glob`` = GELU(mean) is written too.
     """
     cb = tl.program_id(0)
     b = tl.program_id(1)
     band = tl.program_id(2)
     n_bands = tl.num_programs(2)
-    HW = H * W
-    y0, y1, top, n_steps = sweep_band(band, band_rows, H, K2 // 2 + K3 // 2 + K4 // 2, R)  # halo D_L
+    y0 = band * band_rows
+    y1 = tl.minimum(y0 + band_rows, H)
+    start = tl.maximum(y0 - HALO, 0) - K1 // 2  # the first ctx row of the sweep
+    LAST: tl.constexpr = LAG1 if L == 1 else (LAG2 if L == 2 else (LAG3 if L == 3 else LAG4))
+    n_steps = tl.cdiv(y1 - start + LAST, R)
     cc = tl.arange(0, BC)[None, None, :]
     chans = cb * BC + cc
-    img = b.to(tl.int64) * HW  # first pixel of this image
-    ctx_src = ctx + img * ctx_stride + chans
+    cmask = chans < C
+    img = b.to(tl.int64) * H * W  # first pixel of this image
+    ctx_img = ctx + img * ctx_stride + chans
     gate_img = gates + img * gates_stride
     out_img = ctx_local + img * C + chans
+    w_c = taps + cb * (TAPS * BC) + cc  # this block's tap 0
 
-    # Rings z_1..z_{L-1}: RING_Z rows each of ring_width columns x BC channels, zeroed first.
+    # Rings z_0..z_{L-1}: RING rows each of ring_width columns x BC channels, zeroed first.
     ring_row = ring_width * BC
-    ring_size = RING_Z * ring_row
+    ring_size = RING * ring_row
     prog = ((b * n_bands + band) * tl.num_programs(0) + cb).to(tl.int64)
-    scratch_prog = scratch + prog * ((L - 1) * ring_size)
-    zero_fill(scratch_prog, (L - 1) * ring_size, R * WT * BC)
+    scratch_prog = scratch + prog * (L * ring_size)
+    zero_fill(scratch_prog, L * ring_size, R * WT * BC)
     tl.debug_barrier()
     rings = scratch_prog + PAD * BC + cc
 
-    pool = tl.zeros((1, 1, BC), dtype=tl.float32)
+    pool = tl.zeros((R, WT, BC), dtype=tl.float32)
     for s in range(n_steps):
+        rows_into_ring(ctx_img, rings, (start + s * R + tl.arange(0, R)[:, None, None]).to(tl.int64), H, W,
+                       ctx_stride, cmask, RING, ring_row, WT, BC)  # ring 0: z_0 = ctx, lag 0
+        tl.debug_barrier()
         for l in tl.static_range(1, L + 1):
             pool = _forward_level(
-                s, l, pool, ctx_src, rings, ring_size, ring_row, gate_img, out_img,
-                w1 if l == 1 else (w2 if l == 2 else (w3 if l == 3 else w4)), chans,
-                top, y0, y1, H, W, C, ctx_stride, gates_stride, L, K1, K2, K3, K4, R, WT, BC, RING_Z, ROW_BIAS,
+                s, pool, rings, ring_size, ring_row,
+                w_c + (TAP1 if l == 1 else (TAP2 if l == 2 else (TAP3 if l == 3 else TAP4))) * BC,
+                gate_img, out_img, cmask, start, y0, y1, H, W, C, gates_stride, L, l,
+                K1 if l == 1 else (K2 if l == 2 else (K3 if l == 3 else K4)),
+                LAG1 if l == 1 else (LAG2 if l == 2 else (LAG3 if l == 3 else LAG4)), R, WT, BC, RING,
             )
             tl.debug_barrier()  # level l's rows are visible to level l + 1 (and to the next step)
 
-    m = pool / HW
-    tl.store(mean + (b * n_bands + band) * C + chans, m, mask=chans < C)
+    m = tl.sum(tl.sum(pool, axis=1), axis=0) / (H * W)
+    ch = cb * BC + tl.arange(0, BC)
+    tl.store(mean + (b * n_bands + band) * C + ch, m, mask=ch < C)
     if ONE_BAND:
-        tl.store(glob + b * C + chans, gelu(m), mask=chans < C)
+        tl.store(glob + b * C + ch, gelu(m), mask=ch < C)
 
 
 def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: bool,
@@ -123,7 +144,7 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
     """``ctx_local`` [B,H,W,C] (ctx's dtype), ``mean`` and ``glob`` [B,C] fp32.
 
     ctx/gates: tensors whose element ``(b, y, x, c)`` sits at ``((b*H + y)*W + x) * stride + c``.
-    weights: L contiguous ``[C, 1, K, K]`` kernels. schedule: overrides for ``chain_schedule``.
+    weights: L ``[C, 1, K, K]`` kernels. schedule: overrides for ``chain_schedule``.
     """
     B, H, W, C = ctx.shape
     L = len(weights)
@@ -131,20 +152,17 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
                            batch=B, sm_count=sm_count(ctx.device), **(schedule or {}))
     n_cb = triton.cdiv(C, sched.channel_block)
     bands = sched.bands
+    taps = tap_major_weights(weights, sched.channel_block)
     ctx_local = torch.empty((B, H, W, C), device=ctx.device, dtype=ctx.dtype)
     mean = torch.empty((B, bands, C), device=ctx.device, dtype=torch.float32)
     glob = torch.empty((B, C), device=ctx.device, dtype=torch.float32)
-    scratch = torch.empty(
-        max(1, B * n_cb * bands * sched.scratch_rows(False) * sched.ring_width * sched.channel_block),
-        device=ctx.device, dtype=ctx.dtype,
-    )
-    w = list(weights) + [weights[0]] * (4 - L)
+    scratch = torch.empty(B * n_cb * bands * sched.scratch_elements(backward=False), device=ctx.device, dtype=torch.float32)
     focal_context_fwd_kernel[(n_cb, B, bands)](
-        ctx, gates, *w, ctx_local, mean, glob, scratch,
+        ctx, gates, taps, ctx_local, mean, glob, scratch,
         H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width,
-        L, *sched.kernel_sizes, sched.rows_per_step, sched.tile_width, sched.channel_block,
-        sched.ring_z, sched.row_bias, sched.pad, bands == 1,
-        num_warps=sched.num_warps, num_stages=1,
+        L, *sched.kernel_sizes, *sched.lags, *sched.first_taps, sched.taps(), sched.halo,
+        sched.rows_per_step, sched.tile_width, sched.channel_block, sched.ring, sched.pad, bands == 1,
+        num_warps=sched.num_warps, num_stages=1, maxnreg=sched.max_registers,
     )
     if bands == 1:
         return ctx_local, mean.view(B, C), glob

@@ -14,9 +14,9 @@ forward, 5 C-tensors (10 C bytes in bf16):
                         and, per image and channel, mean z_L and glob = GELU(mean) (fp32)
     modulation_gemm     read ctx_local, q, gates[L]   write out = q * (s * a @ h_weight.T + h_bias)
                         with a = ctx_local + gates[L] * glob[b] formed as the A tile is loaded
-  The level chain streams rows per (image, channel block): z_1 from ctx in place, z_1..z_{L-1}
-  through per-program ring buffers of a few rows (cache-resident scratch, never a per-level
-  tensor), z_L in registers. When B * cdiv(C, BC) programs would leave the GPU idle (small
+  The level chain streams rows per (image, channel block): ctx rows (read in place) and
+  z_1..z_{L-1} pass through per-program fp32 ring buffers of a few rows (cache-resident scratch,
+  never a per-level tensor), z_L stays in registers. When B * cdiv(C, BC) programs would leave the GPU idle (small
   batch, high resolution) each image is cut into bands of rows, one program each, which re-read
   and recompute a halo of D_L rows (forward) or B_0 rows (backward; ``chain_schedule``).
   The global term is a rank-1 update of the GEMM's operand, which is the epilogue form

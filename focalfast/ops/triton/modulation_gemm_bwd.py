@@ -10,6 +10,10 @@ a = ctx_local + gates[..., L] * glob (ctx_all before s):
 
 Partials are fp32, one per tile or split, reduced afterwards in a fixed order: the gradients
 are bitwise reproducible (no atomics).
+
+Bytes per output element (bf16): context_grad reads dout, q (4) and writes d_ctx_all (2);
+weight_grad reads dout, q, ctx_local (6). Instructions per output element (sm_90 SASS x trip
+counts, FocalNet-T stage 1, B = 128, bf16): context_grad 2.25, weight_grad 2.40.
 """
 
 import torch
