@@ -26,6 +26,9 @@ namespace {
 
 constexpr const char* kVersion = "0.1.0";
 
+bool record_launches = false;  // set_record_launches: launchers record instead of running (static cost report)
+int64_t host_sample = 1;       // set_host_sample: the host path runs the first 1/host_sample of each launch
+
 const std::vector<std::string>& kernel_names() {
   static const std::vector<std::string> names = {"context_fwd",    "context_bwd", "conv_level_fwd",
                                                  "output_fwd",     "reduce_sum",  "output_bwd",
@@ -171,7 +174,10 @@ class Checks {
 
   Stream stream(uintptr_t handle) const {
     Stream s;
+    s.record = record_launches;
+    if (s.record) return s;  // nothing runs: any device will do
     s.on_host = device_ == -1;
+    s.host_sample = host_sample;
     s.stream = reinterpret_cast<cudaStream_t>(handle);
     if (!s.on_host) {
       int current = -1;
@@ -497,6 +503,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("source_hash", [] { return std::string(FOCALFAST_SOURCE_HASH); },
         "Hash of the csrc/ sources and build flags this module was built from.");
   m.def("kernel_names", &kernel_names, "Names of the launchers.");
+  m.def(
+      "set_record_launches", [](bool on) { record_launches = on; }, "on"_a,
+      "Launchers record their kernel launches (take them with take_recorded_launches) instead of running them.");
+  m.def(
+      "set_host_sample", [](int64_t n) { host_sample = n < 1 ? 1 : n; }, "n"_a,
+      "CPU tensors: run only the first 1/n of each launch's threads or blocks (e.g. one image of n; loop counts).");
+  m.def(
+      "take_recorded_launches",
+      [] {
+        py::list out;
+        for (const LaunchRecord& r : recorded_launches()) {
+          out.append(py::dict("name"_a = r.name, "op"_a = r.op, "blocks"_a = r.blocks, "threads"_a = r.threads,
+                              "smem_bytes"_a = r.smem_bytes));
+        }
+        recorded_launches().clear();
+        return out;
+      },
+      "The launches recorded since the last call: name, op (the kernel body's C++ type), blocks, threads, "
+      "smem_bytes (dynamic).");
   m.def("sweep_smem_bytes", &sweep_smem_bytes_py, "kernel_sizes"_a, "W"_a, "chunk"_a, "backward"_a,
         "Shared memory of one block of context_fwd (backward=False) or context_bwd, in bytes.");
   m.def("context_fwd", &context_fwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,

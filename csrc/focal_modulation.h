@@ -14,6 +14,8 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 // Kernel bodies are __host__ __device__: the same code runs on the GPU and, for tests on machines
 // without one, serially on the CPU (Stream::on_host).
@@ -51,9 +53,24 @@ struct GateView {
 };
 
 // Where to run: a CUDA stream, or serially on the host (CPU tensors; tests without a GPU).
+// A launch as the static cost report sees it (Stream::record): the kernel body Op, its grid and block.
+struct LaunchRecord {
+  std::string name, op;  // Op::kName and the demangled Op type, e.g. "focalfast::(anonymous namespace)::Foo<float>"
+  int64_t blocks;
+  int threads;
+  int64_t smem_bytes;  // dynamic shared memory per block
+};
+
+inline std::vector<LaunchRecord>& recorded_launches() {
+  static std::vector<LaunchRecord> launches;
+  return launches;
+}
+
 struct Stream {
   cudaStream_t stream = nullptr;
   bool on_host = false;
+  bool record = false;  // record each launch (recorded_launches) instead of running it: the static cost report
+  int64_t host_sample = 1;  // on the host, run only the first 1/host_sample of the threads or blocks (loop counts)
 };
 
 // One focal level forward: z_out = GELU(conv(z_in)), acc_out = acc_in + gates_l * z_out; at the last

@@ -12,11 +12,15 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cxxabi.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
 
 #include "focal_modulation.h"
 
@@ -232,6 +236,15 @@ inline void check_cuda(cudaError_t err, const char* what) {
   }
 }
 
+// Stream::record: keep the launch of Op (its demangled type names the kernel in the cubin) instead of running it.
+template <class Op>
+void record_launch(int64_t blocks, int threads, int64_t smem_bytes) {
+  int status = 0;
+  char* op = abi::__cxa_demangle(typeid(Op).name(), nullptr, nullptr, &status);
+  recorded_launches().push_back({Op::kName, status == 0 ? op : typeid(Op).name(), blocks, threads, smem_bytes});
+  std::free(op);
+}
+
 template <class Op>
 __global__ void __launch_bounds__(kThreadsPerBlock) grid_kernel(const typename Op::Params p, int64_t total) {
   const int64_t t = int64_t(blockIdx.x) * kThreadsPerBlock + threadIdx.x;
@@ -242,8 +255,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock) grid_kernel(const typename O
 template <class Op>
 void launch(const typename Op::Params& p, int64_t total, const Stream& stream) {
   if (total <= 0) return;
+  if (stream.record) return record_launch<Op>(ceil_div(total, kThreadsPerBlock), kThreadsPerBlock, 0);
   if (stream.on_host) {
-    for (int64_t t = 0; t < total; ++t) Op::run(p, t);
+    for (int64_t t = 0; t < ceil_div(total, stream.host_sample); ++t) Op::run(p, t);
     return;
   }
   const int64_t blocks = ceil_div(total, kThreadsPerBlock);

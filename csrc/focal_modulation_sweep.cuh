@@ -154,9 +154,10 @@ __global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const typename Op:
 template <class Op>
 void launch_sweep(const typename Op::Params& p, int blocks, int threads, int64_t smem_bytes, const Stream& stream) {
   if (blocks <= 0) return;
+  if (stream.record) return record_launch<Op>(blocks, threads, smem_bytes);
   if (stream.on_host) {
     std::vector<float> smem(size_t(smem_bytes / 4));
-    for (int block = 0; block < blocks; ++block) Op::run(p, block, smem.data());
+    for (int block = 0; block < ceil_div(blocks, stream.host_sample); ++block) Op::run(p, block, smem.data());
     return;
   }
   check_cuda(cudaFuncSetAttribute(sweep_kernel<Op>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)),

@@ -1,4 +1,4 @@
-"""focalfast: fused FocalNet kernels. Subcommands: demo, bench, train, visualize.
+"""focalfast: fused FocalNet kernels. Subcommands: demo, bench, train, visualize, static-cost.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
 """
@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("focalfast.bench", "benchmark the op, the module and a training step; table, JSON and plot"),
     "train": ("focalfast.train", "train a FocalNet / ConvNeXt image classifier"),
     "visualize": ("focalfast.visualize", "draw a checkpoint's gate maps and modulator on an image"),
+    "static-cost": ("focalfast.static_cost.command", "count the kernels' sm_90a instructions per element (no GPU)"),
 }
 
 

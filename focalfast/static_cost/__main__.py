@@ -1,0 +1,5 @@
+import sys
+
+from focalfast.static_cost.command import main
+
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""The static cost report (``python -m focalfast.static_cost``): structure, trip counts, and that it can fail.
+
+The report compiles for sm_90a, so it runs with TRITON_INTERPRET unset (a subprocess: conftest
+sets it for this process). No GPU is needed; Triton's NVIDIA backend and its nvdisasm are.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# One small case: B=1, 10x10, C=24, srf, fp32 views, 4 SMs: the forward chain is cut into bands.
+SMALL = dict(batch=1, H=10, W=10, C=24, kernel_sizes=(3, 5), sm_count=4)
+
+
+def _compiler_env() -> dict:
+    """The environment of a subprocess that compiles: TRITON_INTERPRET unset, this checkout first."""
+    if "nvidia" not in pytest.importorskip("triton.backends").backends:
+        pytest.skip("this Triton has no NVIDIA backend to compile with")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run(args, env, timeout=900) -> str:
+    done = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def triton_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("static")
+    s = SMALL
+    stdout = _run(["-m", "focalfast.static_cost", "--backend", "triton", "--size", f"{s['H']}x{s['W']}x{s['C']}",
+                   "--batch", str(s["batch"]), "--levels", "srf", "--dtype", "fp32", "--layout", "views",
+                   "--sm-count", str(s["sm_count"]), "--out", str(out), "--name", "small"], _compiler_env())
+    return json.loads((out / "small.json").read_text()), (out / "small.md").read_text(), stdout
+
+
+def test_report_structure(triton_report):
+    report, markdown, stdout = triton_report
+    assert report["versions"]["triton"] and report["commit"] and report["date"]
+    assert "model, not a measurement" in report["model"] and "model, not a measurement" in markdown
+    records = report["records"]
+    assert [(r["backend"], r["direction"]) for r in records] == [("triton", "fwd"), ("triton", "bwd")]
+    s = SMALL
+    for rec in records:
+        assert rec["elements"] == s["batch"] * s["H"] * s["W"] * s["C"]
+        for key in ("stage", "levels", "dtype", "layout", "warp_instr_per_elem", "fma_floor_per_elem",
+                    "hbm_floor_bytes", "model_time_us", "kernels"):
+            assert key in rec
+        assert rec["fma_floor_per_elem"] == pytest.approx({"fwd": 1, "bwd": 3}[rec["direction"]] * 34 / 32)
+        assert rec["kernels"], rec
+        assert rec["warp_instr_per_elem"] == pytest.approx(sum(k["warp_instr_per_elem"] for k in rec["kernels"]))
+        for k in rec["kernels"]:
+            assert isinstance(k["kernel"], str) and k["kernel"]
+            for key in ("regs", "spill_bytes", "stack_bytes", "smem_bytes", "ctas_per_sm", "warps_per_sm"):
+                assert isinstance(k[key], int) and k[key] >= 0, (key, k)
+            assert 0 < k["regs"] <= 255 and 1 <= k["ctas_per_sm"] <= 32
+            assert k["warp_instr_per_elem"] > 0
+            assert sum(k["by_class"].values()) == pytest.approx(k["warp_instr_per_elem"])
+            assert k["unmapped_loops"] == 0, k["loops"]
+        # the chain's depthwise taps are FMAs: at least one per tap per element, a warp doing 32
+        assert rec["by_class"]["fma"] >= rec["fma_floor_per_elem"]
+        assert rec["direction"] + " s0 srf fp32 views" in stdout and rec["direction"] in markdown
+
+
+_INTERPRETER_TRIPS = r"""
+import ast, json, sys
+from collections import Counter
+from pathlib import Path
+import torch
+import focalfast.ops.triton as backend_pkg
+from focalfast.ops.triton import focal_modulation as fm
+
+B, H, W, C, KS, SMS = {batch}, {H}, {W}, {C}, {kernel_sizes}, {sm_count}
+FILES = {{str(p) for p in Path(backend_pkg.__file__).parent.glob("*.py")}}
+LOOPS = {{}}  # (file, line of a range / tl.range loop) -> its body's lines
+for f in FILES:
+    for node in ast.walk(ast.parse(Path(f).read_text())):
+        if isinstance(node, ast.For) and isinstance(node.iter, ast.Call):
+            if ast.unparse(node.iter.func).split(".")[-1] == "range":
+                LOOPS[(f, node.lineno)] = (node.body[0].lineno, node.end_lineno)
+counts, last = Counter(), {{}}
+
+def local(frame, event, arg):
+    # an iteration: a line event on the for line followed by one in its body
+    if event == "line":
+        key = (frame.f_code.co_filename, last.get(frame))
+        if key in LOOPS and LOOPS[key][0] <= frame.f_lineno <= LOOPS[key][1]:
+            counts[key] += 1
+        last[frame] = frame.f_lineno
+    return local
+
+def tracer(frame, event, arg):
+    return local if frame.f_code.co_filename in FILES else None
+
+fm._interpret = lambda t: False  # the GPU launch configuration, run by the interpreter
+for name, mod in list(sys.modules.items()):
+    if name.startswith("focalfast.ops.triton") and hasattr(mod, "sm_count"):
+        mod.sm_count = lambda device: SMS
+g = torch.Generator().manual_seed(0)
+y = torch.randn(B, H, W, 2 * C + len(KS) + 1, generator=g)
+q, ctx, gates = torch.split(y, (C, C, len(KS) + 1), dim=-1)
+inp = dict(q=q, ctx=ctx, gates=gates, weights=[torch.randn(C, 1, k, k, generator=g) / k for k in KS],
+           h_weight=torch.randn(C, C, generator=g) / C ** 0.5, h_bias=torch.randn(C, generator=g))
+sys.settrace(tracer)
+out, mean, glob = fm.focal_modulation_forward(**inp, normalize_modulator=False)
+fm.focal_modulation_backward(torch.randn(out.shape, generator=g), **inp, mean=mean, glob=glob,
+                             normalize_modulator=False)
+sys.settrace(None)
+print("TRIPS", json.dumps({{f"{{f}}:{{n}}": c for (f, n), c in counts.items()}}))
+"""
+
+
+@pytest.mark.slow
+def test_trip_counts_match_the_interpreter(triton_report):
+    """The report's source-loop trip counts (kernel bodies run on scalars) equal the iterations
+    Triton's interpreter runs, traced line by line, at the same launch configuration."""
+    report, _, _ = triton_report
+    ours = Counter()
+    for rec in report["records"]:
+        for k in rec["kernels"]:
+            for loop in k["source_loops"]:
+                ours[f"{loop['file']}:{loop['line']}"] += loop["iterations"]
+    env = dict(_compiler_env(), TRITON_INTERPRET="1")
+    stdout = _run(["-c", _INTERPRETER_TRIPS.format(**SMALL)], env)
+    interpreted = json.loads(stdout.split("TRIPS", 1)[1])
+    assert dict(ours) == interpreted
+    assert any(v > 1 for v in ours.values())
+
+
+_WASTE = r"""
+import json, sys, torch, triton, triton.language as tl
+from focalfast.static_cost.triton_backend import launch_record
+from focalfast.static_cost.triton_launches import capture_triton_launches
+
+
+@triton.jit
+def scale_shift(x, y, n, a, b, one, zero, reps, BLOCK: tl.constexpr):
+    for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        v = tl.load(x + offs, mask=offs < n)
+        tl.store(y + offs, v * a + b, mask=offs < n)
+
+
+@triton.jit
+def scale_shift_wasteful(x, y, n, a, b, one, zero, reps, BLOCK: tl.constexpr):
+    # the same result, with 7 useless multiply-adds per element (one = 1, zero = 0 at run time)
+    for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc = tl.load(x + offs, mask=offs < n) * a + b
+        for r in tl.static_range(7):
+            acc = acc * one + zero
+        tl.store(y + offs, acc, mask=offs < n)
+
+
+out = {}
+for kernel in (scale_shift, scale_shift_wasteful):
+    for n in (1 << 15, 1 << 16):
+        x = torch.empty(n, device="meta")
+        launch, = capture_triton_launches(lambda: kernel[(4,)](x, torch.empty_like(x), n, 2.0, 3.0, 1.0, 0.0, 7,
+                                                                BLOCK=1024, num_warps=4))
+        cost = launch_record(launch).cost
+        out[f"{kernel.fn.__name__}/{n}"] = dict(total=cost.warp_instructions, fma=cost.by_class["fma"])
+print("COSTS", json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_the_measure_can_fail(tmp_path):
+    """A wasteful variant (7 useless FMAs per element) counts clearly more, FMAs exactly as many as
+    it runs, and doubling the data doubles the count: trip counts are applied, not ignored."""
+    script = tmp_path / "waste.py"
+    script.write_text(textwrap.dedent(_WASTE))
+    costs = json.loads(_run([str(script)], _compiler_env()).split("COSTS", 1)[1])
+    for n in (1 << 15, 1 << 16):
+        lean, waste = costs[f"scale_shift/{n}"], costs[f"scale_shift_wasteful/{n}"]
+        assert lean["fma"] == n / 32  # one FFMA per element, 32 lanes a warp
+        assert waste["fma"] == 8 * n / 32  # 1 + 7 per element
+        assert waste["total"] > 2 * lean["total"]
+    for name in ("scale_shift", "scale_shift_wasteful"):
+        small, large = costs[f"{name}/{1 << 15}"]["total"], costs[f"{name}/{1 << 16}"]["total"]
+        assert 1.7 < large / small <= 2.0  # the loop doubles; the code around it does not
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+_CUDA_SAMPLE_CHECK = r"""
+import json, warnings
+warnings.filterwarnings("ignore")
+from focalfast.static_cost import cuda_backend
+from focalfast.static_cost.cases import Case
+
+case = Case(0, "srf", "fp32", "views", batch=3, size=(9, 11, 24))
+def totals(sample_images):
+    captured = cuda_backend.capture(case, 4, host_sample=sample_images)
+    out = []
+    for direction, (launches, _) in captured.items():
+        for launch in launches:
+            warps = -(-launch.threads // 32)
+            out.append((direction, launch.name, launch.blocks, launch.threads,
+                        {k.describe() + "@" + str(id_of(k)): sum(n * e for n, e in t.items()) * warps
+                         for k, t in cuda_backend._keys(launch, warps).items()}))
+    return out
+
+def id_of(key):
+    return "" if key.parent is None else key.parent.describe() + "/" + id_of(key.parent)
+
+print("COUNTS", json.dumps({"sampled": totals(True), "full": totals(False)}))
+"""
+
+
+@pytest.mark.slow
+def test_cuda_loop_counts_sample_one_image():
+    """The CUDA trip counts run each launch on image 0 and scale by B; running every image of a
+    3-image case on the host gives the same warp-level counts, loop by loop, and the recorded
+    launches (blocks, threads) are the same either way."""
+    if not _cuda_toolchain():
+        pytest.skip("nvcc is needed to build the count build of the CUDA extension")
+    stdout = _run(["-c", _CUDA_SAMPLE_CHECK], _compiler_env(), timeout=1800)
+    counts = json.loads(stdout.split("COUNTS", 1)[1])
+    sampled, full = counts["sampled"], counts["full"]
+    assert [s[:4] for s in sampled] == [f[:4] for f in full] and sampled
+    for s, f in zip(sampled, full):
+        assert s[4].keys() == f[4].keys()
+        for key in s[4]:
+            assert s[4][key] == pytest.approx(f[4][key], rel=1e-9), (s[1], key)
+
+
+def _cuda_toolchain() -> bool:
+    from focalfast.ops.cuda import extension
+
+    return extension.find_nvcc() is not None
+
+
+@pytest.mark.slow
+def test_cuda_report_structure(tmp_path):
+    if not _cuda_toolchain():
+        pytest.skip("nvcc is needed to compile the CUDA kernels")
+    _run(["-m", "focalfast.static_cost", "--backend", "cuda", "--size", "9x11x24", "--batch", "2", "--levels", "srf",
+          "--dtype", "bf16", "--layout", "views", "--sm-count", "4", "--out", str(tmp_path), "--name", "cuda"],
+         _compiler_env(), timeout=1800)
+    records = json.loads((tmp_path / "cuda.json").read_text())["records"]
+    assert [(r["backend"], r["direction"]) for r in records] == [("cuda", "fwd"), ("cuda", "bwd")]
+    for rec in records:
+        assert rec["kernels"]
+        assert 0 < rec["warp_instr_per_elem_min"] <= rec["warp_instr_per_elem"]
+        assert rec["by_class"]["fma"] > 0
+        for k in rec["kernels"]:
+            assert 0 < k["regs"] <= 255 and k["smem_bytes"] >= 0 and 1 <= k["ctas_per_sm"] <= 32
+            assert sum(k["by_class"].values()) == pytest.approx(k["warp_instr_per_elem"])
