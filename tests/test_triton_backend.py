@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from focalfast.ops.focal_modulation import focal_modulation
-from focalfast.testing import check_against_reference
+from focalfast.testing import check_against_reference, random_focal_inputs
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -272,3 +272,12 @@ ODD_SHAPES = [(9, 13, 40, (5, 7, 9, 11)), (1, 1, 24, (3,)), (3, 70, 20, (13,)), 
 def test_gpu_odd_shapes_fp32(H, W, C, kernel_sizes):
     check_against_reference(triton_op, 3, H, W, C, kernel_sizes, True, True, torch.float32, 1e-5, 1e-4,
                             device="cuda")
+
+
+def test_the_raw_custom_op_refuses_float64():
+    """``torch.ops.focalfast.focal_modulation_triton`` called directly (no dispatcher) names the dtype."""
+    import focalfast.ops.triton.focal_modulation  # noqa: F401  registers the custom op
+    inputs = random_focal_inputs(1, 3, 4, 8, (3,), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="focal_modulation_triton: q: the fused kernels support .* got torch.float64"):
+        torch.ops.focalfast.focal_modulation_triton(inputs["q"], inputs["ctx"], inputs["gates"], inputs["weights"],
+                                                    inputs["h_weight"], inputs["h_bias"], False)

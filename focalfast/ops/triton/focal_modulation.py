@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from focalfast import backends
+from focalfast.backends.fused_limits import fused_unsupported_reason
 from focalfast.ops.triton.focal_context_bwd import focal_context_bwd
 from focalfast.ops.triton.focal_context_fwd import focal_context_fwd
 from focalfast.ops.triton.modulation_gemm import modulation_gemm
@@ -144,7 +145,13 @@ def focal_modulation_op(
     h_bias: Optional[Tensor],
     normalize_modulator: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(out [B,H,W,C], mean [B,C] fp32, glob [B,C] fp32)``; mean and glob are kept for backward."""
+    """``(out [B,H,W,C], mean [B,C] fp32, glob [B,C] fp32)``; mean and glob are kept for backward.
+
+    Called directly (``torch.ops.focalfast.focal_modulation_triton``, without the dispatcher's
+    checks) it still refuses what the kernels do not compute (float64, more than 4 levels, ...)."""
+    reason = fused_unsupported_reason(q.dtype, [w.shape[-1] for w in weights])
+    if reason is not None:
+        raise ValueError(f"focalfast::focal_modulation_triton: {reason}")
     return focal_modulation_forward(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator)
 
 
