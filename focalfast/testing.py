@@ -130,3 +130,18 @@ def saved_for_backward(run: Callable, inputs: dict) -> Tuple[List[Tensor], List[
         out = run(**inputs)
     torch.autograd.grad(out, differentiable(inputs)[1], torch.ones_like(out))
     return saved, [t for t in saved if t.untyped_storage().data_ptr() not in input_storages]
+
+
+def errors_in_subprocess(script: str, *args: str, env: Optional[dict] = None) -> Tuple[float, float]:
+    """``(output error, gradient error)`` that ``python -c script *args`` prints after ``errors``.
+
+    For checks whose failure may crash the process (a wrapped 32-bit offset reads or writes
+    anywhere): AssertionError with the process's output when it does not exit 0."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    out_err, grad_err = map(float, run.stdout.split("errors")[1].split())
+    return out_err, grad_err

@@ -5,8 +5,6 @@ shapes; the GPU tests at ConvNeXt-T stage shapes are skipped there.
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from focalfast.ops.triton.dwconv_layernorm import (  # noqa: E402
     dwconv_layernorm_triton,
     launch_plan,
 )
-from focalfast.testing import rel_err  # noqa: E402
+from focalfast.testing import errors_in_subprocess, rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("x_nhwc", "conv_weight", "conv_bias", "ln_weight", "ln_bias")
@@ -145,11 +143,8 @@ def test_images_larger_than_2_31_elements(tmp_path):
     a sparse memory-mapped file): every offset inside an image must be 64-bit. In a subprocess,
     since a wrapped 32-bit offset reads or writes anywhere."""
     env = dict(os.environ, TRITON_INTERPRET="1") if DEVICE == "cpu" else dict(os.environ)
-    run = subprocess.run([sys.executable, "-c", _HUGE_IMAGE, str(tmp_path / "y.bin")], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    out_err, grad_err = map(float, run.stdout.split("errors")[1].split())
-    assert out_err < 1e-5 and grad_err < 1e-4, run.stdout
+    out_err, grad_err = errors_in_subprocess(_HUGE_IMAGE, str(tmp_path / "y.bin"), env=env)
+    assert out_err < 1e-5 and grad_err < 1e-4, (out_err, grad_err)
 
 
 def test_too_many_channels_is_a_clear_error():
