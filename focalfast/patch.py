@@ -119,8 +119,7 @@ def patch(model: nn.Module, backend: Optional[str] = "auto") -> int:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if backend is not None and backend not in backends.CHOICES:
-        raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {backend!r}")
+    backends.check_choice(backend)
     found = []
     for name, module in model.named_modules():
         if isinstance(module, PatchedModulation):

@@ -37,7 +37,7 @@ __all__ = [
     "BACKENDS", "CHOICES", "FUSED_DTYPES", "FUSED_MAX_KERNEL_SIZE", "FUSED_MAX_LEVELS", "Backend",
     "BackendUnavailableError", "OpConfig", "available_backends", "fused_unsupported_reason", "get",
     "get_backend", "implementation", "register", "registered", "requested", "resolve", "select",
-    "set_backend", "triton_interpreter_on", "unavailable_reason",
+    "check_choice", "set_backend", "triton_interpreter_on", "unavailable_reason",
 ]
 
 
@@ -55,6 +55,14 @@ def get_backend() -> str:
 def _validate(name: str) -> str:
     if name != "auto":
         get(name)  # ValueError naming the choices
+    return name
+
+
+def check_choice(name: Optional[str]) -> Optional[str]:
+    """``name`` if it is a backend choice or None (the process-wide default); ValueError otherwise.
+    For constructors, which take ``backend=`` long before a forward resolves it."""
+    if name is not None and name not in CHOICES:
+        raise ValueError(f"backend: expected one of {CHOICES} or None, got {name!r}")
     return name
 
 

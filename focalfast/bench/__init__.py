@@ -27,7 +27,8 @@ from focalfast.bench.environment import environment
 from focalfast.bench.memory import largest_fitting, max_resolution, measure_memory
 from focalfast.bench.report import JSON_FORMAT
 from focalfast.bench.runner import device_ceilings, metrics
-from focalfast.bench.shapes import DTYPES, HIGH_RES_BATCH, default_device, op_shapes, pytest_scope, train_shapes
+from focalfast.bench.shapes import DTYPES, HIGH_RES_BATCH, op_shapes, pytest_scope, train_shapes
+from focalfast.devices import default_device
 from focalfast.bench.variants import FUSED, TRAIN_VARIANTS, VARIANTS, model_unavailable_reason, unavailable_reason
 from focalfast.bench.workloads import (
     Workload,

@@ -22,7 +22,8 @@ from focalfast.bench.report import (
     write_outputs,
 )
 from focalfast.bench.runner import add_speedups, device_ceilings, run_memory_variant, run_variant
-from focalfast.bench.shapes import DTYPE_NAMES, DTYPES, HIGH_RES_BATCH, default_device
+from focalfast.bench.shapes import DTYPE_NAMES, DTYPES, HIGH_RES_BATCH
+from focalfast.devices import default_device
 from focalfast.bench.variants import TRAIN_VARIANTS, unavailable_reason
 from focalfast.bench.workloads import DEFAULT_MODEL
 

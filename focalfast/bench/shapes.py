@@ -64,10 +64,6 @@ def train_shapes(scope: str) -> list:
     return [(224, STAGE_BATCH)] + [(r, HIGH_RES_BATCH) for r in (224,) + HIGH_RESOLUTIONS]
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def pytest_scope(device: torch.device) -> str:
     """Scope of the pytest benchmarks: ``tiny`` on CPU; on a GPU ``FOCALFAST_BENCH_SCOPE``, ``quick``
     (about 10 minutes, most of it torch.compile) by default or ``full`` (over an hour)."""

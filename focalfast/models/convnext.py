@@ -169,8 +169,7 @@ def _check_options(image_size: Optional[int] = None, **options) -> None:
         raise ValueError(f"layer_scale_init: expected a non-negative number (0 disables layer scale), "
                          f"got {options['layer_scale_init']!r}")
     backend = options["backend"]
-    if backend is not None and backend not in backends.CHOICES:
-        raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {backend!r}")
+    backends.check_choice(backend)
     if image_size is not None:
         positive_int("image_size", image_size)
         patch_size = options["patch_size"]

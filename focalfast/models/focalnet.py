@@ -93,8 +93,7 @@ class FocalNet(nn.Module):
         config = (config or FocalNetConfig()).replace(**overrides)
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
             raise ValueError(f"num_classes: expected a non-negative int or None, got {num_classes!r}")
-        if backend is not None and backend not in backends.CHOICES:
-            raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {backend!r}")
+        backends.check_choice(backend)
         self.config = config
         self.num_classes = num_classes or 0
         self.num_features = config.num_features

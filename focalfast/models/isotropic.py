@@ -36,8 +36,7 @@ def _config(image_size, patch_size, in_channels, hidden_size, num_layers, focal_
             raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
     if not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio: expected a positive number, got {mlp_ratio!r}")
-    if backend is not None and backend not in backends.CHOICES:
-        raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {backend!r}")
+    backends.check_choice(backend)
     return FocalNetConfig(embed_dim=hidden_size, depths=(num_layers,), focal_levels=focal_levels,
                           focal_windows=focal_kernel, patch_size=patch_size, in_channels=in_channels,
                           mlp_ratio=float(mlp_ratio), drop_rate=float(dropout),

@@ -66,8 +66,7 @@ class FocalModulation(nn.Module):
             raise ValueError(f"focal_window: expected an odd kernel size, got {focal_window}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
-        if backend is not None and backend not in backends.CHOICES:
-            raise ValueError(f"backend: expected one of {backends.CHOICES} or None, got {backend!r}")
+        backends.check_choice(backend)
         self.dim = dim
         self.focal_window = focal_window
         self.focal_level = focal_level
