@@ -130,9 +130,15 @@ def _count_trees(cuda_op, module, lib, sample: int, inputs: dict, direction: str
 def _split_by_kernel(trees: list) -> list:
     """One entry per kernel launch: the host launch loops (``for ... Op::run(...)`` in ``launch`` and
     ``launch_sweep``) of each launcher's tree; other loops there are host set-up code."""
+    from focalfast.ops.cuda import extension
+
+    source_dir = os.path.realpath(extension.SOURCE_DIR)
     out = []
     for name, tree in trees:
         for loop in tree["children"]:
+            if os.path.dirname(os.path.realpath(loop["file"])) != source_dir:
+                raise RuntimeError(f"the count build of {name} counted loops of {loop['file']}, not of the sources "
+                                   f"in {source_dir}: its loops would match none in the cubins")
             lines = _source_lines(os.path.realpath(loop["file"]))
             if 0 < loop["line"] <= len(lines) and HOST_LAUNCH_LOOP in lines[loop["line"] - 1]:
                 out.append((name, loop))

@@ -40,8 +40,10 @@ def count_extension() -> Tuple[object, ctypes.CDLL]:
     nvcc = extension.find_nvcc()
     if nvcc is None:
         raise RuntimeError("nvcc not found: the CUDA static cost needs it (CUDA_HOME or PATH)")
-    digest = hashlib.sha256((extension.source_hash(extension.SOURCE_DIR, ARCHS) + COUNTER_HEADER.read_text())
-                            .encode()).hexdigest()[:24]
+    # The counters name source files by path, which the loop map matches against the cubins' line info:
+    # a build from another checkout (same sources, other path) must not be reused.
+    digest = hashlib.sha256((extension.source_hash(extension.SOURCE_DIR, ARCHS) + COUNTER_HEADER.read_text()
+                             + str(Path(extension.SOURCE_DIR).resolve())).encode()).hexdigest()[:24]
     folder = cache_dir() / f"cuda-count-{digest}"
     path = folder / extension.extension_filename()
     if not path.exists():
