@@ -257,3 +257,17 @@ def test_cuda_report_structure(tmp_path):
         for k in rec["kernels"]:
             assert 0 < k["regs"] <= 255 and k["smem_bytes"] >= 0 and 1 <= k["ctas_per_sm"] <= 32
             assert sum(k["by_class"].values()) == pytest.approx(k["warp_instr_per_elem"])
+
+
+def test_a_count_under_the_fma_floor_is_refused():
+    """Loops that went uncounted (a count build of other sources) show as a count far below the
+    FMA floor: the report refuses it instead of printing a fast kernel."""
+    from focalfast.static_cost import model
+    from focalfast.static_cost.cases import Case
+    from focalfast.static_cost.report import _check_fma_floor
+
+    case = Case(1, "srf", "bf16", "views")
+    floor = model.fma_floor_per_elem(case, "fwd")
+    _check_fma_floor("cuda", "fwd", case, {"fma": floor, "integer": 5.0})
+    with pytest.raises(RuntimeError, match="missed the kernels' loops"):
+        _check_fma_floor("cuda", "fwd", case, {"fma": 0.3 * floor, "integer": 5.0})

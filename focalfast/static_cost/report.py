@@ -29,6 +29,7 @@ def op_record(backend: str, direction: str, case: Case, kernels: List[KernelReco
     for k in kernel_dicts:
         for cls, v in k["by_class"].items():
             by_class[cls] = by_class.get(cls, 0.0) + v
+    _check_fma_floor(backend, direction, case, by_class)
     hbm = model.hbm_floor_bytes(case, direction)
     H, W, C = case.shape
     return {
@@ -45,6 +46,18 @@ def op_record(backend: str, direction: str, case: Case, kernels: List[KernelReco
         "model_time_us": (model.issue_seconds(total, sm_count) + model.hbm_seconds(torch_bytes)) * 1e6,
         "kernels": kernel_dicts,
     }
+
+
+def _check_fma_floor(backend: str, direction: str, case: Case, by_class: dict) -> None:
+    """Every tap of every level is at least one multiply-add per element (an FMA lane, or part of a
+    tensor-core instruction): a count far below the FMA floor means loops went uncounted (for
+    example line info that names other source files than the loop counters), not a fast kernel."""
+    floor = model.fma_floor_per_elem(case, direction)
+    counted = by_class.get("fma", 0.0) + by_class.get("tensor", 0.0)
+    if counted < 0.5 * floor:
+        raise RuntimeError(f"{backend} {direction} {case.describe()}: {counted:.2f} FMA and tensor-core "
+                           f"warp-instructions per element, under half the FMA floor {floor:.2f}: the count "
+                           "missed the kernels' loops")
 
 
 def current_commit() -> str:
