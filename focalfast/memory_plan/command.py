@@ -6,8 +6,8 @@
 
 Several ``--backend``, ``--checkpoint`` and ``--memory`` values give one row per backend and mode
 and one column per memory. Every number is measured (``StepPlanner``), not estimated; what the
-planner does not see (the CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation, the
-fused kernels' internal scratch) is what ``--reserve`` keeps free.
+planner does not see (the CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation) is what
+``--reserve`` keeps free.
 """
 
 from __future__ import annotations

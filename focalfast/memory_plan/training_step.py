@@ -7,10 +7,12 @@ full-size step of any model takes a second or two and no memory. The bytes are t
 the same ops allocate the same storages (``tests/test_memory_plan.py`` checks fake against real CPU
 runs at small sizes, byte for byte).
 
-``backend="fused"`` runs the Triton backend's custom op (its fake implementation and autograd
-registration, which save what the fused kernels save: the op's inputs and two ``[B, C]`` float32
-vectors) through the public ``focalfast.focal_modulation``; ``"reference"`` runs the pure-PyTorch op.
-Autocast follows CUDA's policy (``cuda_autocast_policy``).
+``backend="fused"`` runs the Triton backend's custom op through the public
+``focalfast.focal_modulation``: its autograd registration (it saves what the fused kernels save: the
+op's inputs and two ``[B, C]`` float32 vectors) and its bodies, the launch code, whose buffers (the
+kernels' scratch) are counted for as long as they live (``focalfast.memory_plan.op_bodies``; on fake
+tensors the launches are skipped). ``"reference"`` runs the pure-PyTorch op. Autocast follows CUDA's
+policy (``cuda_autocast_policy``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from focalfast.memory_plan.cuda_autocast import cuda_autocast_policy
 from focalfast.memory_plan.live_memory import LiveMemory
+from focalfast.memory_plan.op_bodies import fused_op_bodies
 from focalfast.memory_plan.saved_tensors import SavedTensors
 
 PLAN_BACKENDS = {"reference": "reference", "fused": "triton"}
@@ -63,8 +66,7 @@ class StepMemory:
 @contextlib.contextmanager
 def _triton_backend_on_cpu():
     """Let the Triton backend accept CPU tensors (as under ``TRITON_INTERPRET=1``); under
-    ``FakeTensorMode`` its custom op runs its fake implementation, so no kernel is launched.
-    The kernels are imported first, so that they keep the interpreter setting they were defined with."""
+    ``FakeTensorMode`` no kernel is launched (``op_bodies``). The kernels are imported first, so that they keep the interpreter setting they were defined with."""
     from focalfast.backends import BackendUnavailableError
 
     try:
@@ -181,7 +183,7 @@ class StepPlanner:
 
     def _measure(self, batch: int, resolution: int) -> StepMemory:
         with self._context():
-            live = LiveMemory(self.granularity)
+            live = LiveMemory(self.granularity, fused_op_bodies() if self.backend == "fused" else None)
             flops = FlopCounterMode(display=False)
             with live:
                 live.track(self.params, list(self.optimizer.state.values()))
