@@ -4,8 +4,8 @@ A ``TorchDispatchMode`` that sees the output of every op (forward, backward, opt
 not seen before is counted from the op that makes it until Python frees it (a weak reference on the
 storage). It runs on real tensors and, inside ``FakeTensorMode``, on fake ones (no memory used), so a
 full-size training step is measured on a CPU. A custom op is one dispatch, so only its outputs are
-seen, unless ``bodies`` gives its body (``focalfast.memory_plan.op_bodies``): that runs under the
-mode, which then sees every storage the body makes (the fused kernels' scratch).
+seen, unless ``bodies`` gives its body (``focalfast.memory_plan.op_bodies``), which then runs with
+the mode entered again, so that it sees every storage the body makes (the fused kernels' scratch).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class LiveMemory(TorchDispatchMode):
 
     Tensors that exist before the mode is entered (parameters, optimizer state, the batch) are
     counted through ``track``. ``granularity`` rounds every storage up (1: exact bytes).
-    ``bodies``: ``{op overload: function}``, run instead of those ops, under the mode.
+    ``bodies``: ``{op overload: body}``, run instead of those ops as ``body(counting, *args)``, where
+    ``counting`` (this mode) is to be entered around what the body's storages are made by.
     """
 
     def __init__(self, granularity: int = 1, bodies: Optional[Mapping[object, Callable]] = None):
@@ -48,14 +49,21 @@ class LiveMemory(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self._add(t.untyped_storage())
 
+    def track_stand_ins(self, *tensors) -> None:
+        """Storages that stand in for ones counted already (e.g. meta copies of an op's arguments):
+        seen, so that their views add nothing, but not counted again."""
+        for t in tree_flatten(tensors)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t.untyped_storage(), counted=False)
+
     def reset_peak(self) -> None:
         self.peak = self.now
 
-    def _add(self, storage) -> None:
+    def _add(self, storage, counted: bool = True) -> None:
         key = id(storage)
         if key in self._live:
             return
-        nbytes = allocation_bytes(storage.nbytes(), self.granularity)
+        nbytes = allocation_bytes(storage.nbytes(), self.granularity) if counted else 0
         self._live[key] = weakref.ref(storage, lambda _, key=key, nbytes=nbytes: self._free(key, nbytes))
         self.now += nbytes
         self.peak = max(self.peak, self.now)
@@ -69,7 +77,6 @@ class LiveMemory(TorchDispatchMode):
         if body is None:
             out = func(*args, **(kwargs or {}))
         else:
-            with self:
-                out = body(*args, **(kwargs or {}))
+            out = body(self, *args, **(kwargs or {}))
         self.track(out)
         return out
