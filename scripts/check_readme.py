@@ -1,11 +1,13 @@
 """Re-run the README's cheap commands and check the numbers it claims for them.
 
     python scripts/check_readme.py            # every check below; exit 1 on any mismatch
-    python scripts/check_readme.py demo       # or only: demo, training
+    python scripts/check_readme.py demo       # or only: demo, training, plan
 
 ``demo``: every ``python -m focalfast demo ...`` command of the README's bash blocks exits 0.
 ``training``: every ``focalfast train ...`` command whose comment claims ``NN.N% validation
 accuracy`` reaches exactly that (the run is deterministic), in a temporary ``--out``.
+``plan``: every ``focalfast plan ...`` command prints the table that follows it in the README,
+line for line (minutes per command on 2 CPU cores: not part of the test suite).
 Commands run with this checkout's focalfast (``python -m focalfast``), from the repository root.
 """
 
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 ACCURACY_CLAIM = re.compile(r"(\d+(?:\.\d+)?)% validation accuracy")
@@ -115,7 +117,45 @@ def check_training() -> List[str]:
     return failures
 
 
-CHECKS = {"demo": check_demo, "training": check_training}
+def plan_tables(readme: Path = REPO / "README.md") -> List[Tuple[List[Command], List[str]]]:
+    """The README's bash blocks of ``focalfast plan`` commands that a table follows (blank lines
+    between allowed), each with that table (its ``|`` lines): header, rule, then every command's rows."""
+    lines = readme.read_text().splitlines()
+    blocks = {}
+    for command in readme_commands(readme):
+        if command.argv[:2] == ["focalfast", "plan"]:
+            block_end = next(i for i in range(command.line, len(lines)) if lines[i].startswith("```"))
+            blocks.setdefault(block_end, []).append(command)
+    pairs = []
+    for block_end, commands in blocks.items():
+        start = next((i for i in range(block_end + 1, len(lines)) if lines[i].strip()), len(lines))
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        if end > start:
+            pairs.append((commands, lines[start:end]))
+    return pairs
+
+
+def check_plan() -> List[str]:
+    """Run the README's ``focalfast plan`` commands (minutes each): each table is what they print."""
+    failures = []
+    for commands, table in plan_tables():
+        printed, problems = [], []
+        for command in commands:
+            result = run(command, focalfast_argv(command.argv))
+            rows = [text for text in result.stdout.splitlines() if text.startswith("|")]
+            if result.returncode != 0 or rows[:2] != table[:2]:
+                problems.append(f"{shlex.join(command.argv)}: exit code {result.returncode}\n{result.stdout[-3000:]}")
+            printed += rows[2:]
+        same = not problems and printed == table[2:]
+        print(f"README.md:{commands[0].line}: {len(commands)} plan command(s): "
+              f"{'the same table' if same else 'a DIFFERENT table'}")
+        if not same:
+            failures.append(f"README.md:{commands[0].line}: the README has\n" + "\n".join(table)
+                            + "\nthe commands printed the rows\n" + "\n".join(printed) + "\n" + "\n".join(problems))
+    return failures
+
+
+CHECKS = {"demo": check_demo, "training": check_training, "plan": check_plan}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

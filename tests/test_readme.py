@@ -21,6 +21,14 @@ def test_readme_has_checked_commands():
                for argv, c in zip(argvs, commands))
 
 
+def test_readme_plan_commands_each_have_their_table():
+    """``check_readme.py plan`` (too slow for the suite) compares a table with each plan command."""
+    tables = check_readme.plan_tables()
+    assert sum(len(commands) for commands, _ in tables) >= 5
+    for commands, table in tables:
+        assert len(table) >= 2 + 2 * len(commands) and table[0].startswith("| backend | checkpoint |"), commands
+
+
 @pytest.mark.slow
 def test_readme_demo_commands_run():
     assert check_readme.check_demo() == []

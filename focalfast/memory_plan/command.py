@@ -6,8 +6,8 @@
 
 Several ``--backend``, ``--checkpoint`` and ``--memory`` values give one row per backend and mode
 and one column per memory. Every number is measured (``StepPlanner``), not estimated; what the
-planner does not see (the CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation, the
-fused kernels' internal scratch) is what ``--reserve`` keeps free.
+planner does not see (the CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation) is what
+``--reserve`` keeps free.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from focalfast.memory_plan.training_step import DTYPES, PLAN_BACKENDS
+    from focalfast.memory_plan.training_step import DTYPES, GPU_SMS, PLAN_BACKENDS
     from focalfast.models import CHECKPOINTING_MODES
 
     parser.add_argument("--model", default="focalnet_tiny_srf",
@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory kept free for what the planner does not see (default 1GiB)")
     parser.add_argument("--resolution-step", type=int, default=32, help="resolutions searched in these steps")
     parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--gpu-sms", type=int, default=GPU_SMS,
+                        help=f"the fused kernels' scratch is sized as their launch code sizes it for a GPU of this "
+                             f"many multiprocessors (default {GPU_SMS}: H100 SXM, H200)")
 
 
 def _gib(nbytes: int) -> str:
@@ -72,7 +75,7 @@ def run(args) -> int:
 
     if args.memory and args.batch is None and args.resolution is None:
         raise SystemExit("focalfast plan: --memory needs --batch (find a resolution) or --resolution (find a batch)")
-    for name in ("batch", "resolution", "resolution_step", "num_classes"):
+    for name in ("batch", "resolution", "resolution_step", "num_classes", "gpu_sms"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"focalfast plan: --{name.replace('_', '-')} must be positive, got {value}")
@@ -91,7 +94,7 @@ def run(args) -> int:
             log(f"{args.model} {backend} checkpoint={mode}: building")
             try:
                 planner = StepPlanner(factory, backend=backend, checkpointing=mode, dtype=args.dtype, amp=args.amp,
-                                      granularity=512, num_classes=args.num_classes)
+                                      granularity=512, num_classes=args.num_classes, gpu_sms=args.gpu_sms)
             except ValueError as exc:  # a mode the model has nothing for (e.g. "mlp" on ConvNeXt)
                 log(f"  skipped: {exc}")
                 rows.append([backend, mode] + ["n/a"] * (4 + len(args.memory)))
@@ -110,7 +113,8 @@ def run(args) -> int:
             peak_slope = (step.peak_bytes - half.peak_bytes) / images
             if none_flops is None:
                 base = planner if mode == "none" else StepPlanner(factory, backend=backend, dtype=args.dtype,
-                                                                  amp=args.amp, num_classes=args.num_classes)
+                                                                  amp=args.amp, num_classes=args.num_classes,
+                                                                  gpu_sms=args.gpu_sms)
                 none_flops = step.step_flops if mode == "none" else base.measure(1, resolution).step_flops * batch
             recompute = (step.step_flops - none_flops) / step.forward_flops
             fits = []
@@ -137,7 +141,8 @@ def run(args) -> int:
     print(f"{args.model}, {amp}, AdamW; per input pixel of one image at {resolution}px: saved = what autograd "
           f"keeps after the forward, peak = the step's peak growth from batch {max(1, batch // 2)} to {batch}; "
           f"recompute = extra GEMM/conv FLOPs of the step over the forward's (the fused op's own are not "
-          f"counted); {args.reserve / GIB:g} GiB reserved")
+          f"counted); the fused kernels' scratch as launched on {args.gpu_sms} SMs; "
+          f"{args.reserve / GIB:g} GiB reserved")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

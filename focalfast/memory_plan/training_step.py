@@ -7,10 +7,12 @@ full-size step of any model takes a second or two and no memory. The bytes are t
 the same ops allocate the same storages (``tests/test_memory_plan.py`` checks fake against real CPU
 runs at small sizes, byte for byte).
 
-``backend="fused"`` runs the Triton backend's custom op (its fake implementation and autograd
-registration, which save what the fused kernels save: the op's inputs and two ``[B, C]`` float32
-vectors) through the public ``focalfast.focal_modulation``; ``"reference"`` runs the pure-PyTorch op.
-Autocast follows CUDA's policy (``cuda_autocast_policy``).
+``backend="fused"`` runs the Triton backend's custom op through the public
+``focalfast.focal_modulation``: its autograd registration (it saves what the fused kernels save: the
+op's inputs and two ``[B, C]`` float32 vectors) and its bodies, the launch code, whose buffers (the
+kernels' scratch) are counted for as long as they live (``focalfast.memory_plan.op_bodies``; on fake
+tensors the launches are skipped). ``"reference"`` runs the pure-PyTorch op. Autocast follows CUDA's
+policy (``cuda_autocast_policy``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from focalfast.memory_plan.cuda_autocast import cuda_autocast_policy
 from focalfast.memory_plan.live_memory import LiveMemory
+from focalfast.memory_plan.op_bodies import fused_op_bodies
 from focalfast.memory_plan.saved_tensors import SavedTensors
 
 PLAN_BACKENDS = {"reference": "reference", "fused": "triton"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CLIP_GRAD = 5.0  # focalfast train's default
 WARMUP_RESOLUTION = 32
+GPU_SMS = 132  # multiprocessors of the GPU the fused kernels' scratch is planned for (H100 SXM, H200)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +67,7 @@ class StepMemory:
 @contextlib.contextmanager
 def _triton_backend_on_cpu():
     """Let the Triton backend accept CPU tensors (as under ``TRITON_INTERPRET=1``); under
-    ``FakeTensorMode`` its custom op runs its fake implementation, so no kernel is launched.
-    The kernels are imported first, so that they keep the interpreter setting they were defined with."""
+    ``FakeTensorMode`` no kernel is launched (``op_bodies``). The kernels are imported first, so that they keep the interpreter setting they were defined with."""
     from focalfast.backends import BackendUnavailableError
 
     try:
@@ -108,18 +111,24 @@ class StepPlanner:
             parameters (else the parameters themselves are in ``dtype``).
         fake: measure under ``FakeTensorMode`` (else real CPU tensors: small sizes only).
         granularity: round each storage up to this many bytes (512: the CUDA caching allocator).
+        gpu_sms: with ``fake``, the fused op's launch code sizes its scratch as for a GPU of this
+            many multiprocessors (132: H100 SXM, H200); None: as for the CPU (Triton's interpreter,
+            where a real step runs its kernels).
     """
 
     def __init__(self, model_factory: Callable[[str], nn.Module], backend: str = "fused",
                  checkpointing: str = "none", dtype: str = "bf16", amp: bool = True, fake: bool = True,
-                 granularity: int = 1, num_classes: Optional[int] = None):
+                 granularity: int = 1, num_classes: Optional[int] = None, gpu_sms: Optional[int] = GPU_SMS):
         from focalfast.models import set_checkpointing
 
         if backend not in PLAN_BACKENDS:
             raise ValueError(f"backend: expected one of {tuple(PLAN_BACKENDS)}, got {backend!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+        if gpu_sms is not None and (not isinstance(gpu_sms, int) or gpu_sms < 1):
+            raise ValueError(f"gpu_sms: expected a positive int or None, got {gpu_sms!r}")
         self.backend, self.checkpointing, self.granularity = backend, checkpointing, granularity
+        self._gpu_sms = gpu_sms if fake else None
         self.dtype = DTYPES[dtype]
         self.amp = amp and self.dtype != torch.float32
         self._fake = FakeTensorMode() if fake else None
@@ -181,7 +190,7 @@ class StepPlanner:
 
     def _measure(self, batch: int, resolution: int) -> StepMemory:
         with self._context():
-            live = LiveMemory(self.granularity)
+            live = LiveMemory(self.granularity, fused_op_bodies(self._gpu_sms) if self.backend == "fused" else None)
             flops = FlopCounterMode(display=False)
             with live:
                 live.track(self.params, list(self.optimizer.state.values()))

@@ -51,7 +51,7 @@ def _grid3(grid, bound_args) -> Tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def _patched_sm_count(sms: int):
+def patched_sm_count(sms: int):
     """Every ``sm_count`` of the Triton backend's modules (imported by name) answers ``sms``."""
     original = chain_schedule.sm_count
     patched = []
@@ -90,7 +90,7 @@ def capture_triton_launches(run: Callable[[], object], sm_count: int = 132) -> L
     original_interpreted = InterpretedFunction.run
     JITFunction.run, InterpretedFunction.run = record, interpreted
     try:
-        with _patched_sm_count(sm_count), torch.no_grad():
+        with patched_sm_count(sm_count), torch.no_grad():
             run()
     finally:
         JITFunction.run, InterpretedFunction.run = original_run, original_interpreted

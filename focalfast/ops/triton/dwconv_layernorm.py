@@ -33,7 +33,9 @@ afterwards in a fixed order. No atomics: the gradients are bitwise reproducible.
 
 The depthwise conv of a tile, its transposed form and the per-tile weight-gradient partials
 are ``focalfast.ops.triton.depthwise_conv``'s helpers (shared with the focal-modulation
-kernels). Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
+kernels). Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``. The ops' bodies
+(``dwconv_layernorm_op_body``, ``dwconv_layernorm_backward_op_body``) are plain functions too: the
+memory planner runs them with the launches skipped to count their buffers.
 """
 
 from dataclasses import dataclass
@@ -210,9 +212,8 @@ def _strides(x: Tensor) -> Tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-@torch.library.custom_op("focalfast::dwconv_layernorm_triton", mutates_args=())
-def dwconv_layernorm_op(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor, ln_bias: Tensor,
-                        eps: float) -> Tensor:
+def dwconv_layernorm_op_body(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_weight: Tensor,
+                             ln_bias: Tensor, eps: float) -> Tensor:
     """``LayerNorm_C(dwconv(x) + conv_bias)``; x ``[B, H, W, C]`` with channel stride 1 -> contiguous y."""
     B, H, W, C = x.shape
     n_pix = B * H * W
@@ -227,14 +228,17 @@ def dwconv_layernorm_op(x: Tensor, conv_weight: Tensor, conv_bias: Tensor, ln_we
     return y
 
 
+dwconv_layernorm_op = torch.library.custom_op("focalfast::dwconv_layernorm_triton", mutates_args=())(
+    dwconv_layernorm_op_body)
+
+
 @dwconv_layernorm_op.register_fake
 def _(x, conv_weight, conv_bias, ln_weight, ln_bias, eps):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("focalfast::dwconv_layernorm_triton_backward", mutates_args=())
-def dwconv_layernorm_backward_op(dy: Tensor, x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
-                                 ln_weight: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def dwconv_layernorm_backward_op_body(dy: Tensor, x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
+                                      ln_weight: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dx, d_conv_weight, d_conv_bias, d_ln_weight, d_ln_bias)``; dx contiguous ``[B, H, W, C]``."""
     B, H, W, C = x.shape
     K = conv_weight.shape[-1]
@@ -265,6 +269,10 @@ def dwconv_layernorm_backward_op(dy: Tensor, x: Tensor, conv_weight: Tensor, con
     dw = dw_part.sum(0).transpose(1, 2).reshape(n_cb * plan.conv_block_c, K * K)[:C]  # [C, K * K]
     return (dx, dw.reshape(C, 1, K, K).contiguous().to(conv_weight.dtype), db_part.sum(0).to(conv_bias.dtype),
             dgamma_part.sum(0).to(ln_weight.dtype), dbeta_part.sum(0).to(ln_weight.dtype))
+
+
+dwconv_layernorm_backward_op = torch.library.custom_op("focalfast::dwconv_layernorm_triton_backward",
+                                                       mutates_args=())(dwconv_layernorm_backward_op_body)
 
 
 @dwconv_layernorm_backward_op.register_fake

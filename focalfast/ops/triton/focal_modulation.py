@@ -44,6 +44,11 @@ Gradients come back contiguous.
 
 Runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` (the same kernels, in
 Triton's interpreter; small shapes only).
+
+The ops' bodies (``focal_modulation_op_body``, ``focal_modulation_backward_op_body``) are plain
+functions too: the memory planner (``focalfast.memory_plan``) runs them on fake tensors with the
+launches skipped, so that it counts every buffer the launch code allocates, for as long as it lives.
+The fake implementations only make the outputs (``torch.compile`` needs no more).
 """
 
 import contextlib
@@ -135,8 +140,7 @@ def focal_modulation_backward(dout, q, ctx, gates, weights, h_weight, h_bias, me
     return dq, dctx, dgates, dweights, d_h_weight.to(h_weight.dtype), d_h_bias
 
 
-@torch.library.custom_op("focalfast::focal_modulation_triton", mutates_args=())
-def focal_modulation_op(
+def focal_modulation_op_body(
     q: Tensor,
     ctx: Tensor,
     gates: Tensor,
@@ -155,6 +159,10 @@ def focal_modulation_op(
     return focal_modulation_forward(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator)
 
 
+focal_modulation_op = torch.library.custom_op("focalfast::focal_modulation_triton", mutates_args=())(
+    focal_modulation_op_body)
+
+
 @focal_modulation_op.register_fake
 def _(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator):
     B, _, _, C = q.shape
@@ -162,8 +170,7 @@ def _(q, ctx, gates, weights, h_weight, h_bias, normalize_modulator):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("focalfast::focal_modulation_triton_backward", mutates_args=())
-def focal_modulation_backward_op(
+def focal_modulation_backward_op_body(
     dout: Tensor,
     q: Tensor,
     ctx: Tensor,
@@ -179,6 +186,10 @@ def focal_modulation_backward_op(
     grads = focal_modulation_backward(dout, q, ctx, gates, weights, h_weight, h_bias, mean, glob,
                                       normalize_modulator)
     return grads[:-1] + ((grads[-1] if h_bias is not None else h_weight.new_empty((0,))),)
+
+
+focal_modulation_backward_op = torch.library.custom_op("focalfast::focal_modulation_triton_backward",
+                                                       mutates_args=())(focal_modulation_backward_op_body)
 
 
 @focal_modulation_backward_op.register_fake
