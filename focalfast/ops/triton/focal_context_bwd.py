@@ -15,8 +15,10 @@ One program streams one (image, channel block, band of rows) top to bottom in st
 (``chain_schedule``): ctx rows enter the fp32 ring of z_0, the forward levels run ahead (z_l and
 GELU'(u_l) into rings), each gradient level trails by its halo (du_l into a ring), dctx last.
 The program also writes ctx_local (for the dq and d_h_weight GEMMs that follow). The weight
-gradients are summed per thread over the whole sweep (``ring_weight_grad``: an FMA per value and
-tap, no cross-thread reduction per step) and reduced over the tile's columns once at the end.
+gradient of level l rides on the transposed conv of du_l (``ring_conv_transposed_and_weight_grad``):
+dw_l[dy, dx] = sum_y du_l[y + P_l - dy] * z_{l-1}[y] reads du_l at the very pixels the transposed
+conv reads, so each loaded value feeds two FMAs; the R rows of a tile are summed in the thread
+into [taps, WT, BC] slots, which are reduced over the tile's columns once, at the end.
 
 Sums over channels (dgates, when C spans several blocks) and over images (dw) leave fp32
 partials per program, reduced afterwards in a fixed order: bitwise reproducible, no atomics.
@@ -26,11 +28,12 @@ ctx_local (4) and the fp32 dgates partials (4 (L + 1) / BC); rings and weight-gr
 per-program fp32 scratch.
 
 Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``):
-FocalNet-T stage 1 12.4 for k = 3, 5 (48.1 before) and 28.9 for k = 3, 5, 7;
-stages 2 / 3 / 4: 17.5 / 28.0 / 41.6 (k = 3, 5), 46.7 / 81.5 / 168.0 (k = 3, 5, 7). Per tap and
-value: an FMA plus a quarter load for the recompute and for the transposed conv, and about 2.5 for
-the weight gradient (``ring_weight_grad``: Triton converts the row-summed product's layout
-through shared memory, a barrier per tap, before the read-modify-write of the slots).
+FocalNet-T stage 1 11.6 for k = 3, 5 (12.4 before the fused weight gradient, 48.1 before
+per-thread slots) and 25.8 for k = 3, 5, 7 (28.9). Per tap and value: an FMA plus a quarter
+load for the recompute; for the transposed conv with the weight gradient, two FMAs, a quarter
+load and the slots' read-modify-write (a quarter load and store per two values). The image's
+channel offsets are declared 4-contiguous so that bf16 loads take the fp32 rings' layout
+(4 channels per thread): no layout conversions through shared memory, no barriers per tap.
 """
 
 from typing import Optional
@@ -42,7 +45,7 @@ import triton.language as tl
 from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
 from focalfast.ops.triton.depthwise_conv import (
     ring_conv,
-    ring_weight_grad,
+    ring_conv_transposed_and_weight_grad,
     rows_into_ring,
     tap_major_weights,
     zero_fill,
@@ -71,14 +74,14 @@ def _forward_level(
 
 @triton.jit
 def _last_level(
-    s, zr, dr, ring_size, ring_row, w_L, dw_tile, cmask,
+    s, zr, dr, ring_size, ring_row, w_L, cmask,
     gate_img, dca_img, cl_img, dg_img, glob_c, d_mean,
     start, y0, y1, H, W, C, gates_stride,
     L: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """Level L at its lag: z_L, ctx_local, the dgates partials, du_L into its ring and its weight
-    gradient (the last four for the band's own rows ``[y0, y1)`` only)."""
+    """Level L at its lag: z_L, ctx_local and the dgates partials (for the band's own rows
+    ``[y0, y1)`` only), and du_L into its ring."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
     for w0 in range(0, W, WT):
@@ -105,18 +108,17 @@ def _last_level(
 
         du = tl.where(inside, (g * dca + d_mean) * dz_du, 0.0)
         tl.store(dr + (L - 1) * ring_size + slot + col_at, du)
-        ring_weight_grad(tl.where(own, du, 0.0), src, rows, dw_tile, ring_row, K, RING, R, WT, BC)
 
 
 @triton.jit
 def _grad_level(
-    s, zr, gr, dr, ring_size, ring_row, w_l, w_next, dw_tile, cmask, gate_img, dca_img,
+    s, zr, gr, dr, ring_size, ring_row, w_next, dw_next, cmask, gate_img, dca_img,
     start, y0, y1, H, W, C, gates_stride,
-    l: tl.constexpr, K: tl.constexpr, K_NEXT: tl.constexpr, LAG: tl.constexpr,
+    l: tl.constexpr, K_NEXT: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """du_l (l < L) at its lag from du_{l+1} (transposed conv) into ring d_l, and the weight
-    gradient of level l from the band's own rows."""
+    """du_l (0 < l < L) at its lag from du_{l+1} (transposed conv) into ring d_l, and the weight
+    gradient of level l + 1 from the same loads of du_{l+1} (its own rows) and z_l."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
     for w0 in range(0, W, WT):
@@ -126,25 +128,29 @@ def _grad_level(
         pix = rows.to(tl.int64) * W + cols
         dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
         g = tl.load(gate_img + pix * gates_stride + (l - 1), mask=inside, other=0.0).to(tl.float32)
-        dz = g * dca + ring_conv(dr + l * ring_size + col_at, rows, w_next, ring_row, K_NEXT, True, RING, R, WT, BC)
+        z_l = tl.load(zr + l * ring_size + slot + col_at)
+        dz = g * dca + ring_conv_transposed_and_weight_grad(dr + l * ring_size + col_at, z_l, rows, w_next, dw_next,
+                                                            ring_row, y0, y1, K_NEXT, RING, BANDED, R, WT, BC)
         du = tl.where(inside, dz * tl.load(gr + (l - 1) * ring_size + slot + col_at), 0.0)
         tl.store(dr + (l - 1) * ring_size + slot + col_at, du)
-        ring_weight_grad(tl.where((rows >= y0) & (rows < y1), du, 0.0), zr + (l - 1) * ring_size + col_at, rows,
-                         dw_tile, ring_row, K, RING, R, WT, BC)
 
 
 @triton.jit
 def _ctx_grad(
-    s, dr, ring_row, w1, dctx_img, cmask, start, y0, y1, W, C,
-    K1: tl.constexpr, LAG: tl.constexpr, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr,
-    RING: tl.constexpr,
+    s, zr, dr, ring_row, w1, dw1, dctx_img, cmask, start, y0, y1, W, C,
+    K1: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr, R: tl.constexpr, WT: tl.constexpr,
+    BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """dctx = dwconv_transposed(du_1, w_1) at its lag, for the band's own rows."""
+    """dctx = dwconv_transposed(du_1, w_1) at its lag, for the band's own rows, and the weight
+    gradient of level 1 from the same loads of du_1 and z_0 = ctx."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
+    slot = (rows & (RING - 1)) * ring_row
     for w0 in range(0, W, WT):
         cols = w0 + tl.arange(0, WT)[None, :, None]
         own = (rows >= y0) & (rows < y1) & (cols < W)
-        dx = ring_conv(dr + cols * BC, rows, w1, ring_row, K1, True, RING, R, WT, BC)
+        z_0 = tl.load(zr + slot + cols * BC)
+        dx = ring_conv_transposed_and_weight_grad(dr + cols * BC, z_0, rows, w1, dw1, ring_row, y0, y1, K1, RING,
+                                                  BANDED, R, WT, BC)
         tl.store(dctx_img + (rows.to(tl.int64) * W + cols) * C, dx.to(dctx_img.dtype.element_ty),
                  mask=own & cmask)
 
@@ -158,13 +164,16 @@ def focal_context_bwd_kernel(
     LAG1: tl.constexpr, LAG2: tl.constexpr, LAG3: tl.constexpr, LAG4: tl.constexpr,
     GLAG0: tl.constexpr, GLAG1: tl.constexpr, GLAG2: tl.constexpr, GLAG3: tl.constexpr,
     TAP1: tl.constexpr, TAP2: tl.constexpr, TAP3: tl.constexpr, TAP4: tl.constexpr, TAPS: tl.constexpr,
-    HALO: tl.constexpr, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
-    PAD: tl.constexpr,
+    HALO: tl.constexpr, TAIL: tl.constexpr, BANDED: tl.constexpr,
+    R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr, PAD: tl.constexpr,
 ):
     """One program per (channel block, image, band); grid ``(cdiv(C, BC), B, bands)``.
 
     LAGl: rows forward level l trails the ctx rows of a step; GLAGl: the same for du_l (GLAG0:
-    dctx); TAPl: its first of the TAPS taps in ``taps`` (``tap_major_weights``). dgates_part
+    dctx); TAPl: its first of the TAPS taps in ``taps`` (``tap_major_weights``). The weight gradient
+    of level l runs with du_{l-1} and needs z_{l-1} P_l rows past a band's last row: a band above
+    the image's last (``BANDED``) sweeps until its TAIL = max_l (GLAG_{l-1} + P_l) stage has
+    passed its last row, the last band (and a whole image) until dctx has. dgates_part
     ``[cdiv(C, BC), B, H, W, L+1]`` and dw_part ``[B * bands, cdiv(C, BC), TAPS, BC]`` are fp32
     partials; dctx and ctx_local are ``[B, H, W, C]``.
     """
@@ -175,9 +184,10 @@ def focal_context_bwd_kernel(
     y0 = band * band_rows
     y1 = tl.minimum(y0 + band_rows, H)
     start = tl.maximum(y0 - HALO, 0) - K1 // 2  # the first ctx row of the sweep
-    n_steps = tl.cdiv(y1 - start + GLAG0, R)
+    n_steps = tl.cdiv(y1 - start + tl.where(y1 < H, TAIL, GLAG0), R)
     cc = tl.arange(0, BC)[None, None, :]
-    chans = cb * BC + cc
+    # 4 channels per thread in every tile (bf16 loads too, as the fp32 rings): no layout conversions.
+    chans = tl.max_contiguous(cb * BC + cc, [1, 1, 4])
     cmask = chans < C
     img = b.to(tl.int64) * HW
     prog = ((b * tl.num_programs(2) + band) * tl.num_programs(0) + cb).to(tl.int64)
@@ -220,20 +230,20 @@ def focal_context_bwd_kernel(
                            K1 if l == 1 else (K2 if l == 2 else K3),
                            LAG1 if l == 1 else (LAG2 if l == 2 else LAG3), R, WT, BC, RING)
             tl.debug_barrier()
-        _last_level(s, zr, dr, ring_size, ring_row, w_c + TAP_L * BC, dw_slots + TAP_L * (WT * BC), cmask,
+        _last_level(s, zr, dr, ring_size, ring_row, w_c + TAP_L * BC, cmask,
                     gate_img, dca_img, cl_img, dg_img, glob_c, d_mean, start, y0, y1, H, W, C, gates_stride, L,
                     K1 if L == 1 else (K2 if L == 2 else (K3 if L == 3 else K4)),
                     LAG1 if L == 1 else (LAG2 if L == 2 else (LAG3 if L == 3 else LAG4)), R, WT, BC, RING)
         tl.debug_barrier()
         for l in tl.static_range(L - 1, 0, -1):
-            _grad_level(s, zr, gr, dr, ring_size, ring_row, w_c + (TAP1 if l == 1 else (TAP2 if l == 2 else TAP3)) * BC,
-                        w_c + (TAP2 if l == 1 else (TAP3 if l == 2 else TAP4)) * BC,
-                        dw_slots + (TAP1 if l == 1 else (TAP2 if l == 2 else TAP3)) * (WT * BC), cmask, gate_img,
-                        dca_img, start, y0, y1, H, W, C, gates_stride, l,
-                        K1 if l == 1 else (K2 if l == 2 else K3), K2 if l == 1 else (K3 if l == 2 else K4),
-                        GLAG1 if l == 1 else (GLAG2 if l == 2 else GLAG3), R, WT, BC, RING)
+            tap_next = TAP2 if l == 1 else (TAP3 if l == 2 else TAP4)
+            _grad_level(s, zr, gr, dr, ring_size, ring_row, w_c + tap_next * BC, dw_slots + tap_next * (WT * BC),
+                        cmask, gate_img, dca_img, start, y0, y1, H, W, C, gates_stride, l,
+                        K2 if l == 1 else (K3 if l == 2 else K4), GLAG1 if l == 1 else (GLAG2 if l == 2 else GLAG3),
+                        BANDED, R, WT, BC, RING)
             tl.debug_barrier()
-        _ctx_grad(s, dr, ring_row, w_c + TAP1 * BC, dctx_img, cmask, start, y0, y1, W, C, K1, GLAG0, R, WT, BC, RING)
+        _ctx_grad(s, zr, dr, ring_row, w_c + TAP1 * BC, dw_slots + TAP1 * (WT * BC), dctx_img, cmask, start, y0, y1,
+                  W, C, K1, GLAG0, BANDED, R, WT, BC, RING)
         tl.debug_barrier()
 
     # The weight gradients: this program's slots summed over the tile's columns, once.
@@ -271,7 +281,7 @@ def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, 
         dctx, dgates_part, dw_part, ctx_local, scratch,
         H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width, d_glob_part.shape[1],
         L, *sched.kernel_sizes, *sched.lags, *sched.grad_lags, *sched.first_taps, taps, sched.halo,
-        sched.rows_per_step, sched.tile_width, BC, sched.ring, sched.pad,
+        max(g + k // 2 for g, k in zip(sched.grad_lags[:L], ks)), bands > 1, sched.rows_per_step, sched.tile_width, BC, sched.ring, sched.pad,
         num_warps=sched.num_warps, num_stages=1,
     )
     dgates = dgates_part.sum(0).to(dtype)
