@@ -54,6 +54,21 @@ from focalfast.ops.triton.gelu import gelu_and_grad, gelu_grad
 
 
 @triton.jit
+def _in_image(s, start, H, LAG: tl.constexpr, R: tl.constexpr):
+    """Whether any of a stage's rows ``start + s*R - LAG + [0, R)`` lies in the image: a stage skips
+    its work on steps with none (the sweep's lags and the tiles' rounding), writing zero rows."""
+    first = start + s * R - LAG
+    return (first < H) & (first + R > 0)
+
+
+@triton.jit
+def _zero_rows(ring, slot, W, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
+    """Zeros into ring rows ``slot`` ``[R, 1, 1]`` (offsets) of ``ring`` ``[1, 1, BC]``."""
+    for w0 in range(0, W, WT):
+        tl.store(ring + slot + (w0 + tl.arange(0, WT)[None, :, None]) * BC, tl.zeros((R, WT, BC), dtype=tl.float32))
+
+
+@triton.jit
 def _forward_level(
     s, zr, gr, ring_size, ring_row, w_l, start, H, W,
     l: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
@@ -62,14 +77,18 @@ def _forward_level(
     """Level l < L at rows ``start + s*R - LAG + [0, R)``: z_l into ring z_l, GELU'(u_l) into ring g_l."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
-        col_at = cols * BC
-        z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
-                                           R, WT, BC))
-        tl.store(zr + l * ring_size + slot + col_at, tl.where(inside, z, 0.0))
-        tl.store(gr + (l - 1) * ring_size + slot + col_at, tl.where(inside, dz_du, 0.0))
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            inside = (rows >= 0) & (rows < H) & (cols < W)
+            col_at = cols * BC
+            z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
+                                               R, WT, BC))
+            tl.store(zr + l * ring_size + slot + col_at, tl.where(inside, z, 0.0))
+            tl.store(gr + (l - 1) * ring_size + slot + col_at, tl.where(inside, dz_du, 0.0))
+    else:
+        _zero_rows(zr + l * ring_size, slot, W, R, WT, BC)
+        _zero_rows(gr + (l - 1) * ring_size, slot, W, R, WT, BC)
 
 
 @triton.jit
@@ -84,30 +103,33 @@ def _last_level(
     ``[y0, y1)`` only), and du_L into its ring."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
-        own = inside & (rows >= y0) & (rows < y1)
-        col_at = cols * BC
-        src = zr + (L - 1) * ring_size + col_at
-        z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, False, RING, R, WT, BC))
-        pix = rows.to(tl.int64) * W + cols
-        gate = gate_img + pix * gates_stride
-        dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
-        g = tl.load(gate + (L - 1), mask=inside, other=0.0).to(tl.float32)
-        dg = dg_img + pix * (L + 1)
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            inside = (rows >= 0) & (rows < H) & (cols < W)
+            own = inside & (rows >= y0) & (rows < y1)
+            col_at = cols * BC
+            src = zr + (L - 1) * ring_size + col_at
+            z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, False, RING, R, WT, BC))
+            pix = rows.to(tl.int64) * W + cols
+            gate = gate_img + pix * gates_stride
+            dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
+            g = tl.load(gate + (L - 1), mask=inside, other=0.0).to(tl.float32)
+            dg = dg_img + pix * (L + 1)
 
-        ctx_local = z * g
-        tl.store(dg + (L - 1), tl.sum(dca * z, axis=2, keep_dims=True), mask=own)
-        for j in tl.static_range(1, L):
-            z_j = tl.load(zr + j * ring_size + slot + col_at)
-            ctx_local += z_j * tl.load(gate + (j - 1), mask=inside, other=0.0).to(tl.float32)
-            tl.store(dg + (j - 1), tl.sum(dca * z_j, axis=2, keep_dims=True), mask=own)
-        tl.store(dg + L, tl.sum(dca * glob_c, axis=2, keep_dims=True), mask=own)
-        tl.store(cl_img + pix * C, ctx_local.to(cl_img.dtype.element_ty), mask=own & cmask)
+            ctx_local = z * g
+            tl.store(dg + (L - 1), tl.sum(dca * z, axis=2, keep_dims=True), mask=own)
+            for j in tl.static_range(1, L):
+                z_j = tl.load(zr + j * ring_size + slot + col_at)
+                ctx_local += z_j * tl.load(gate + (j - 1), mask=inside, other=0.0).to(tl.float32)
+                tl.store(dg + (j - 1), tl.sum(dca * z_j, axis=2, keep_dims=True), mask=own)
+            tl.store(dg + L, tl.sum(dca * glob_c, axis=2, keep_dims=True), mask=own)
+            tl.store(cl_img + pix * C, ctx_local.to(cl_img.dtype.element_ty), mask=own & cmask)
 
-        du = tl.where(inside, (g * dca + d_mean) * dz_du, 0.0)
-        tl.store(dr + (L - 1) * ring_size + slot + col_at, du)
+            du = tl.where(inside, (g * dca + d_mean) * dz_du, 0.0)
+            tl.store(dr + (L - 1) * ring_size + slot + col_at, du)
+    else:
+        _zero_rows(dr + (L - 1) * ring_size, slot, W, R, WT, BC)
 
 
 @triton.jit
@@ -121,23 +143,26 @@ def _grad_level(
     gradient of level l + 1 from the same loads of du_{l+1} (its own rows) and z_l."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
-        col_at = cols * BC
-        pix = rows.to(tl.int64) * W + cols
-        dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
-        g = tl.load(gate_img + pix * gates_stride + (l - 1), mask=inside, other=0.0).to(tl.float32)
-        z_l = tl.load(zr + l * ring_size + slot + col_at)
-        dz = g * dca + ring_conv_transposed_and_weight_grad(dr + l * ring_size + col_at, z_l, rows, w_next, dw_next,
-                                                            ring_row, y0, y1, K_NEXT, RING, BANDED, R, WT, BC)
-        du = tl.where(inside, dz * tl.load(gr + (l - 1) * ring_size + slot + col_at), 0.0)
-        tl.store(dr + (l - 1) * ring_size + slot + col_at, du)
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            inside = (rows >= 0) & (rows < H) & (cols < W)
+            col_at = cols * BC
+            pix = rows.to(tl.int64) * W + cols
+            dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
+            g = tl.load(gate_img + pix * gates_stride + (l - 1), mask=inside, other=0.0).to(tl.float32)
+            z_l = tl.load(zr + l * ring_size + slot + col_at)
+            dz = g * dca + ring_conv_transposed_and_weight_grad(dr + l * ring_size + col_at, z_l, rows, w_next, dw_next,
+                                                                ring_row, y0, y1, K_NEXT, RING, BANDED, R, WT, BC)
+            du = tl.where(inside, dz * tl.load(gr + (l - 1) * ring_size + slot + col_at), 0.0)
+            tl.store(dr + (l - 1) * ring_size + slot + col_at, du)
+    else:
+        _zero_rows(dr + (l - 1) * ring_size, slot, W, R, WT, BC)
 
 
 @triton.jit
 def _ctx_grad(
-    s, zr, dr, ring_row, w1, dw1, dctx_img, cmask, start, y0, y1, W, C,
+    s, zr, dr, ring_row, w1, dw1, dctx_img, cmask, start, y0, y1, H, W, C,
     K1: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr, R: tl.constexpr, WT: tl.constexpr,
     BC: tl.constexpr, RING: tl.constexpr,
 ):
@@ -145,14 +170,15 @@ def _ctx_grad(
     gradient of level 1 from the same loads of du_1 and z_0 = ctx."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        own = (rows >= y0) & (rows < y1) & (cols < W)
-        z_0 = tl.load(zr + slot + cols * BC)
-        dx = ring_conv_transposed_and_weight_grad(dr + cols * BC, z_0, rows, w1, dw1, ring_row, y0, y1, K1, RING,
-                                                  BANDED, R, WT, BC)
-        tl.store(dctx_img + (rows.to(tl.int64) * W + cols) * C, dx.to(dctx_img.dtype.element_ty),
-                 mask=own & cmask)
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            own = (rows >= y0) & (rows < y1) & (cols < W)
+            z_0 = tl.load(zr + slot + cols * BC)
+            dx = ring_conv_transposed_and_weight_grad(dr + cols * BC, z_0, rows, w1, dw1, ring_row, y0, y1, K1, RING,
+                                                      BANDED, R, WT, BC)
+            tl.store(dctx_img + (rows.to(tl.int64) * W + cols) * C, dx.to(dctx_img.dtype.element_ty),
+                     mask=own & cmask)
 
 
 @triton.jit
@@ -243,7 +269,7 @@ def focal_context_bwd_kernel(
                         BANDED, R, WT, BC, RING)
             tl.debug_barrier()
         _ctx_grad(s, zr, dr, ring_row, w_c + TAP1 * BC, dw_slots + TAP1 * (WT * BC), dctx_img, cmask, start, y0, y1,
-                  W, C, K1, GLAG0, BANDED, R, WT, BC, RING)
+                  H, W, C, K1, GLAG0, BANDED, R, WT, BC, RING)
         tl.debug_barrier()
 
     # The weight gradients: this program's slots summed over the tile's columns, once.
