@@ -185,12 +185,12 @@ def _ctx_grad(
 def focal_context_bwd_kernel(
     ctx, gates, taps, d_ctx_all, d_glob_part, mean, glob,  # inputs
     dctx, dgates_part, dw_part, ctx_local, scratch,  # outputs and fp32 scratch
-    H, W, C, ctx_stride, gates_stride, band_rows, ring_width, n_glob_tiles,
+    H, W, C, ctx_stride, gates_stride, band_rows, ring_width, n_glob_tiles, n_taps,
     L: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, K4: tl.constexpr,
     LAG1: tl.constexpr, LAG2: tl.constexpr, LAG3: tl.constexpr, LAG4: tl.constexpr,
     GLAG0: tl.constexpr, GLAG1: tl.constexpr, GLAG2: tl.constexpr, GLAG3: tl.constexpr,
     TAP1: tl.constexpr, TAP2: tl.constexpr, TAP3: tl.constexpr, TAP4: tl.constexpr, TAPS: tl.constexpr,
-    HALO: tl.constexpr, TAIL: tl.constexpr, BANDED: tl.constexpr,
+    HALO: tl.constexpr, TAIL: tl.constexpr, BANDED: tl.constexpr, COLUMNS_IN_THREAD: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr, PAD: tl.constexpr,
 ):
     """One program per (channel block, image, band); grid ``(cdiv(C, BC), B, bands)``.
@@ -211,9 +211,10 @@ def focal_context_bwd_kernel(
     y1 = tl.minimum(y0 + band_rows, H)
     start = tl.maximum(y0 - HALO, 0) - K1 // 2  # the first ctx row of the sweep
     n_steps = tl.cdiv(y1 - start + tl.where(y1 < H, TAIL, GLAG0), R)
-    cc = tl.arange(0, BC)[None, None, :]
-    # 4 channels per thread in every tile (bf16 loads too, as the fp32 rings): no layout conversions.
-    chans = tl.max_contiguous(cb * BC + cc, [1, 1, 4])
+    # 4 channels per thread in every tile (bf16 loads and weight vectors too, as the fp32 rings): no
+    # layout conversions.
+    cc = tl.max_contiguous(tl.arange(0, BC)[None, None, :], [1, 1, 4])
+    chans = cb * BC + cc
     cmask = chans < C
     img = b.to(tl.int64) * HW
     prog = ((b * tl.num_programs(2) + band) * tl.num_programs(0) + cb).to(tl.int64)
@@ -224,6 +225,8 @@ def focal_context_bwd_kernel(
     dctx_img = dctx + img * C + chans
     dg_img = dgates_part + (cb * tl.num_programs(1) + b).to(tl.int64) * HW * (L + 1)
     w_c = taps + cb * (TAPS * BC) + cc  # this block's tap 0
+    if COLUMNS_IN_THREAD:  # a [BC] load would take 1 channel per thread: load the weights in the tiles' layout
+        w_c = tl.broadcast_to(w_c, (1, WT, BC))
 
     # The pool's gradient: d_mean = d_glob * GELU'(mean) / HW, the same at every pixel.
     d_glob = tl.zeros((1, 1, BC), dtype=tl.float32)
@@ -272,10 +275,19 @@ def focal_context_bwd_kernel(
                   H, W, C, K1, GLAG0, BANDED, R, WT, BC, RING)
         tl.debug_barrier()
 
-    # The weight gradients: this program's slots summed over the tile's columns, once.
+    # The weight gradients: this program's slots summed over the tile's columns, once; in the thread
+    # (COLUMNS_IN_THREAD) where a row of BC channels spans every thread (narrow maps). n_taps = TAPS
+    # as a run-time value: ptxas unrolls this loop with a remainder loop, as the static count reads it.
     dw_prog = dw_part + prog * (TAPS * BC) + tl.arange(0, BC)
-    for t in range(TAPS):
-        tl.store(dw_prog + t * BC, tl.sum(tl.sum(tl.load(dw_slots + t * (WT * BC)), axis=1), axis=0))
+    for t in range(n_taps):
+        if COLUMNS_IN_THREAD:
+            slot_row = scratch_prog + rings_size + t * (WT * BC) + tl.arange(0, BC)
+            dw_t = tl.zeros((BC,), dtype=tl.float32)
+            for x in tl.static_range(WT):
+                dw_t += tl.load(slot_row + x * BC)
+            tl.store(dw_prog + t * BC, dw_t)
+        else:
+            tl.store(dw_prog + t * BC, tl.sum(tl.sum(tl.load(dw_slots + t * (WT * BC)), axis=1), axis=0))
 
 
 def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, d_glob_part, mean, glob,
@@ -305,9 +317,10 @@ def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, 
     focal_context_bwd_kernel[(n_cb, B, bands)](
         ctx, gates, tap_major_weights(weights, BC), d_ctx_all, d_glob_part, mean, glob,
         dctx, dgates_part, dw_part, ctx_local, scratch,
-        H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width, d_glob_part.shape[1],
+        H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width, d_glob_part.shape[1], taps,
         L, *sched.kernel_sizes, *sched.lags, *sched.grad_lags, *sched.first_taps, taps, sched.halo,
-        max(g + k // 2 for g, k in zip(sched.grad_lags[:L], ks)), bands > 1, sched.rows_per_step, sched.tile_width, BC, sched.ring, sched.pad,
+        max(g + k // 2 for g, k in zip(sched.grad_lags[:L], ks)), bands > 1, BC >= 32 * sched.num_warps,
+        sched.rows_per_step, sched.tile_width, BC, sched.ring, sched.pad,
         num_warps=sched.num_warps, num_stages=1,
     )
     dgates = dgates_part.sum(0).to(dtype)
