@@ -95,7 +95,7 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    tile holds 2K values forward, 4K backward (R rows x WT columns x BC channels; backward
+    tile holds 2K values forward, 2K-4K backward (R rows x WT columns x BC channels; backward
     always 2 rows, and up to 256 channels where the map is narrow), and images
     are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
     multiprocessors. ``tile = (R, WT, BC)`` (powers of two), ``band_rows`` and ``num_warps``
@@ -119,7 +119,10 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         # to fill 4K values where the map is narrow (14x14, 7x7), steps that skip rows outside the image
         R = 2
         WT = min(np2(W), 64)
-        BC = min(np2(C), 4096 // (R * WT))
+        # 2K values where the 4K tile's sm_90 build takes a stack frame (ptxas, Triton 3.9: 1-2 levels
+        # at 28x28 and 14x14), else 4K
+        values = 2048 if L <= 2 and 16 <= WT <= 32 else 4096
+        BC = min(np2(C), values // (R * WT))
     else:  # 16 values per thread; the largest tiles whose sm_90 builds do not spill (ptxas, Triton 3.9)
         BC = min(np2(C), 32)
         WT = min(np2(W), 32)

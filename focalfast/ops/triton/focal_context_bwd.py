@@ -27,11 +27,14 @@ Bytes per output element (bf16): read ctx, gates, d_ctx_all (2 + 2 + 2 (L + 1) /
 ctx_local (4) and the fp32 dgates partials (4 (L + 1) / BC); rings and weight-gradient slots are
 per-program fp32 scratch.
 
-Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``):
-FocalNet-T stage 1 11.6 for k = 3, 5 (12.4 before the fused weight gradient, 48.1 before
-per-thread slots) and 25.8 for k = 3, 5, 7 (28.9). Per tap and value: an FMA plus a quarter
-load for the recompute; for the transposed conv with the weight gradient, two FMAs, a quarter
-load and the slots' read-modify-write (a quarter load and store per two values). The image's
+Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``),
+FocalNet-T stages 1 / 2 / 3 / 4: k = 3, 5: 10.9 / 12.1 / 13.1 / 14.5 (12.4 / 17.5 / 28.0 / 41.6
+before the fused weight gradient, the skipped steps and the 2-row tiles; 48.1 at stage 1 before
+per-thread slots); k = 3, 5, 7: 22.3 / 23.8 / 26.3 / 31.0 (28.9 / 46.7 / 81.5 / 168.0). 1 CTA of
+8 warps per SM (3 of 4 warps at stage 2 and 2 of 4 at stage 3 for k = 3, 5; 152-252 registers,
+no spills, no stack). Per tap and value: an FMA plus a quarter load for the recompute; for the
+transposed conv with the weight gradient, two FMAs, a quarter load and the slots'
+read-modify-write (a quarter load and store per two values). The image's
 channel offsets are declared 4-contiguous so that bf16 loads take the fp32 rings' layout
 (4 channels per thread): no layout conversions through shared memory, no barriers per tap.
 """
