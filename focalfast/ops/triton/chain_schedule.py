@@ -95,7 +95,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    tile holds 2K values forward, 4K backward (R rows x WT columns x BC channels), and images
+    tile holds 2K values forward, 2K-4K backward (R rows x WT columns x BC channels; backward
+    always 2 rows, and up to 256 channels where the map is narrow), and images
     are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
     multiprocessors. ``tile = (R, WT, BC)`` (powers of two), ``band_rows`` and ``num_warps``
     override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
@@ -114,10 +115,18 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         BC = min(np2(C), 64)
         WT = min(np2(W), 64)
         R = min(np2(sweep), max(1, 16384 // (WT * BC)))
+    elif backward:  # 16 values per thread: 2 rows (the weight gradient sums them in the thread), channels
+        # to fill 4K values where the map is narrow (14x14, 7x7), steps that skip rows outside the image
+        R = 2
+        WT = min(np2(W), 64)
+        # 2K values where the 4K tile's sm_90 build takes a stack frame (ptxas, Triton 3.9: 1-2 levels
+        # at 28x28 and 14x14), else 4K
+        values = 2048 if L <= 2 and 16 <= WT <= 32 else 4096
+        BC = min(np2(C), values // (R * WT))
     else:  # 16 values per thread; the largest tiles whose sm_90 builds do not spill (ptxas, Triton 3.9)
         BC = min(np2(C), 32)
-        WT = min(np2(W), 64 if backward else 32)
-        R = max(1, min(np2(sweep), (4096 if backward else 2048) // (WT * BC)))
+        WT = min(np2(W), 32)
+        R = max(1, min(np2(sweep), 2048 // (WT * BC)))
     if num_warps is None:
         num_warps = max(1, min(8, R * WT * BC // 512))
     # Left alone, ptxas caps the forward at 128 (1-2 levels) or 168 (3-4 levels) registers and

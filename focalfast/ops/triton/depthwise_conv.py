@@ -9,7 +9,7 @@ and w the ``[C, 1, K, K]`` depthwise kernel (PyTorch's cross-correlation):
 
 The transposed conv is the input gradient of the conv. All sums are fp32. Sources come in two forms:
 
-* rings (``ring_conv``, ``ring_weight_grad``; the focal level chain): an fp32 ring buffer of RING
+* rings (``ring_conv``, ``ring_conv_transposed_and_weight_grad``; the focal level chain): an fp32 ring buffer of RING
   rows (a power of two), image row ``y`` in slot ``y & (RING - 1)``, rows carrying zero columns
   left and right and rows outside the image stored as zero rows (``rows_into_ring``), so loads
   need no mask and no conversion; weights in ``tap_major_weights`` order.
@@ -64,22 +64,32 @@ def ring_conv(src, rows, w, row_stride, K: tl.constexpr, FLIP: tl.constexpr, RIN
 
 
 @triton.jit
-def ring_weight_grad(dout, src, rows, slots, row_stride, K: tl.constexpr, RING: tl.constexpr,
-                     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
-    """Add this tile's share of the kernel gradient to the caller's fp32 ``[K * K, WT, BC]`` slots.
+def ring_conv_transposed_and_weight_grad(dout, src, rows, w, slots, row_stride, y0, y1,
+                                         K: tl.constexpr, RING: tl.constexpr, BANDED: tl.constexpr,
+                                         R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
+    """Transposed conv of image rows ``rows`` from the fp32 ring ``dout`` (as ``ring_conv`` with
+    ``FLIP``), and this tile's share of the kernel gradient added to the caller's fp32
+    ``[K * K, WT, BC]`` slots (``slots`` ``[1, WT, BC]`` pointers at tap 0).
 
-    ``dout`` ``[R, WT, BC]`` fp32, zero where it must not count; ``src`` and ``rows`` as in
-    ``ring_conv``; ``slots`` ``[1, WT, BC]`` pointers at tap 0. Per tap, the R rows are summed in
-    the thread (an FMA per value) and added to the thread's own slots: no cross-thread reduction,
-    no barrier; the caller reduces the slots over WT once, at the end of its sweep.
+    ``src`` ``[R, WT, BC]``: the conv's input at the tile's own pixels (zero outside the image).
+    Both sums read dout at the same shifted pixel, y + P - dy: the transposed conv weighs it with
+    ``w[dy, dx]``, the gradient with ``src[y]`` (``dw[dy, dx] = sum_y dout[y + P - dy] * src[y]``),
+    so each loaded value feeds two FMAs. Only dout rows in ``[y0, y1)`` count towards the gradient
+    (``BANDED``; otherwise every row does). The tile's R rows are summed in the thread before the
+    read-modify-write of the slots: no cross-thread reduction, no barrier.
     """
     P: tl.constexpr = K // 2
+    acc = tl.zeros((R, WT, BC), dtype=tl.float32)
     for dy in range(K):
-        row_ptrs = src + ((rows + (dy - P)) & (RING - 1)) * row_stride
+        r = rows + (P - dy)
+        row_ptrs = dout + (r & (RING - 1)) * row_stride
+        s = tl.where((r >= y0) & (r < y1), src, 0.0) if BANDED else src
         for dx in tl.static_range(K):
-            v = tl.load(row_ptrs + (dx - P) * BC)
+            d = tl.load(row_ptrs + (P - dx) * BC)
+            acc += tl.load(w + (dy * K + dx) * BC) * d
             slot = slots + (dy * K + dx) * (WT * BC)
-            tl.store(slot, tl.load(slot) + tl.sum(dout * v, axis=0, keep_dims=True))
+            tl.store(slot, tl.load(slot) + tl.sum(s * d, axis=0, keep_dims=True))
+    return acc
 
 
 @triton.jit

@@ -15,8 +15,10 @@ One program streams one (image, channel block, band of rows) top to bottom in st
 (``chain_schedule``): ctx rows enter the fp32 ring of z_0, the forward levels run ahead (z_l and
 GELU'(u_l) into rings), each gradient level trails by its halo (du_l into a ring), dctx last.
 The program also writes ctx_local (for the dq and d_h_weight GEMMs that follow). The weight
-gradients are summed per thread over the whole sweep (``ring_weight_grad``: an FMA per value and
-tap, no cross-thread reduction per step) and reduced over the tile's columns once at the end.
+gradient of level l rides on the transposed conv of du_l (``ring_conv_transposed_and_weight_grad``):
+dw_l[dy, dx] = sum_y du_l[y + P_l - dy] * z_{l-1}[y] reads du_l at the very pixels the transposed
+conv reads, so each loaded value feeds two FMAs; the R rows of a tile are summed in the thread
+into [taps, WT, BC] slots, which are reduced over the tile's columns once, at the end.
 
 Sums over channels (dgates, when C spans several blocks) and over images (dw) leave fp32
 partials per program, reduced afterwards in a fixed order: bitwise reproducible, no atomics.
@@ -25,12 +27,16 @@ Bytes per output element (bf16): read ctx, gates, d_ctx_all (2 + 2 + 2 (L + 1) /
 ctx_local (4) and the fp32 dgates partials (4 (L + 1) / BC); rings and weight-gradient slots are
 per-program fp32 scratch.
 
-Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``):
-FocalNet-T stage 1 12.4 for k = 3, 5 (48.1 before) and 28.9 for k = 3, 5, 7;
-stages 2 / 3 / 4: 17.5 / 28.0 / 41.6 (k = 3, 5), 46.7 / 81.5 / 168.0 (k = 3, 5, 7). Per tap and
-value: an FMA plus a quarter load for the recompute and for the transposed conv, and about 2.5 for
-the weight gradient (``ring_weight_grad``: Triton converts the row-summed product's layout
-through shared memory, a barrier per tap, before the read-modify-write of the slots).
+Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``),
+FocalNet-T stages 1 / 2 / 3 / 4: k = 3, 5: 10.9 / 12.1 / 13.1 / 14.5 (12.4 / 17.5 / 28.0 / 41.6
+before the fused weight gradient, the skipped steps and the 2-row tiles; 48.1 at stage 1 before
+per-thread slots); k = 3, 5, 7: 22.3 / 23.8 / 26.3 / 31.0 (28.9 / 46.7 / 81.5 / 168.0). 1 CTA of
+8 warps per SM (3 of 4 warps at stage 2 and 2 of 4 at stage 3 for k = 3, 5; 152-252 registers,
+no spills, no stack). Per tap and value: an FMA plus a quarter load for the recompute; for the
+transposed conv with the weight gradient, two FMAs, a quarter load and the slots'
+read-modify-write (a quarter load and store per two values). The image's
+channel offsets are declared 4-contiguous so that bf16 loads take the fp32 rings' layout
+(4 channels per thread): no layout conversions through shared memory, no barriers per tap.
 """
 
 from typing import Optional
@@ -42,12 +48,27 @@ import triton.language as tl
 from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
 from focalfast.ops.triton.depthwise_conv import (
     ring_conv,
-    ring_weight_grad,
+    ring_conv_transposed_and_weight_grad,
     rows_into_ring,
     tap_major_weights,
     zero_fill,
 )
 from focalfast.ops.triton.gelu import gelu_and_grad, gelu_grad
+
+
+@triton.jit
+def _in_image(s, start, H, LAG: tl.constexpr, R: tl.constexpr):
+    """Whether any of a stage's rows ``start + s*R - LAG + [0, R)`` lies in the image: a stage skips
+    its work on steps with none (the sweep's lags and the tiles' rounding), writing zero rows."""
+    first = start + s * R - LAG
+    return (first < H) & (first + R > 0)
+
+
+@triton.jit
+def _zero_rows(ring, slot, W, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
+    """Zeros into ring rows ``slot`` ``[R, 1, 1]`` (offsets) of ``ring`` ``[1, 1, BC]``."""
+    for w0 in range(0, W, WT):
+        tl.store(ring + slot + (w0 + tl.arange(0, WT)[None, :, None]) * BC, tl.zeros((R, WT, BC), dtype=tl.float32))
 
 
 @triton.jit
@@ -59,112 +80,129 @@ def _forward_level(
     """Level l < L at rows ``start + s*R - LAG + [0, R)``: z_l into ring z_l, GELU'(u_l) into ring g_l."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
-        col_at = cols * BC
-        z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
-                                           R, WT, BC))
-        tl.store(zr + l * ring_size + slot + col_at, tl.where(inside, z, 0.0))
-        tl.store(gr + (l - 1) * ring_size + slot + col_at, tl.where(inside, dz_du, 0.0))
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            inside = (rows >= 0) & (rows < H) & (cols < W)
+            col_at = cols * BC
+            z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
+                                               R, WT, BC))
+            tl.store(zr + l * ring_size + slot + col_at, tl.where(inside, z, 0.0))
+            tl.store(gr + (l - 1) * ring_size + slot + col_at, tl.where(inside, dz_du, 0.0))
+    else:
+        _zero_rows(zr + l * ring_size, slot, W, R, WT, BC)
+        _zero_rows(gr + (l - 1) * ring_size, slot, W, R, WT, BC)
 
 
 @triton.jit
 def _last_level(
-    s, zr, dr, ring_size, ring_row, w_L, dw_tile, cmask,
+    s, zr, dr, ring_size, ring_row, w_L, cmask,
     gate_img, dca_img, cl_img, dg_img, glob_c, d_mean,
     start, y0, y1, H, W, C, gates_stride,
     L: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """Level L at its lag: z_L, ctx_local, the dgates partials, du_L into its ring and its weight
-    gradient (the last four for the band's own rows ``[y0, y1)`` only)."""
+    """Level L at its lag: z_L, ctx_local and the dgates partials (for the band's own rows
+    ``[y0, y1)`` only), and du_L into its ring."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
-        own = inside & (rows >= y0) & (rows < y1)
-        col_at = cols * BC
-        src = zr + (L - 1) * ring_size + col_at
-        z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, False, RING, R, WT, BC))
-        pix = rows.to(tl.int64) * W + cols
-        gate = gate_img + pix * gates_stride
-        dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
-        g = tl.load(gate + (L - 1), mask=inside, other=0.0).to(tl.float32)
-        dg = dg_img + pix * (L + 1)
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            inside = (rows >= 0) & (rows < H) & (cols < W)
+            own = inside & (rows >= y0) & (rows < y1)
+            col_at = cols * BC
+            src = zr + (L - 1) * ring_size + col_at
+            z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, False, RING, R, WT, BC))
+            pix = rows.to(tl.int64) * W + cols
+            gate = gate_img + pix * gates_stride
+            dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
+            g = tl.load(gate + (L - 1), mask=inside, other=0.0).to(tl.float32)
+            dg = dg_img + pix * (L + 1)
 
-        ctx_local = z * g
-        tl.store(dg + (L - 1), tl.sum(dca * z, axis=2, keep_dims=True), mask=own)
-        for j in tl.static_range(1, L):
-            z_j = tl.load(zr + j * ring_size + slot + col_at)
-            ctx_local += z_j * tl.load(gate + (j - 1), mask=inside, other=0.0).to(tl.float32)
-            tl.store(dg + (j - 1), tl.sum(dca * z_j, axis=2, keep_dims=True), mask=own)
-        tl.store(dg + L, tl.sum(dca * glob_c, axis=2, keep_dims=True), mask=own)
-        tl.store(cl_img + pix * C, ctx_local.to(cl_img.dtype.element_ty), mask=own & cmask)
+            ctx_local = z * g
+            tl.store(dg + (L - 1), tl.sum(dca * z, axis=2, keep_dims=True), mask=own)
+            for j in tl.static_range(1, L):
+                z_j = tl.load(zr + j * ring_size + slot + col_at)
+                ctx_local += z_j * tl.load(gate + (j - 1), mask=inside, other=0.0).to(tl.float32)
+                tl.store(dg + (j - 1), tl.sum(dca * z_j, axis=2, keep_dims=True), mask=own)
+            tl.store(dg + L, tl.sum(dca * glob_c, axis=2, keep_dims=True), mask=own)
+            tl.store(cl_img + pix * C, ctx_local.to(cl_img.dtype.element_ty), mask=own & cmask)
 
-        du = tl.where(inside, (g * dca + d_mean) * dz_du, 0.0)
-        tl.store(dr + (L - 1) * ring_size + slot + col_at, du)
-        ring_weight_grad(tl.where(own, du, 0.0), src, rows, dw_tile, ring_row, K, RING, R, WT, BC)
+            du = tl.where(inside, (g * dca + d_mean) * dz_du, 0.0)
+            tl.store(dr + (L - 1) * ring_size + slot + col_at, du)
+    else:
+        _zero_rows(dr + (L - 1) * ring_size, slot, W, R, WT, BC)
 
 
 @triton.jit
 def _grad_level(
-    s, zr, gr, dr, ring_size, ring_row, w_l, w_next, dw_tile, cmask, gate_img, dca_img,
+    s, zr, gr, dr, ring_size, ring_row, w_next, dw_next, cmask, gate_img, dca_img,
     start, y0, y1, H, W, C, gates_stride,
-    l: tl.constexpr, K: tl.constexpr, K_NEXT: tl.constexpr, LAG: tl.constexpr,
+    l: tl.constexpr, K_NEXT: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """du_l (l < L) at its lag from du_{l+1} (transposed conv) into ring d_l, and the weight
-    gradient of level l from the band's own rows."""
+    """du_l (0 < l < L) at its lag from du_{l+1} (transposed conv) into ring d_l, and the weight
+    gradient of level l + 1 from the same loads of du_{l+1} (its own rows) and z_l."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
     slot = (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
-        col_at = cols * BC
-        pix = rows.to(tl.int64) * W + cols
-        dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
-        g = tl.load(gate_img + pix * gates_stride + (l - 1), mask=inside, other=0.0).to(tl.float32)
-        dz = g * dca + ring_conv(dr + l * ring_size + col_at, rows, w_next, ring_row, K_NEXT, True, RING, R, WT, BC)
-        du = tl.where(inside, dz * tl.load(gr + (l - 1) * ring_size + slot + col_at), 0.0)
-        tl.store(dr + (l - 1) * ring_size + slot + col_at, du)
-        ring_weight_grad(tl.where((rows >= y0) & (rows < y1), du, 0.0), zr + (l - 1) * ring_size + col_at, rows,
-                         dw_tile, ring_row, K, RING, R, WT, BC)
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            inside = (rows >= 0) & (rows < H) & (cols < W)
+            col_at = cols * BC
+            pix = rows.to(tl.int64) * W + cols
+            dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
+            g = tl.load(gate_img + pix * gates_stride + (l - 1), mask=inside, other=0.0).to(tl.float32)
+            z_l = tl.load(zr + l * ring_size + slot + col_at)
+            dz = g * dca + ring_conv_transposed_and_weight_grad(dr + l * ring_size + col_at, z_l, rows, w_next, dw_next,
+                                                                ring_row, y0, y1, K_NEXT, RING, BANDED, R, WT, BC)
+            du = tl.where(inside, dz * tl.load(gr + (l - 1) * ring_size + slot + col_at), 0.0)
+            tl.store(dr + (l - 1) * ring_size + slot + col_at, du)
+    else:
+        _zero_rows(dr + (l - 1) * ring_size, slot, W, R, WT, BC)
 
 
 @triton.jit
 def _ctx_grad(
-    s, dr, ring_row, w1, dctx_img, cmask, start, y0, y1, W, C,
-    K1: tl.constexpr, LAG: tl.constexpr, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr,
-    RING: tl.constexpr,
+    s, zr, dr, ring_row, w1, dw1, dctx_img, cmask, start, y0, y1, H, W, C,
+    K1: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr, R: tl.constexpr, WT: tl.constexpr,
+    BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """dctx = dwconv_transposed(du_1, w_1) at its lag, for the band's own rows."""
+    """dctx = dwconv_transposed(du_1, w_1) at its lag, for the band's own rows, and the weight
+    gradient of level 1 from the same loads of du_1 and z_0 = ctx."""
     rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        own = (rows >= y0) & (rows < y1) & (cols < W)
-        dx = ring_conv(dr + cols * BC, rows, w1, ring_row, K1, True, RING, R, WT, BC)
-        tl.store(dctx_img + (rows.to(tl.int64) * W + cols) * C, dx.to(dctx_img.dtype.element_ty),
-                 mask=own & cmask)
+    slot = (rows & (RING - 1)) * ring_row
+    if _in_image(s, start, H, LAG, R):
+        for w0 in range(0, W, WT):
+            cols = w0 + tl.arange(0, WT)[None, :, None]
+            own = (rows >= y0) & (rows < y1) & (cols < W)
+            z_0 = tl.load(zr + slot + cols * BC)
+            dx = ring_conv_transposed_and_weight_grad(dr + cols * BC, z_0, rows, w1, dw1, ring_row, y0, y1, K1, RING,
+                                                      BANDED, R, WT, BC)
+            tl.store(dctx_img + (rows.to(tl.int64) * W + cols) * C, dx.to(dctx_img.dtype.element_ty),
+                     mask=own & cmask)
 
 
 @triton.jit
 def focal_context_bwd_kernel(
     ctx, gates, taps, d_ctx_all, d_glob_part, mean, glob,  # inputs
     dctx, dgates_part, dw_part, ctx_local, scratch,  # outputs and fp32 scratch
-    H, W, C, ctx_stride, gates_stride, band_rows, ring_width, n_glob_tiles,
+    H, W, C, ctx_stride, gates_stride, band_rows, ring_width, n_glob_tiles, n_taps,
     L: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, K4: tl.constexpr,
     LAG1: tl.constexpr, LAG2: tl.constexpr, LAG3: tl.constexpr, LAG4: tl.constexpr,
     GLAG0: tl.constexpr, GLAG1: tl.constexpr, GLAG2: tl.constexpr, GLAG3: tl.constexpr,
     TAP1: tl.constexpr, TAP2: tl.constexpr, TAP3: tl.constexpr, TAP4: tl.constexpr, TAPS: tl.constexpr,
-    HALO: tl.constexpr, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
-    PAD: tl.constexpr,
+    HALO: tl.constexpr, TAIL: tl.constexpr, BANDED: tl.constexpr, COLUMNS_IN_THREAD: tl.constexpr,
+    R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr, PAD: tl.constexpr,
 ):
     """One program per (channel block, image, band); grid ``(cdiv(C, BC), B, bands)``.
 
     LAGl: rows forward level l trails the ctx rows of a step; GLAGl: the same for du_l (GLAG0:
-    dctx); TAPl: its first of the TAPS taps in ``taps`` (``tap_major_weights``). dgates_part
+    dctx); TAPl: its first of the TAPS taps in ``taps`` (``tap_major_weights``). The weight gradient
+    of level l runs with du_{l-1} and needs z_{l-1} P_l rows past a band's last row: a band above
+    the image's last (``BANDED``) sweeps until its TAIL = max_l (GLAG_{l-1} + P_l) stage has
+    passed its last row, the last band (and a whole image) until dctx has. dgates_part
     ``[cdiv(C, BC), B, H, W, L+1]`` and dw_part ``[B * bands, cdiv(C, BC), TAPS, BC]`` are fp32
     partials; dctx and ctx_local are ``[B, H, W, C]``.
     """
@@ -175,8 +213,10 @@ def focal_context_bwd_kernel(
     y0 = band * band_rows
     y1 = tl.minimum(y0 + band_rows, H)
     start = tl.maximum(y0 - HALO, 0) - K1 // 2  # the first ctx row of the sweep
-    n_steps = tl.cdiv(y1 - start + GLAG0, R)
-    cc = tl.arange(0, BC)[None, None, :]
+    n_steps = tl.cdiv(y1 - start + tl.where(y1 < H, TAIL, GLAG0), R)
+    # 4 channels per thread in every tile (bf16 loads and weight vectors too, as the fp32 rings): no
+    # layout conversions.
+    cc = tl.max_contiguous(tl.arange(0, BC)[None, None, :], [1, 1, 4])
     chans = cb * BC + cc
     cmask = chans < C
     img = b.to(tl.int64) * HW
@@ -188,6 +228,8 @@ def focal_context_bwd_kernel(
     dctx_img = dctx + img * C + chans
     dg_img = dgates_part + (cb * tl.num_programs(1) + b).to(tl.int64) * HW * (L + 1)
     w_c = taps + cb * (TAPS * BC) + cc  # this block's tap 0
+    if COLUMNS_IN_THREAD:  # a [BC] load would take 1 channel per thread: load the weights in the tiles' layout
+        w_c = tl.broadcast_to(w_c, (1, WT, BC))
 
     # The pool's gradient: d_mean = d_glob * GELU'(mean) / HW, the same at every pixel.
     d_glob = tl.zeros((1, 1, BC), dtype=tl.float32)
@@ -220,26 +262,35 @@ def focal_context_bwd_kernel(
                            K1 if l == 1 else (K2 if l == 2 else K3),
                            LAG1 if l == 1 else (LAG2 if l == 2 else LAG3), R, WT, BC, RING)
             tl.debug_barrier()
-        _last_level(s, zr, dr, ring_size, ring_row, w_c + TAP_L * BC, dw_slots + TAP_L * (WT * BC), cmask,
+        _last_level(s, zr, dr, ring_size, ring_row, w_c + TAP_L * BC, cmask,
                     gate_img, dca_img, cl_img, dg_img, glob_c, d_mean, start, y0, y1, H, W, C, gates_stride, L,
                     K1 if L == 1 else (K2 if L == 2 else (K3 if L == 3 else K4)),
                     LAG1 if L == 1 else (LAG2 if L == 2 else (LAG3 if L == 3 else LAG4)), R, WT, BC, RING)
         tl.debug_barrier()
         for l in tl.static_range(L - 1, 0, -1):
-            _grad_level(s, zr, gr, dr, ring_size, ring_row, w_c + (TAP1 if l == 1 else (TAP2 if l == 2 else TAP3)) * BC,
-                        w_c + (TAP2 if l == 1 else (TAP3 if l == 2 else TAP4)) * BC,
-                        dw_slots + (TAP1 if l == 1 else (TAP2 if l == 2 else TAP3)) * (WT * BC), cmask, gate_img,
-                        dca_img, start, y0, y1, H, W, C, gates_stride, l,
-                        K1 if l == 1 else (K2 if l == 2 else K3), K2 if l == 1 else (K3 if l == 2 else K4),
-                        GLAG1 if l == 1 else (GLAG2 if l == 2 else GLAG3), R, WT, BC, RING)
+            tap_next = TAP2 if l == 1 else (TAP3 if l == 2 else TAP4)
+            _grad_level(s, zr, gr, dr, ring_size, ring_row, w_c + tap_next * BC, dw_slots + tap_next * (WT * BC),
+                        cmask, gate_img, dca_img, start, y0, y1, H, W, C, gates_stride, l,
+                        K2 if l == 1 else (K3 if l == 2 else K4), GLAG1 if l == 1 else (GLAG2 if l == 2 else GLAG3),
+                        BANDED, R, WT, BC, RING)
             tl.debug_barrier()
-        _ctx_grad(s, dr, ring_row, w_c + TAP1 * BC, dctx_img, cmask, start, y0, y1, W, C, K1, GLAG0, R, WT, BC, RING)
+        _ctx_grad(s, zr, dr, ring_row, w_c + TAP1 * BC, dw_slots + TAP1 * (WT * BC), dctx_img, cmask, start, y0, y1,
+                  H, W, C, K1, GLAG0, BANDED, R, WT, BC, RING)
         tl.debug_barrier()
 
-    # The weight gradients: this program's slots summed over the tile's columns, once.
+    # The weight gradients: this program's slots summed over the tile's columns, once; in the thread
+    # (COLUMNS_IN_THREAD) where a row of BC channels spans every thread (narrow maps). n_taps = TAPS
+    # as a run-time value: ptxas unrolls this loop with a remainder loop, as the static count reads it.
     dw_prog = dw_part + prog * (TAPS * BC) + tl.arange(0, BC)
-    for t in range(TAPS):
-        tl.store(dw_prog + t * BC, tl.sum(tl.sum(tl.load(dw_slots + t * (WT * BC)), axis=1), axis=0))
+    for t in range(n_taps):
+        if COLUMNS_IN_THREAD:
+            slot_row = scratch_prog + rings_size + t * (WT * BC) + tl.arange(0, BC)
+            dw_t = tl.zeros((BC,), dtype=tl.float32)
+            for x in tl.static_range(WT):
+                dw_t += tl.load(slot_row + x * BC)
+            tl.store(dw_prog + t * BC, dw_t)
+        else:
+            tl.store(dw_prog + t * BC, tl.sum(tl.sum(tl.load(dw_slots + t * (WT * BC)), axis=1), axis=0))
 
 
 def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, d_glob_part, mean, glob,
@@ -269,8 +320,9 @@ def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, 
     focal_context_bwd_kernel[(n_cb, B, bands)](
         ctx, gates, tap_major_weights(weights, BC), d_ctx_all, d_glob_part, mean, glob,
         dctx, dgates_part, dw_part, ctx_local, scratch,
-        H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width, d_glob_part.shape[1],
+        H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width, d_glob_part.shape[1], taps,
         L, *sched.kernel_sizes, *sched.lags, *sched.grad_lags, *sched.first_taps, taps, sched.halo,
+        max(g + k // 2 for g, k in zip(sched.grad_lags[:L], ks)), bands > 1, BC >= 32 * sched.num_warps,
         sched.rows_per_step, sched.tile_width, BC, sched.ring, sched.pad,
         num_warps=sched.num_warps, num_stages=1,
     )
