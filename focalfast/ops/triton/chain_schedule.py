@@ -62,7 +62,6 @@ class ChainSchedule:
     band_rows: int  # image rows per program (H: one band)
     bands: int  # cdiv(H, band_rows)
     num_warps: int
-    max_registers: Optional[int]  # ptxas register cap (None: its own choice)
 
     def taps(self) -> int:
         """Depthwise taps of all levels together (``sum K_l^2``)."""
@@ -139,9 +138,6 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         R = min(np2(sweep), 4)
     if num_warps is None:
         num_warps = max(1, min(8, (R * WT * BC // 512) if backward else (WT * BC // 256)))
-    # Left alone, ptxas caps the forward at 128 (1-2 levels) or 168 (3-4 levels) registers and
-    # spills; 168 and 232 keep everything in registers (three or two 4-warp programs per SM).
-    max_registers = None if backward else (168 if L <= 2 else 232)
 
     D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
     lags = [P[0] + d for d in D]
@@ -174,5 +170,4 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         band_rows=band_rows,
         bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
-        max_registers=max_registers,
     )

@@ -19,10 +19,11 @@ Bytes per output element (bf16): read ctx and gates (2 + 2 (L + 1) / C), write c
 the rings are per-program fp32 scratch of a few rows (cache-resident).
 
 Instructions per output element (warp-instructions; SASS of the sm_90 build, loop bodies x trip
-counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 3.35 for
+counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 3.34 for
 k = 3, 5 (4.4 with a tile reload per tap, 12.4 before fp32 rings, tap-major weights and the
-polynomial GELU) and 6.2 for k = 3, 5, 7; stages 2 / 3 / 4: 3.7 / 4.4 / 5.2 (k = 3, 5) and
-6.6 / 7.9 / 9.3 (k = 3, 5, 7). A step computes R = 4 rows per level (``ring_conv_rows``): per column
+polynomial GELU) and 6.15 for k = 3, 5, 7; stages 2 / 3 / 4: 3.6 / 4.3 / 5.1 (k = 3, 5) and
+6.6 / 7.8 / 9.2 (k = 3, 5, 7). ptxas's own register choice (143 / 152 at stage 1) needs no stack:
+three 4-warp programs per SM; a cap only moved pointers to the stack. A step computes R = 4 rows per level (``ring_conv_rows``): per column
 shift each of its R + K - 1 source rows is loaded once (128-bit) and feeds up to K rows' FMAs, so
 a tap costs about one FMA per value; per level about 0.45 for the GELU (13 instructions per value,
 ``gelu``), the ring store and, at the last level, the gates and the gated sum. Lags are raised so
@@ -177,7 +178,7 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
         H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width,
         L, *sched.kernel_sizes, *sched.lags, *sched.first_taps, sched.taps(), sched.halo,
         sched.rows_per_step, sched.tile_width, sched.channel_block, sched.ring, sched.pad, bands == 1,
-        num_warps=sched.num_warps, num_stages=1, maxnreg=sched.max_registers,
+        num_warps=sched.num_warps, num_stages=1,
     )
     if bands == 1:
         return ctx_local, mean.view(B, C), glob
