@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from focalfast.static_cost.toolchain import run_tool
+from focalfast.static_cost.triton_line_info import decode_chain
 
 Location = Tuple[str, int]  # (file, line)
 
@@ -99,12 +100,12 @@ class Sass:
 
 def _parse_stack(comment_lines: List[str]) -> Tuple[Location, ...]:
     """Source stack from the ``//## File ...`` lines before an instruction: each line starts with
-    one frame of the inlining chain, innermost first."""
+    one frame of the inlining chain, innermost first (or a whole chain, ``triton_line_info``)."""
     chain = []
     for text in comment_lines:
         match = _FILE_LINE.search(text)
         if match:
-            chain.append((match.group(1), int(match.group(2))))
+            chain.extend(reversed(decode_chain(match.group(1), int(match.group(2)))))
     return tuple(reversed(chain))
 
 

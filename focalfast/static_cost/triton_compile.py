@@ -21,8 +21,11 @@ from triton.runtime.jit import create_function_from_signature
 
 from focalfast.static_cost.cubin_cache import cached_cubin
 from focalfast.static_cost.triton_launches import TritonLaunch
+from focalfast.static_cost.triton_line_info import keep_inlining_chains
 
 TARGET = GPUTarget("cuda", 90, 32)
+# Compilation knobs JITFunction.run passes as options: Triton 3.6 has the first, 3.9 both.
+_RUN_KNOBS = ("instrumentation_mode", "fpsan_homomorphic_casts")
 
 
 @dataclass
@@ -43,8 +46,9 @@ def _specialise(launch: TritonLaunch):
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = dict(launch.options)
     kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    for knob in _RUN_KNOBS:  # what this Triton version's JITFunction.run adds to the options
+        if hasattr(knobs.compilation, knob):
+            kwargs[knob] = getattr(knobs.compilation, knob)
     bound, specialization, options = binder(*launch.positional, **launch.keywords, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     return signature, constexprs, attrs, kwargs
@@ -56,13 +60,14 @@ def compile_triton_launch(launch: TritonLaunch) -> Cubin:
     code = launch.fn.fn.__code__  # where the kernel is: its line info names it
     key = json.dumps([launch.fn.cache_key, code.co_filename, code.co_firstlineno, signature, sorted((str(k), repr(v)) for k, v in constexprs.items()),
                       sorted((str(k), repr(v)) for k, v in attrs.items()), sorted(kwargs.items()),
-                      triton.__version__, TARGET.arch])
+                      triton.__version__, TARGET.arch, keep_inlining_chains.__name__])
 
     def build(cubin: Path) -> dict:
         # Triton's own cache keys on the code, not on where it is: its cubin could carry the line
         # info of an identical kernel in another file. Compile afresh (this cache keeps the result).
-        with knobs.compilation.scope():
+        with knobs.compilation.scope(), knobs.runtime.scope():
             knobs.compilation.always_compile = True
+            knobs.runtime.add_stages_inspection_hook = keep_inlining_chains
             compiled = triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=TARGET,
                                       options=kwargs)
         cubin.write_bytes(compiled.asm["cubin"])

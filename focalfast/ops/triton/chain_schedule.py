@@ -6,14 +6,16 @@ fp32 ring of z_0 (rows ``start + s*R + [0, R)``, where ``start`` is P_1 rows abo
 row ``top``); every later stage trails that by its *lag* (``focalfast.ops.sweep_geometry``: D_l
 forward, B_l backward, counted from ``top``):
 
-    forward level l       lag  P_1 + D_l            (z_l from ring z_{l-1})
+    forward level l       lag  P_1 + D_l            (z_l from ring z_{l-1}; on a GPU raised to
+                                                     align the level's rows to steps, aligned_lags)
     gradient du_l         lag  P_1 + B_l            (du_L at the lag of level L)
     dctx (= dz_0)         lag  P_1 + B_0
 
 A stage keeps the rows later stages still need in a *ring buffer* (per-program fp32 scratch of a
 few rows, cache-resident). The live spans, in rows:
 
-    forward   z_0: R + 2 P_1;   z_l (0 < l < L): R + max(2 P_{l+1}, D_L - D_l)
+    forward   z_0: R + LAG_1 + P_1;   z_l (0 < l < L): R + max(LAG_{l+1} - LAG_l + P_{l+1}, LAG_L - LAG_l)
+              (with LAG_l = P_1 + D_l: R + 2 P_1 and R + max(2 P_{l+1}, D_L - D_l))
     backward  z_l (l < L): R + B_{l+1} + P_{l+1} - D_l     (weight gradient of level l+1; D_0 = -P_1)
               GELU'(u_l):  R + B_l - D_l
               du_l:        R + 2 P_l                        (transposed conv of level l)
@@ -60,7 +62,6 @@ class ChainSchedule:
     band_rows: int  # image rows per program (H: one band)
     bands: int  # cdiv(H, band_rows)
     num_warps: int
-    max_registers: Optional[int]  # ptxas register cap (None: its own choice)
 
     def taps(self) -> int:
         """Depthwise taps of all levels together (``sum K_l^2``)."""
@@ -85,6 +86,19 @@ def sm_count(device: torch.device) -> Optional[int]:
     if device.type != "cuda":
         return None
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def aligned_lags(lags, P, R: int) -> list:
+    """Forward lags no smaller than ``lags`` (LAG_l = P_1 + D_l) with LAG_l + P_1 a multiple of R: a
+    one-band sweep then steps every level through rows ``[kR, kR + R)``, none of them straddling
+    the image's edge, so when R divides H no level computes rows outside the image (steps wholly
+    outside compute nothing). Level l + 1 still trails level l by at least P_{l+1} rows."""
+    out = []
+    for l, lag in enumerate(lags):
+        if out:
+            lag = max(lag, out[-1] + P[l])
+        out.append(-(-(lag + P[0]) // R) * R - P[0])
+    return out
 
 
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
@@ -123,23 +137,24 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         # at 28x28 and 14x14), else 4K
         values = 2048 if L <= 2 and 16 <= WT <= 32 else 4096
         BC = min(np2(C), values // (R * WT))
-    else:  # 16 values per thread; the largest tiles whose sm_90 builds do not spill (ptxas, Triton 3.9)
+    else:  # R rows of [WT, BC], 8 values per thread and row (ring_conv_rows)
         BC = min(np2(C), 32)
         WT = min(np2(W), 32)
-        R = max(1, min(np2(sweep), 2048 // (WT * BC)))
+        R = min(np2(sweep), 4)
     if num_warps is None:
-        num_warps = max(1, min(8, R * WT * BC // 512))
-    # Left alone, ptxas caps the forward at 128 (1-2 levels) or 168 (3-4 levels) registers and
-    # spills; 168 and 232 keep everything in registers (three or two 4-warp programs per SM).
-    max_registers = None if backward else (168 if L <= 2 else 232)
+        num_warps = max(1, min(8, (R * WT * BC // 512) if backward else (WT * BC // 256)))
 
     D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
+    lags = [P[0] + d for d in D]
     if backward:
         spans = [R + Bk[l + 1] + P[l] - D0[l] for l in range(L)]
         spans += [R + Bk[l] - D0[l] for l in range(1, L)]
         spans += [R + 2 * p for p in P]
     else:
-        spans = [R + 2 * P[0]] + [R + max(2 * P[l], D[-1] - D[l - 1]) for l in range(1, L)]
+        if tile is not None or not interpret:
+            lags = aligned_lags(lags, P, R)
+        spans = [R + lags[0] + P[0]]
+        spans += [R + max(lags[l] - lags[l - 1] + P[l], lags[-1] - lags[l - 1]) for l in range(1, L)]
     pad = max(P)
     if band_rows is None:
         whole_images = interpret or sm_count is None
@@ -147,7 +162,7 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     return ChainSchedule(
         kernel_sizes=ks + (1,) * (MAX_LEVELS - L),
         levels=L,
-        lags=tuple(P[0] + d for d in D) + (P[0] + D[-1],) * (MAX_LEVELS - L),
+        lags=tuple(lags) + (lags[-1],) * (MAX_LEVELS - L),
         grad_lags=tuple(P[0] + b for b in Bk[:L]) + (P[0] + Bk[L],) * (MAX_LEVELS - L),
         first_taps=tuple(sum(k * k for k in ks[:l]) for l in range(MAX_LEVELS)),
         halo=halo,
@@ -160,5 +175,4 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         band_rows=band_rows,
         bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
-        max_registers=max_registers,
     )

@@ -9,7 +9,7 @@ and w the ``[C, 1, K, K]`` depthwise kernel (PyTorch's cross-correlation):
 
 The transposed conv is the input gradient of the conv. All sums are fp32. Sources come in two forms:
 
-* rings (``ring_conv``, ``ring_conv_transposed_and_weight_grad``; the focal level chain): an fp32 ring buffer of RING
+* rings (``ring_conv``, ``ring_conv_rows``, ``ring_conv_transposed_and_weight_grad``; the focal level chain): an fp32 ring buffer of RING
   rows (a power of two), image row ``y`` in slot ``y & (RING - 1)``, rows carrying zero columns
   left and right and rows outside the image stored as zero rows (``rows_into_ring``), so loads
   need no mask and no conversion; weights in ``tap_major_weights`` order.
@@ -61,6 +61,40 @@ def ring_conv(src, rows, w, row_stride, K: tl.constexpr, FLIP: tl.constexpr, RIN
         for dx in tl.static_range(K):
             acc += tl.load(w + (dy * K + dx) * BC) * tl.load(row_ptrs + ((P - dx) if FLIP else (dx - P)) * BC)
     return acc
+
+
+@triton.jit
+def _add_at(items, i: tl.constexpr, value):
+    """The tuple ``items`` with ``value`` added to element ``i``."""
+    return items[:i] + (items[i] + value,) + items[i + 1:]
+
+
+@triton.jit
+def ring_conv_rows(src, first, w, row_stride, K: tl.constexpr, RING: tl.constexpr, R: tl.constexpr,
+                   WT: tl.constexpr, BC: tl.constexpr):
+    """Depthwise conv of the R image rows ``first + [0, R)`` (``first`` a scalar) from an fp32 ring:
+    a tuple of R ``[WT, BC]`` fp32 sums, one per row.
+
+    ``src`` ``[WT, BC]``: pointers at (ring row 0, the tile's columns, its channels), ring rows
+    ``row_stride`` elements apart, slot ``y & (RING - 1)``, columns BC elements apart with zero pad
+    columns; ``w`` ``[1, BC]``: tap 0 of this kernel in ``tap_major_weights``. Per column shift
+    dx, the K weight vectors of that column are loaded once and each of the R + K - 1 source rows
+    once, feeding up to K rows' sums: K^2 FMAs per value for (R + K - 1) K / R loads.
+    """
+    P: tl.constexpr = K // 2
+    sums = ()
+    for r in tl.static_range(R):
+        sums = sums + (tl.zeros((WT, BC), dtype=tl.float32),)
+    for dx in tl.static_range(K):
+        taps = ()
+        for dy in tl.static_range(K):
+            taps = taps + (tl.load(w + (dy * K + dx) * BC),)
+        for i in tl.static_range(R + K - 1):
+            v = tl.load(src + ((first + (i - P)) & (RING - 1)) * row_stride + (dx - P) * BC)
+            for r in tl.static_range(R):
+                if r <= i and i - r < K:
+                    sums = _add_at(sums, r, taps[i - r] * v)
+    return sums
 
 
 @triton.jit

@@ -19,12 +19,16 @@ Bytes per output element (bf16): read ctx and gates (2 + 2 (L + 1) / C), write c
 the rings are per-program fp32 scratch of a few rows (cache-resident).
 
 Instructions per output element (warp-instructions; SASS of the sm_90 build, loop bodies x trip
-counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 4.4 for
-k = 3, 5 (12.4 before fp32 rings, tap-major weights and the polynomial GELU) and 8.4 for
-k = 3, 5, 7; stages 2 / 3 / 4: 5.0 / 6.6 / 11.3 (k = 3, 5) and 9.8 / 13.7 / 19.0 (k = 3, 5, 7),
-the small maps paying for tiles and lags larger than the image. Per tap: an FMA per value plus a
-quarter of a 128-bit load (``ring_conv``); per level about 0.9 for the GELU (17 instructions
-per value, ``gelu``), the ring store and, at the last level, the gates and the gated sum.
+counts; B = 128, bf16 views, default schedule): FocalNet-T stage 1 (56 x 56, C = 96) 3.34 for
+k = 3, 5 (4.4 with a tile reload per tap, 12.4 before fp32 rings, tap-major weights and the
+polynomial GELU) and 6.15 for k = 3, 5, 7; stages 2 / 3 / 4: 3.6 / 4.3 / 5.1 (k = 3, 5) and
+6.6 / 7.8 / 9.2 (k = 3, 5, 7). ptxas's own register choice (143 / 152 at stage 1) needs no stack:
+three 4-warp programs per SM; a cap only moved pointers to the stack. A step computes R = 4 rows per level (``ring_conv_rows``): per column
+shift each of its R + K - 1 source rows is loaded once (128-bit) and feeds up to K rows' FMAs, so
+a tap costs about one FMA per value; per level about 0.45 for the GELU (13 instructions per value,
+``gelu``), the ring store and, at the last level, the gates and the gated sum. Lags are raised so
+every level's steps cover whole R-row blocks of the image (``aligned_lags``); columns are swept
+in tiles of min(32, W rounded up to a power of two), which pads W = 56 to 64.
 """
 
 from typing import Optional
@@ -34,7 +38,7 @@ import triton
 import triton.language as tl
 
 from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
-from focalfast.ops.triton.depthwise_conv import ring_conv, rows_into_ring, tap_major_weights, zero_fill
+from focalfast.ops.triton.depthwise_conv import ring_conv_rows, rows_into_ring, tap_major_weights, zero_fill
 from focalfast.ops.triton.gelu import gelu
 
 
@@ -45,30 +49,42 @@ def _forward_level(
     L: tl.constexpr, l: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """Level ``l`` of step ``s`` at image rows ``start + s*R - LAG + [0, R)``: z_l into ring l, or
-    (l = L) ctx_local and the pool of the band's own rows ``[y0, y1)``."""
-    rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
-    slot = rings + (rows & (RING - 1)) * ring_row
-    for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W)
+    """Level ``l`` of step ``s`` at image rows ``first + [0, R)``, ``first = start + s*R - LAG``: z_l
+    into ring l, or (l = L) ctx_local and the pool of the band's own rows ``[y0, y1)``. Steps whose
+    rows all lie outside the image compute nothing (z_l is zero there: rings get zero rows)."""
+    first = start + s * R - LAG
+    active = (first < H) & (first + R > 0)
+    # Both column loops are always entered, one of them with no iterations (a loop, not an if:
+    # the static cost report matches loops by the order they are entered in).
+    for w0 in range(0, tl.where(active, W, 0), WT):
+        cols = w0 + tl.arange(0, WT)[:, None]
         col_at = cols * BC
-        u = ring_conv(rings + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
-                      R, WT, BC)
-        z = tl.where(inside, gelu(u), 0.0)
-        if l < L:
-            tl.store(slot + l * ring_size + col_at, z)
-        else:
-            # ctx_local = sum_j gates[j - 1] * z_j; z_1..z_{L-1} of these rows are still in their rings.
-            pix = rows.to(tl.int64) * W + cols
-            gate = gate_img + pix * gates_stride
-            own = inside & (rows >= y0) & (rows < y1)
-            acc = z * tl.load(gate + (L - 1), mask=own, other=0.0).to(tl.float32)
-            for j in tl.static_range(1, L):
-                z_j = tl.load(slot + j * ring_size + col_at)
-                acc += z_j * tl.load(gate + (j - 1), mask=own, other=0.0).to(tl.float32)
-            tl.store(out_img + pix * C, acc.to(out_img.dtype.element_ty), mask=own & cmask)
-            pool += tl.where(own, z, 0.0)
+        sums = ring_conv_rows(rings + (l - 1) * ring_size + col_at, first, w_l, ring_row, K, RING, R, WT, BC)
+        for r in tl.static_range(R):
+            row = first + r
+            width = tl.where((row >= 0) & (row < H), W, 0)  # columns of this row inside the image
+            z = tl.where(cols < width, gelu(sums[r]), 0.0)
+            slot = rings + (row & (RING - 1)) * ring_row + col_at
+            if l < L:
+                tl.store(slot + l * ring_size, z)
+            else:
+                # ctx_local = sum_j gates[j - 1] * z_j; z_1..z_{L-1} of this row are still in their rings.
+                own_row = (row >= y0) & (row < y1)
+                pix = row.to(tl.int64) * W + cols
+                gate = gate_img + pix * gates_stride
+                own = cols < tl.where(own_row, W, 0)
+                acc = z * tl.load(gate + (L - 1), mask=own, other=0.0).to(tl.float32)
+                for j in tl.static_range(1, L):
+                    z_j = tl.load(slot + j * ring_size)
+                    acc += z_j * tl.load(gate + (j - 1), mask=own, other=0.0).to(tl.float32)
+                tl.store(out_img + pix * C, acc.to(out_img.dtype.element_ty), mask=own & cmask)
+                pool += z * tl.where(own_row, 1.0, 0.0)
+    if l < L:
+        for w0 in range(0, tl.where(active, 0, W), WT):
+            col_at = (w0 + tl.arange(0, WT)[:, None]) * BC
+            for r in tl.static_range(R):
+                tl.store(rings + l * ring_size + ((first + r) & (RING - 1)) * ring_row + col_at,
+                         tl.zeros((WT, BC), dtype=tl.float32))
     return pool
 
 
@@ -99,7 +115,7 @@ def focal_context_fwd_kernel(
     start = tl.maximum(y0 - HALO, 0) - K1 // 2  # the first ctx row of the sweep
     LAST: tl.constexpr = LAG1 if L == 1 else (LAG2 if L == 2 else (LAG3 if L == 3 else LAG4))
     n_steps = tl.cdiv(y1 - start + LAST, R)
-    cc = tl.arange(0, BC)[None, None, :]
+    cc = tl.arange(0, BC)[None, :]
     chans = cb * BC + cc
     cmask = chans < C
     img = b.to(tl.int64) * H * W  # first pixel of this image
@@ -117,10 +133,10 @@ def focal_context_fwd_kernel(
     tl.debug_barrier()
     rings = scratch_prog + PAD * BC + cc
 
-    pool = tl.zeros((R, WT, BC), dtype=tl.float32)
+    pool = tl.zeros((WT, BC), dtype=tl.float32)
     for s in range(n_steps):
-        rows_into_ring(ctx_img, rings, (start + s * R + tl.arange(0, R)[:, None, None]).to(tl.int64), H, W,
-                       ctx_stride, cmask, RING, ring_row, WT, BC)  # ring 0: z_0 = ctx, lag 0
+        rows_into_ring(ctx_img[None, :, :], rings[None, :, :], (start + s * R + tl.arange(0, R)[:, None, None]).to(tl.int64),
+                       H, W, ctx_stride, cmask[None, :, :], RING, ring_row, WT, BC)  # ring 0: z_0 = ctx, lag 0
         tl.debug_barrier()
         for l in tl.static_range(1, L + 1):
             pool = _forward_level(
@@ -132,7 +148,7 @@ def focal_context_fwd_kernel(
             )
             tl.debug_barrier()  # level l's rows are visible to level l + 1 (and to the next step)
 
-    m = tl.sum(tl.sum(pool, axis=1), axis=0) / (H * W)
+    m = tl.sum(pool, axis=0) / (H * W)
     ch = cb * BC + tl.arange(0, BC)
     tl.store(mean + (b * n_bands + band) * C + ch, m, mask=ch < C)
     if ONE_BAND:
@@ -162,7 +178,7 @@ def focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret: 
         H, W, C, ctx_stride, gates_stride, sched.band_rows, sched.ring_width,
         L, *sched.kernel_sizes, *sched.lags, *sched.first_taps, sched.taps(), sched.halo,
         sched.rows_per_step, sched.tile_width, sched.channel_block, sched.ring, sched.pad, bands == 1,
-        num_warps=sched.num_warps, num_stages=1, maxnreg=sched.max_registers,
+        num_warps=sched.num_warps, num_stages=1,
     )
     if bands == 1:
         return ctx_local, mean.view(B, C), glob
