@@ -165,7 +165,13 @@ class Checks {
     for (int64_t s : t.shape) {
       if (s < 1 || s > INT32_MAX) fail_value(name, "every dim must be in [1, 2^31), got " + shape_str(t.shape));
     }
-    return Geometry{int(t.shape[0]), int(t.shape[1]), int(t.shape[2]), int(t.shape[3])};
+    const Geometry geo{int(t.shape[0]), int(t.shape[1]), int(t.shape[2]), int(t.shape[3])};
+    // The grids of the column and pixel kernels index W x channel groups (and weight_grad k x groups) by int.
+    if (int64_t(std::max(geo.W, kMaxKernelSize)) * geo.groups() > kMaxGridItems) {
+      fail_value(name, "W * ceil(C / 8) must be at most " + std::to_string(kMaxGridItems) + ", got " +
+                           shape_str(t.shape));
+    }
+    return geo;
   }
 
   void positive(int64_t value, const std::string& name) const {
@@ -312,6 +318,13 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   context_bwd(p, c.stream(stream));
 }
 
+// Rows per thread of a kernel on a grid of columns (>= 1): output_fwd, output_bwd, conv_level_fwd. Returns
+// the number of bands, ceil(H / rows).
+int64_t column_bands(const Checks& c, int rows_per_thread, const std::string& name, const Geometry& geo) {
+  c.positive(rows_per_thread, name);
+  return (geo.H + int64_t(rows_per_thread) - 1) / rows_per_thread;
+}
+
 // The arguments every level-at-a-time kernel takes: its input z_in, the level's weight, the gates.
 template <typename LevelParams>
 void check_level_args(Checks& c, LevelParams& p, const TensorArg& z_in, const TensorArg& weight,
@@ -338,9 +351,8 @@ void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const Ten
   ConvLevelFwdParams p;
   check_level_args(c, p, z_in, weight, gates, level, scale);
   const Geometry& geo = p.geo;
-  c.positive(pixels_per_strip, "pixels_per_strip");
+  const int64_t strips = column_bands(c, pixels_per_strip, "pixels_per_strip", geo) * geo.W;
   p.strip = pixels_per_strip;
-  const int64_t strips = (geo.pixels() + p.strip - 1) / p.strip;
   p.acc_in = c.optional_view(acc_in, "acc_in", DType::kFloat32, pixel_shape(geo), true, geo.C);
   p.acc_out = c.optional_view(acc_out, "acc_out", DType::kFloat32, pixel_shape(geo), true, geo.C);
   p.z_out = c.optional_view(z_out, "z_out", DType::kFloat32, pixel_shape(geo), true, geo.C);
@@ -352,27 +364,28 @@ void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const Ten
 
 // The arguments of the modulator epilogue, shared by output_fwd and output_bwd.
 ModulatorArgs check_modulator_args(Checks& c, const Geometry& geo, DType dtype, const TensorArg& linear,
-                                   const OptionalTensor& bias, const TensorArg& gates, const TensorArg& global_term,
-                                   float scale) {
+                                   const TensorArg& gates, const TensorArg& global_term, float scale) {
   ModulatorArgs m;
   m.linear = c.view(linear, "linear", dtype, pixel_shape(geo), true, geo.C);
-  m.bias = c.optional_view(bias, "bias", DType::kFloat32, {geo.C}, true, geo.C);
   m.gates = c.gates(gates, geo, dtype);
   m.global_term = c.view(global_term, "global_term", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
   m.scale = scale;
   return m;
 }
 
-void output_fwd_py(const TensorArg& q, const TensorArg& linear, const OptionalTensor& bias, const TensorArg& gates,
-                   const TensorArg& global_term, float scale, const TensorArg& out, uintptr_t stream) {
+void output_fwd_py(const TensorArg& q, const TensorArg& linear, const TensorArg& gates,
+                   const TensorArg& global_term, float scale, const TensorArg& out, int rows_per_thread,
+                   uintptr_t stream) {
   Checks c("output_fwd");
   OutputFwdParams p;
   p.geo = c.geometry(q, "q");
   const Geometry& geo = p.geo;
   p.dtype = q.dtype;
   p.q = c.view(q, "q", p.dtype, pixel_shape(geo), false, geo.C);
-  p.mod = check_modulator_args(c, geo, p.dtype, linear, bias, gates, global_term, scale);
+  p.mod = check_modulator_args(c, geo, p.dtype, linear, gates, global_term, scale);
   p.out = c.view(out, "out", p.dtype, pixel_shape(geo), true, geo.C);
+  column_bands(c, rows_per_thread, "rows_per_thread", geo);
+  p.rows = rows_per_thread;
   output_fwd(p, c.stream(stream));
 }
 
@@ -387,12 +400,18 @@ void reduce_sum_py(const TensorArg& input, const TensorArg& out, float scale, ui
   c.dtype(out, "out", DType::kFloat32);
   c.shape(out, "out", {input.shape[0], input.shape[2]});
   c.contiguous(out, "out");
+  for (int d = 0; d < 3; ++d) {
+    if (input.shape[d] > kMaxGridItems) {
+      c.fail_value("input", "every dim must be at most " + std::to_string(kMaxGridItems) + ", got " +
+                                shape_str(input.shape));
+    }
+  }
   ReduceParams p;
   p.in = reinterpret_cast<const float*>(input.ptr);
   p.out = reinterpret_cast<float*>(out.ptr);
-  p.outer = input.shape[0];
-  p.rows = input.shape[1];
-  p.cols = input.shape[2];
+  p.outer = int(input.shape[0]);
+  p.rows = int(input.shape[1]);
+  p.cols = int(input.shape[2]);
   p.so = input.strides[0];
   p.sr = input.strides[1];
   p.sm = input.strides[2];
@@ -400,9 +419,8 @@ void reduce_sum_py(const TensorArg& input, const TensorArg& out, float scale, ui
   reduce_sum(p, c.stream(stream));
 }
 
-void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorArg& linear, const OptionalTensor& bias,
-                   const TensorArg& gates, const TensorArg& global_term, float scale, const TensorArg& grad_q,
-                   const TensorArg& grad_modulator, const TensorArg& partial, int pixels_per_strip, uintptr_t stream) {
+void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorArg& linear, const TensorArg& gates, const TensorArg& global_term, float scale, const TensorArg& grad_q,
+                   const TensorArg& grad_modulator, const TensorArg& partial, int rows_per_thread, uintptr_t stream) {
   Checks c("output_bwd");
   OutputBwdParams p;
   p.geo = c.geometry(q, "q");
@@ -410,12 +428,11 @@ void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorAr
   p.dtype = q.dtype;
   p.grad_out = c.view(grad_out, "grad_out", p.dtype, pixel_shape(geo), false, geo.C);
   p.q = c.view(q, "q", p.dtype, pixel_shape(geo), false, geo.C);
-  p.mod = check_modulator_args(c, geo, p.dtype, linear, bias, gates, global_term, scale);
+  p.mod = check_modulator_args(c, geo, p.dtype, linear, gates, global_term, scale);
   p.grad_q = c.view(grad_q, "grad_q", p.dtype, pixel_shape(geo), true, geo.C);
   p.grad_modulator = c.view(grad_modulator, "grad_modulator", p.dtype, pixel_shape(geo), true, geo.C);
-  c.positive(pixels_per_strip, "pixels_per_strip");
-  p.strip = pixels_per_strip;
-  const int64_t strips = (geo.pixels() + p.strip - 1) / p.strip;
+  const int64_t strips = column_bands(c, rows_per_thread, "rows_per_thread", geo) * geo.W;
+  p.rows = rows_per_thread;
   p.partial = c.view(partial, "partial", DType::kFloat32, {geo.B, strips, 2, geo.C}, true, geo.C);
   output_bwd(p, c.stream(stream));
 }
@@ -541,11 +558,11 @@ PYBIND11_MODULE(_C, m) {
         "gate_partial"_a, "stream"_a);
   m.def("conv_level_fwd", &conv_level_fwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a, "acc_in"_a,
         "acc_out"_a, "z_out"_a, "ctx_out"_a, "pool_partial"_a, "pixels_per_strip"_a, "stream"_a);
-  m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "bias"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,
-        "stream"_a);
+  m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,
+        "rows_per_thread"_a, "stream"_a);
   m.def("reduce_sum", &reduce_sum_py, "input"_a, "out"_a, "scale"_a, "stream"_a);
-  m.def("output_bwd", &output_bwd_py, "grad_out"_a, "q"_a, "linear"_a, "bias"_a, "gates"_a, "global_term"_a,
-        "scale"_a, "grad_q"_a, "grad_modulator"_a, "partial"_a, "pixels_per_strip"_a, "stream"_a);
+  m.def("output_bwd", &output_bwd_py, "grad_out"_a, "q"_a, "linear"_a, "gates"_a, "global_term"_a,
+        "scale"_a, "grad_q"_a, "grad_modulator"_a, "partial"_a, "rows_per_thread"_a, "stream"_a);
   m.def("conv_level_bwd", &conv_level_bwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a,
         "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "grad_pre_next"_a, "weight_next"_a, "grad_pre"_a,
         "gate_partial"_a, "stream"_a);

@@ -7,7 +7,7 @@
 //   z_0 = ctx,   pre_l = dwconv_l(z_l) (zero padding),   z_{l+1} = GELU(pre_l)
 //   ctx_local = s * sum_l gates_l * z_{l+1}              (stored in the input dtype T: the GEMM's A)
 //   G = GELU(mean_p z_L)                                  ([B, C], fp32)
-//   out = q * (ctx_local W^T + bias + s * gates_L * (G W^T))
+//   out = q * (ctx_local W^T + bias + s * gates_L * (G W^T))   (the GEMM adds the bias)
 // Everything is accumulated in fp32; scratch tensors are fp32 and contiguous [B, H, W, C].
 #pragma once
 
@@ -26,6 +26,7 @@ namespace focalfast {
 constexpr int kGroup = 8;  // channels per thread: one 16-byte vector of fp16/bf16, two of fp32
 constexpr int kMaxKernelSize = 13;
 constexpr int kMaxFocalLevel = 4;
+constexpr int kMaxGridItems = (1 << 30) - 1;  // threads along a row of a grid (focal_modulation_common.cuh)
 constexpr int kMaxSweepRows = 1 << 24;  // taller images take the level-at-a-time kernels (RowRing::slot)
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
@@ -90,39 +91,40 @@ struct ConvLevelFwdParams {
   View acc_out;       // fp32 [B, H, W, C] or absent (last level)
   View z_out;         // fp32 [B, H, W, C] or absent
   View ctx_out;       // T [B, H, W, C] or absent
-  View pool_partial;  // fp32 [B, strips, C] or absent
-  int strip;          // pixels per thread
+  View pool_partial;  // fp32 [B, ceil(H / strip) * W, C] or absent: strip j * W + x is column x of band j
+  int strip;          // pixels per thread: `strip` rows of one column
 };
 
-// What makes the modulator h(ctx_all) = linear + bias + scale * gates_L * global_term,
-// with linear = ctx_local W^T (cuBLAS) and global_term = G W^T.
+// What makes the modulator h(ctx_all) = linear + scale * gates_L * global_term,
+// with linear = ctx_local W^T + bias (cuBLAS, the bias in its epilogue) and global_term = G W^T.
 struct ModulatorArgs {
   View linear;       // T [B, H, W, C]
-  View bias;         // fp32 [C] or absent
   View global_term;  // fp32 [B, C]
   GateView gates;
   float scale;
 };
 
-// out = q * modulator.
+// out = q * modulator. A thread takes one channel group of one column of `rows` image rows (a band).
 struct OutputFwdParams {
   Geometry geo;
   DType dtype;
   View q;  // T [B, H, W, C]
   ModulatorArgs mod;
   View out;  // T [B, H, W, C]
+  int rows;  // rows per thread
 };
 
-// grad_q = grad_out * modulator, grad_modulator = grad_out * q, and per strip of pixels the fp32
-// partial sums partial[b, strip, 0] = sum grad_modulator, partial[b, strip, 1] = sum gates_L * grad_modulator.
+// grad_q = grad_out * modulator, grad_modulator = grad_out * q, and per thread (one channel group of column
+// x of band j: `rows` image rows) the fp32 partial sums over its pixels, strip s = j * W + x:
+// partial[b, s, 0] = sum grad_modulator, partial[b, s, 1] = sum gates_L * grad_modulator.
 struct OutputBwdParams {
   Geometry geo;
   DType dtype;
   View grad_out, q;  // T [B, H, W, C]
   ModulatorArgs mod;
   View grad_q, grad_modulator;  // T [B, H, W, C]
-  View partial;                 // fp32 [B, strips, 2, C]
-  int strip;
+  View partial;                 // fp32 [B, ceil(H / rows) * W, 2, C]
+  int rows;                     // rows per thread
 };
 
 // One focal level backward, levels L-1 down to 0:
@@ -176,7 +178,7 @@ struct ConvAdjointParams {
 struct ReduceParams {
   const float* in;
   float* out;  // contiguous [outer, cols]
-  int64_t outer, rows, cols;
+  int outer, rows, cols;  // each at most kMaxGridItems (the binding checks)
   int64_t so, sr, sm;
   float scale;
 };

@@ -2,7 +2,7 @@
 // context_bwd, one row-streaming sweep that recomputes the levels and runs their adjoint chain.
 // The fallback for images too wide for its shared memory recomputes z_1..z_{L-1} with conv_level_fwd,
 // then runs, with grad_ctx_all = grad_modulator W from a GEMM:
-//   output_bwd      grad_q, grad_modulator and the per-strip partials that give dbias and dG
+//   output_bwd      grad_q, grad_modulator and the per-thread partials that give dbias and dG
 //   conv_level_bwd  levels L-1 .. 0: grad_pre_l and the per-group gate-gradient partials
 //   weight_grad     per-level depthwise weight gradient partials (split reduction)
 //   conv_adjoint    grad_ctx from level 0's grad_pre
@@ -255,43 +255,74 @@ FF_UNROLL
   }
 };
 
-// A thread: one channel group of a strip of pixels of image b.
-//   modulator = linear + bias + scale * gates_L * global_term
+// A thread: one channel group of one column of a band of rows (column_task), walking down the rows.
+//   modulator = linear + scale * gates_L * global_term      (linear holds the bias)
 //   grad_q = grad_out * modulator;  grad_modulator = grad_out * q
-//   partial[b, strip] = (sum grad_modulator, sum gates_L * grad_modulator) over the strip
+//   partial[b, band * W + x] = (sum grad_modulator, sum gates_L * grad_modulator) over the thread's pixels
 template <typename T>
 struct OutputBwd {
   using Params = OutputBwdParams;
   static constexpr const char* kName = "output_bwd";
 
-  static FF_HD void run(const Params& p, int64_t t) {
-    const Geometry& geo = p.geo;
-    const StripTask task = strip_task(t, geo, p.strip);
-    const int b = task.b, c0 = task.c0, n = task.n;
-    const ModulatorArgs& m = p.mod;
-    const Group bias = m.bias.ptr ? load_at<float>(m.bias, 0, 0, 0, c0, n) : Group{};
-    const Group global_term = load_at<float>(m.global_term, b, 0, 0, c0, n);
-    Group sum = {}, gated_sum = {};
-    for (int64_t pixel = task.begin; pixel < task.end; ++pixel) {
-      const int y = int(pixel / geo.W), x = int(pixel % geo.W);
-      const Group grad_out = load_at<T>(p.grad_out, b, y, x, c0, n);
-      const Group q = load_at<T>(p.q, b, y, x, c0, n);
-      const Group linear = load_at<T>(m.linear, b, y, x, c0, n);
-      const float global_gate = load_gate<T>(m.gates, b, y, x, m.gates.L);
-      Group grad_q, grad_modulator;
-FF_UNROLL
-      for (int e = 0; e < kGroup; ++e) {
-        const float modulator = linear.v[e] + bias.v[e] + m.scale * global_gate * global_term.v[e];
-        grad_q.v[e] = grad_out.v[e] * modulator;
-        grad_modulator.v[e] = grad_out.v[e] * q.v[e];
-        sum.v[e] += grad_modulator.v[e];
-        gated_sum.v[e] = fmaf(global_gate, grad_modulator.v[e], gated_sum.v[e]);
-      }
-      store_at<T>(p.grad_q, b, y, x, c0, n, grad_q);
-      store_at<T>(p.grad_modulator, b, y, x, c0, n, grad_modulator);
+  struct Cursors {
+    RowCursor<const T> grad_out, q, linear, gate;
+    RowCursor<T> grad_q, grad_modulator;
+    FF_HD void next() {
+      grad_out.next();
+      q.next();
+      linear.next();
+      gate.next();
+      grad_q.next();
+      grad_modulator.next();
     }
-    store_at<float>(p.partial, b, task.strip, 0, c0, n, sum);
-    store_at<float>(p.partial, b, task.strip, 1, c0, n, gated_sum);
+  };
+
+  // One row; G: grad_out's access, Q: q's, R: linear's, grad_q's and grad_modulator's.
+  template <Access G, Access Q, Access R>
+  static FF_HD void row(Cursors& c, int n, const Group& global, Group& sum, Group& gated_sum) {
+    const Group grad_out = load_channels<G>(c.grad_out.p, n), q = load_channels<Q>(c.q.p, n);
+    const Group linear = load_channels<R>(c.linear.p, n);
+    const float gate = to_float(*c.gate.p);
+    Group grad_q, grad_modulator;
+FF_UNROLL
+    for (int e = 0; e < kGroup; ++e) {
+      grad_q.v[e] = grad_out.v[e] * fmaf(gate, global.v[e], linear.v[e]);
+      grad_modulator.v[e] = grad_out.v[e] * q.v[e];
+      sum.v[e] += grad_modulator.v[e];
+      gated_sum.v[e] = fmaf(gate, grad_modulator.v[e], gated_sum.v[e]);
+    }
+    store_channels<R>(c.grad_q.p, n, grad_q);
+    store_channels<R>(c.grad_modulator.p, n, grad_modulator);
+    c.next();
+  }
+
+  // Each access has its own row loop (its own for statement: the static cost report counts them apart).
+  static FF_HD void run(const Params& p, const GridThread& thread) {
+    const ModulatorArgs& m = p.mod;
+    const ColumnTask task = column_task(thread, p.geo, p.rows);
+    const Group global = scaled_global_term(m, task);
+    Cursors c{row_cursor<const T>(p.grad_out, task), row_cursor<const T>(p.q, task),
+              row_cursor<const T>(m.linear, task),   gate_cursor<T>(m.gates, task, m.gates.L),
+              row_cursor<T>(p.grad_q, task),         row_cursor<T>(p.grad_modulator, task)};
+    Group sum = {}, gated_sum = {};
+    constexpr Access V = Access::kVector, S = Access::kScalar, B = Access::kBounded;
+    const int n = task.n, y0 = task.y0, y1 = task.y1;
+    if (n < kGroup || !m.linear.aligned || !p.grad_q.aligned || !p.grad_modulator.aligned) {  // C % 8 != 0
+FF_NO_UNROLL
+      for (int y = y0; y < y1; ++y) row<B, B, B>(c, n, global, sum, gated_sum);
+    } else if (p.grad_out.aligned && p.q.aligned) {
+FF_NO_UNROLL
+      for (int y = y0; y < y1; ++y) row<V, V, V>(c, n, global, sum, gated_sum);
+    } else if (p.grad_out.aligned) {  // q a view of f's output
+FF_NO_UNROLL
+      for (int y = y0; y < y1; ++y) row<V, S, V>(c, n, global, sum, gated_sum);
+    } else {
+FF_NO_UNROLL
+      for (int y = y0; y < y1; ++y) row<S, S, V>(c, n, global, sum, gated_sum);
+    }
+    float* partial = static_cast<float*>(p.partial.ptr) + p.partial.at(task.b, thread.band * p.geo.W + task.x, 0);
+    store_channels<Access::kBounded>(partial + task.c0, n, sum);
+    store_channels<Access::kBounded>(partial + p.partial.sx + task.c0, n, gated_sum);
   }
 };
 
@@ -301,9 +332,9 @@ struct ConvLevelBwd {
   using Params = ConvLevelBwdParams;
   static constexpr const char* kName = "conv_level_bwd";
 
-  static FF_HD void run(const Params& p, int64_t t) {
+  static FF_HD void run(const Params& p, const GridThread& thread) {
     const Geometry& geo = p.geo;
-    const PixelTask task = pixel_task(t, geo);
+    const PixelTask task = pixel_task(thread, geo);
     const int b = task.b, y = task.y, x = task.x, c0 = task.c0, n = task.n;
     const Group grad_ctx_all = load_at<T>(p.grad_ctx_all, b, y, x, c0, n);
 
@@ -341,28 +372,24 @@ FF_UNROLL
   }
 };
 
-// A thread: one kernel row i and one channel group of a strip of `rows` image rows; K accumulators
+// A thread: one kernel row i and one channel group of a strip of `rows` image rows (grid: items (i, group),
+// bands the row strips, images); K accumulators
 // of 8 channels, one per kernel column j, held in registers (K is a template parameter).
 template <typename Z, int K>
 struct WeightGrad {
   using Params = WeightGradParams;
   static constexpr const char* kName = "weight_grad";
 
-  static FF_HD void run(const Params& p, int64_t t) {
+  static FF_HD void run(const Params& p, const GridThread& thread) {
     const Geometry& geo = p.geo;
     constexpr int r = K / 2;
+    const int groups = geo.groups(), i = thread.item / groups, b = thread.image, strip = thread.band;
+    const int c0 = (thread.item - i * groups) * kGroup, n = min_int(kGroup, geo.C - c0);
     const int64_t row_strips = ceil_div(geo.H, p.rows);
-    const int group = int(t % geo.groups());
-    t /= geo.groups();
-    const int i = int(t % K);
-    t /= K;
-    const int64_t strip = t % row_strips;
-    const int b = int(t / row_strips);
-    const int c0 = group * kGroup, n = min_int(kGroup, geo.C - c0);
 
     Group acc[K] = {};
-    const int y_end = int(min_i64(geo.H, (strip + 1) * p.rows));
-    for (int y = int(strip * p.rows); y < y_end; ++y) {
+    const int y_begin = strip * p.rows, y_end = y_begin + min_int(p.rows, geo.H - y_begin);
+    for (int y = y_begin; y < y_end; ++y) {
       const int yy = y + i - r;
       if (yy < 0 || yy >= geo.H) continue;
       for (int x = 0; x < geo.W; ++x) {
@@ -388,8 +415,8 @@ struct ConvAdjoint {
   using Params = ConvAdjointParams;
   static constexpr const char* kName = "conv_adjoint";
 
-  static FF_HD void run(const Params& p, int64_t t) {
-    const PixelTask task = pixel_task(t, p.geo);
+  static FF_HD void run(const Params& p, const GridThread& thread) {
+    const PixelTask task = pixel_task(thread, p.geo);
     const Group grad_in =
         depthwise_conv_adjoint(p.grad_pre, p.weight, p.k, p.geo, task.b, task.y, task.x, task.c0, task.n);
     store_at<T>(p.grad_in, task.b, task.y, task.x, task.c0, task.n, grad_in);
@@ -429,40 +456,37 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
 }
 
 void output_bwd(const OutputBwdParams& p, const Stream& stream) {
-  const int64_t threads = int64_t(p.geo.B) * ceil_div(p.geo.pixels(), p.strip) * p.geo.groups();
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch<OutputBwd<T>>(p, threads, stream);
+    launch_grid<OutputBwd<T>>(p, column_grid(p.geo, p.rows), stream);
   });
 }
 
 void conv_level_bwd(const ConvLevelBwdParams& p, const Stream& stream) {
-  const int64_t threads = int64_t(p.geo.B) * p.geo.pixels() * p.geo.groups();
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
     dispatch_level_input<T>(p.z_in_fp32, [&](auto z_tag) {
       using Z = decltype(z_tag);
-      launch<ConvLevelBwd<T, Z>>(p, threads, stream);
+      launch_grid<ConvLevelBwd<T, Z>>(p, pixel_grid(p.geo), stream);
     });
   });
 }
 
 void weight_grad(const WeightGradParams& p, const Stream& stream) {
-  const int64_t threads = int64_t(p.geo.B) * ceil_div(p.geo.H, p.rows) * p.k * p.geo.groups();
+  const GridShape grid = grid_shape(int64_t(p.k) * p.geo.groups(), ceil_div(p.geo.H, p.rows), p.geo.B);
   dispatch_dtype(p.z_dtype, [&](auto z_tag) {
     using Z = decltype(z_tag);
     dispatch_kernel_size(p.k, [&](auto k_tag) {
       constexpr int K = decltype(k_tag)::value;
-      launch<WeightGrad<Z, K>>(p, threads, stream);
+      launch_grid<WeightGrad<Z, K>>(p, grid, stream);
     });
   });
 }
 
 void conv_adjoint(const ConvAdjointParams& p, const Stream& stream) {
-  const int64_t threads = int64_t(p.geo.B) * p.geo.pixels() * p.geo.groups();
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch<ConvAdjoint<T>>(p, threads, stream);
+    launch_grid<ConvAdjoint<T>>(p, pixel_grid(p.geo), stream);
   });
 }
 

@@ -24,11 +24,14 @@
 
 #include "focal_modulation.h"
 
-// "#pragma unroll" for the device passes; the host compiler (tests) chooses for itself.
+// "#pragma unroll" for the device passes; the host compiler (tests) chooses for itself. FF_NO_UNROLL keeps a
+// loop with a run-time trip count rolled: no unrolled copy, no remainder loop, no set-up code for them.
 #ifdef __CUDA_ARCH__
 #define FF_UNROLL _Pragma("unroll")
+#define FF_NO_UNROLL _Pragma("unroll 1")
 #else
 #define FF_UNROLL
+#define FF_NO_UNROLL
 #endif
 
 namespace focalfast {
@@ -37,7 +40,6 @@ constexpr int kThreadsPerBlock = 256;
 
 FF_HD int min_int(int a, int b) { return a < b ? a : b; }
 FF_HD int max_int(int a, int b) { return a > b ? a : b; }
-FF_HD int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 FF_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 FF_HD float to_float(float v) { return v; }
@@ -52,6 +54,17 @@ template <>
 FF_HD __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
 FF_HD __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The fp32 value with these bits (a bf16 is the high half of an fp32).
+FF_HD float bits_to_float(uint32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+#endif
+}
 
 // Eight fp32 channel values of one pixel.
 struct Group {
@@ -85,11 +98,23 @@ FF_HD void store_vec16(T* p, const Vec16<T>& r) {
 #endif
 }
 
+// How a thread reaches the 8 channels [c0, c0 + n) of a pixel: one 16-byte vector (aligned, n == 8), eight
+// scalars (n == 8, any alignment: no bounds test), or the first n scalars (n < 8). Kernels that loop over
+// pixels choose it once per thread (a template parameter) so that their loop bodies hold no branch.
+enum class Access { kVector, kScalar, kBounded };
+
 // Channels [c0, c0 + n) of p (already offset to c0) as fp32; zeros past n.
-template <typename T>
-FF_HD Group load_group(const T* p, int n, bool aligned) {
+template <Access A, typename T>
+FF_HD Group load_channels(const T* p, int n) {
   Group g;
-  if (aligned) {  // then n == kGroup
+  if (A == Access::kVector && std::is_same<T, __nv_bfloat16>::value) {  // a shift or a mask per channel
+    const Vec16<uint32_t> r = load_vec16(reinterpret_cast<const uint32_t*>(p));
+FF_UNROLL
+    for (int k = 0; k < kGroup / 2; ++k) {
+      g.v[2 * k] = bits_to_float(r.v[k] << 16);
+      g.v[2 * k + 1] = bits_to_float(r.v[k] & 0xFFFF0000u);
+    }
+  } else if (A == Access::kVector) {
     constexpr int kVec = Vec16<T>::kSize;
 FF_UNROLL
     for (int k = 0; k < kGroup; k += kVec) {
@@ -99,14 +124,14 @@ FF_UNROLL
     }
   } else {
 FF_UNROLL
-    for (int e = 0; e < kGroup; ++e) g.v[e] = e < n ? to_float(p[e]) : 0.f;
+    for (int e = 0; e < kGroup; ++e) g.v[e] = A == Access::kScalar || e < n ? to_float(p[e]) : 0.f;
   }
   return g;
 }
 
-template <typename T>
-FF_HD void store_group(T* p, int n, bool aligned, const Group& g) {
-  if (aligned) {
+template <Access A, typename T>
+FF_HD void store_channels(T* p, int n, const Group& g) {
+  if (A == Access::kVector) {
     constexpr int kVec = Vec16<T>::kSize;
 FF_UNROLL
     for (int k = 0; k < kGroup; k += kVec) {
@@ -118,8 +143,24 @@ FF_UNROLL
   } else {
 FF_UNROLL
     for (int e = 0; e < kGroup; ++e) {
-      if (e < n) p[e] = from_float<T>(g.v[e]);
+      if (A == Access::kScalar || e < n) p[e] = from_float<T>(g.v[e]);
     }
+  }
+}
+
+// The same with the access chosen at run time (aligned: vector, else bounded scalars).
+template <typename T>
+FF_HD Group load_group(const T* p, int n, bool aligned) {
+  if (aligned) return load_channels<Access::kVector>(p, n);
+  return load_channels<Access::kBounded>(p, n);
+}
+
+template <typename T>
+FF_HD void store_group(T* p, int n, bool aligned, const Group& g) {
+  if (aligned) {
+    store_channels<Access::kVector>(p, n, g);
+  } else {
+    store_channels<Access::kBounded>(p, n, g);
   }
 }
 
@@ -241,45 +282,6 @@ FF_UNROLL
   return acc;
 }
 
-// Thread t of a kernel over (image b, pixel p, channel group): groups vary fastest.
-struct PixelTask {
-  int b, y, x, c0, n, group;
-  int64_t pixel;  // b * H * W + y * W + x
-};
-
-FF_HD PixelTask pixel_task(int64_t t, const Geometry& geo) {
-  PixelTask task;
-  task.group = int(t % geo.groups());
-  task.pixel = t / geo.groups();
-  task.b = int(task.pixel / geo.pixels());
-  const int64_t p = task.pixel % geo.pixels();
-  task.y = int(p / geo.W);
-  task.x = int(p % geo.W);
-  task.c0 = task.group * kGroup;
-  task.n = min_int(kGroup, geo.C - task.c0);
-  return task;
-}
-
-// Thread t of a kernel over (image b, strip of `strip` consecutive pixels, channel group).
-struct StripTask {
-  int b, c0, n;
-  int64_t strip, begin, end;  // pixels [begin, end) of image b
-};
-
-FF_HD StripTask strip_task(int64_t t, const Geometry& geo, int strip) {
-  const int64_t strips = ceil_div(geo.pixels(), strip);
-  StripTask task;
-  const int group = int(t % geo.groups());
-  t /= geo.groups();
-  task.strip = t % strips;
-  task.b = int(t / strips);
-  task.c0 = group * kGroup;
-  task.n = min_int(kGroup, geo.C - task.c0);
-  task.begin = task.strip * strip;
-  task.end = min_i64(geo.pixels(), task.begin + strip);
-  return task;
-}
-
 inline void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
     throw std::runtime_error(std::string("focalfast CUDA kernel ") + what + ": " + cudaGetErrorString(err));
@@ -295,24 +297,132 @@ void record_launch(int64_t blocks, int threads, int64_t smem_bytes) {
   std::free(op);
 }
 
-template <class Op>
-__global__ void __launch_bounds__(kThreadsPerBlock) grid_kernel(const typename Op::Params p, int64_t total) {
-  const int64_t t = int64_t(blockIdx.x) * kThreadsPerBlock + threadIdx.x;
-  if (t < total) Op::run(p, t);
+// ---- Kernels on a 3D grid of threads ------------------------------------------------------------------
+//
+// A grid of `images` x `bands` rows of `items` threads (GridShape): blockIdx.z is the image, blockIdx.y the
+// band, and the blocks along x cover the items, `threads` to a block. Every index is a 32-bit grid
+// coordinate: no thread divides a 64-bit number to find its work. Element offsets stay 64-bit.
+constexpr int kMaxGridYZ = 65535;  // gridDim.y and gridDim.z limits: larger grids take several launches
+
+struct GridShape {
+  int items = 0, bands = 1, images = 1;
+  int threads = 0;  // per block, a multiple of 32: the fewest warps per block that cover the items evenly
+};
+
+struct GridThread {
+  int item, band, image;
+};
+
+// items <= kMaxGridItems (the binding checks): the item indices of the last block fit an int.
+inline GridShape grid_shape(int64_t items, int64_t bands, int64_t images) {
+  GridShape g;
+  g.items = int(items);
+  g.bands = int(bands);
+  g.images = int(images);
+  const int64_t warps = ceil_div(items, 32), tiles = ceil_div(warps, kThreadsPerBlock / 32);
+  g.threads = int(ceil_div(warps, tiles) * 32);
+  return g;
 }
 
-// Runs Op::run(p, t) for t in [0, total): one GPU thread each, or a host loop (tests).
 template <class Op>
-void launch(const typename Op::Params& p, int64_t total, const Stream& stream) {
-  if (total <= 0) return;
-  if (stream.record) return record_launch<Op>(ceil_div(total, kThreadsPerBlock), kThreadsPerBlock, 0);
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    grid_kernel(const typename Op::Params p, int items, int band0, int image0) {
+  const int item = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (item < items) Op::run(p, GridThread{item, band0 + int(blockIdx.y), image0 + int(blockIdx.z)});
+}
+
+// Runs Op::run(p, thread) for every thread of the grid: on the GPU, or on the host image by image (tests;
+// the first 1/host_sample of the threads: image 0 first).
+template <class Op>
+void launch_grid(const typename Op::Params& p, const GridShape& g, const Stream& stream) {
+  if (g.items <= 0 || g.bands <= 0 || g.images <= 0) return;
+  const int64_t tiles = ceil_div(g.items, g.threads), per_image = int64_t(g.items) * g.bands;
+  if (stream.record) return record_launch<Op>(tiles * g.bands * g.images, g.threads, 0);
   if (stream.on_host) {
-    for (int64_t t = 0; t < ceil_div(total, stream.host_sample); ++t) Op::run(p, t);
+    const auto thread = [&](int64_t t) {
+      return GridThread{int(t % g.items), int(t / g.items % g.bands), int(t / per_image)};
+    };
+    for (int64_t t = 0; t < ceil_div(per_image * g.images, stream.host_sample); ++t) Op::run(p, thread(t));
     return;
   }
-  const int64_t blocks = ceil_div(total, kThreadsPerBlock);
-  grid_kernel<Op><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream.stream>>>(p, total);
+  for (int image0 = 0; image0 < g.images; image0 += kMaxGridYZ) {
+    for (int band0 = 0; band0 < g.bands; band0 += kMaxGridYZ) {
+      const dim3 grid(unsigned(tiles), unsigned(min_int(kMaxGridYZ, g.bands - band0)),
+                      unsigned(min_int(kMaxGridYZ, g.images - image0)));
+      grid_kernel<Op><<<grid, g.threads, 0, stream.stream>>>(p, g.items, band0, image0);
+    }
+  }
   check_cuda(cudaGetLastError(), Op::kName);
+}
+
+// The thread of a grid of columns (items = W x channel groups, bands of `rows` image rows, images):
+// channels [c0, c0 + n) of column x of image b, rows [y0, y1).
+struct ColumnTask {
+  int b, x, c0, n, y0, y1;
+};
+
+FF_HD ColumnTask column_task(const GridThread& t, const Geometry& geo, int rows) {
+  ColumnTask task;
+  const int groups = geo.groups();
+  task.b = t.image;
+  task.x = t.item / groups;
+  task.c0 = (t.item - task.x * groups) * kGroup;
+  task.n = min_int(kGroup, geo.C - task.c0);
+  task.y0 = t.band * rows;
+  task.y1 = task.y0 + min_int(rows, geo.H - task.y0);
+  return task;
+}
+
+// The thread of a grid of one pixel per thread (items = W x channel groups, bands = H rows, images).
+struct PixelTask {
+  int b, y, x, c0, n, group;
+  int64_t pixel;  // (b * H + y) * W + x
+};
+
+FF_HD PixelTask pixel_task(const GridThread& t, const Geometry& geo) {
+  PixelTask task;
+  const int groups = geo.groups();
+  task.b = t.image;
+  task.y = t.band;
+  task.x = t.item / groups;
+  task.group = t.item - task.x * groups;
+  task.c0 = task.group * kGroup;
+  task.n = min_int(kGroup, geo.C - task.c0);
+  task.pixel = (int64_t(task.b) * geo.H + task.y) * geo.W + task.x;
+  return task;
+}
+
+inline GridShape pixel_grid(const Geometry& geo) { return grid_shape(int64_t(geo.W) * geo.groups(), geo.H, geo.B); }
+
+inline GridShape column_grid(const Geometry& geo, int rows) {
+  return grid_shape(int64_t(geo.W) * geo.groups(), ceil_div(geo.H, rows), geo.B);
+}
+
+// A pointer that walks down the rows of an image: `step` elements a row.
+template <typename T>
+struct RowCursor {
+  T* p;
+  int64_t step;
+  FF_HD void next() { p += step; }
+};
+
+template <typename T>
+FF_HD RowCursor<T> row_cursor(const View& v, const ColumnTask& task) {
+  return {static_cast<T*>(v.ptr) + v.at(task.b, task.y0, task.x) + task.c0, v.sy};
+}
+
+template <typename T>
+FF_HD RowCursor<const T> gate_cursor(const GateView& g, const ColumnTask& task, int level) {
+  return {static_cast<const T*>(g.ptr) + task.b * g.sb + task.y0 * g.sy + task.x * g.sx + level * g.sl, g.sy};
+}
+
+// scale * global_term[b, c] for the channels of a thread of output_fwd or output_bwd.
+FF_HD Group scaled_global_term(const ModulatorArgs& m, const ColumnTask& task) {
+  Group g = load_channels<Access::kBounded>(
+      static_cast<const float*>(m.global_term.ptr) + m.global_term.at(task.b, 0, 0) + task.c0, task.n);
+FF_UNROLL
+  for (int e = 0; e < kGroup; ++e) g.v[e] *= m.scale;
+  return g;
 }
 
 // Calls f(T{}) with T the storage type of dtype.

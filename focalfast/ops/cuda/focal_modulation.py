@@ -4,13 +4,13 @@ Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (docs/design.
     context_fwd          one row-streaming sweep per (image, chunk of channels): z_{l+1} = GELU(dwconv(z_l))
                          in shared-memory rings, ctx_local = s * sum_l g_l z_{l+1} in T, and
                          pooled_sum = sum_{H,W} z_L [B, C] fp32;  G = GELU(pooled_sum / (H W))
-    F.linear (cuBLAS)    linear = ctx_local W^T
-    output_fwd           out = q * (linear + b + s * gates_L * (G W^T))
+    F.linear (cuBLAS)    linear = ctx_local W^T + b
+    output_fwd           out = q * (linear + s * gates_L * (G W^T))
 The autograd graph keeps the inputs and ``pooled_mean`` only; no per-level activation.
 
 Backward:
     context_fwd          recomputes ctx_local (no pooling)
-    output_bwd           grad_q, grad_mod = grad_out * q, per-strip sums of grad_mod and g_L * grad_mod
+    output_bwd           grad_q, grad_mod = grad_out * q, per-thread sums of grad_mod and g_L * grad_mod
     cuBLAS               grad_ctx_all = grad_mod W,  grad_W = grad_mod^T ctx_local + s * u^T G
     context_bwd          one bottom-to-top sweep per (image, chunk): recomputes the levels and runs their
                          adjoint chain a few rows behind; writes grad_ctx, per-image partials of the
@@ -63,11 +63,16 @@ from torch import Tensor
 from focalfast.ops.sweep_geometry import HOST_SM_COUNT, PROGRAMS_PER_SM, rows_per_band
 from focalfast.ops.cuda import extension
 
-# Kernels that emit per-strip partial sums (the pooling level, output_bwd) give a thread a strip of up
-# to PIXELS_PER_STRIP pixels, fewer when that would leave less than MIN_THREADS threads (a full GPU).
+# The pooling level of the fallback (conv_level_fwd) gives a thread a strip of up to PIXELS_PER_STRIP
+# pixels of one column, fewer when that would leave less than MIN_THREADS threads (a full GPU).
 PIXELS_PER_STRIP = 32
 MIN_THREADS = 1 << 18
 ROWS_PER_WEIGHT_STRIP = 8  # image rows per thread in weight_grad
+# output_fwd and output_bwd give a thread one channel group of one column of up to EPILOGUE_ROWS image rows,
+# fewer when that would leave less than EPILOGUE_MIN_THREADS threads (about 16 warps per SM of an H100,
+# each with 2-3 KB of loads in flight a row; the thread's set-up, about 300 instructions, is paid once).
+EPILOGUE_ROWS = 64
+EPILOGUE_MIN_THREADS = 1 << 16
 # Channels per block of the fused sweep, in order of preference: of those whose shared memory fits
 # SWEEP_SMEM_BYTES (None: the device's per-block opt-in maximum), the largest that gives at least
 # PROGRAMS_PER_SM blocks per SM (sweep_geometry) with two blocks per SM, else with one, else the smallest.
@@ -191,6 +196,14 @@ def _pixels_per_strip(B: int, H: int, W: int, C: int) -> int:
     return max(1, min(PIXELS_PER_STRIP, one_pixel_threads // MIN_THREADS))
 
 
+def _epilogue_rows(B: int, H: int, W: int, C: int) -> int:
+    """Image rows per thread of output_fwd / output_bwd: many (the thread's set-up is paid once), enough
+    threads, and bands of equal height (but the last)."""
+    column_threads = B * W * -(-C // 8)  # threads with whole columns
+    rows = max(1, min(EPILOGUE_ROWS, H, column_threads * H // EPILOGUE_MIN_THREADS))
+    return -(-H // -(-H // rows))
+
+
 def _levels_forward(kernels: _Kernels, ctx: Tensor, gates: Tensor, taps: List[Tensor], scale: float,
                     keep_levels: bool, pool: bool):
     """Runs the focal levels. Returns ``ctx_local`` (T, already scaled), the level inputs
@@ -202,7 +215,7 @@ def _levels_forward(kernels: _Kernels, ctx: Tensor, gates: Tensor, taps: List[Te
     ctx_local = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     acc = torch.empty((B, H, W, C), **f32) if L > 1 else None
     strip = _pixels_per_strip(B, H, W, C) if pool else 1
-    pool_partial = torch.empty((B, _strips(H * W, strip), C), **f32) if pool else None
+    pool_partial = torch.empty((B, _strips(H, strip) * W, C), **f32) if pool else None
     z_in, levels = ctx, [ctx]
     for level, taps_l in enumerate(taps):
         last = level == L - 1
@@ -243,11 +256,10 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
                                                          pool=True)
             pooled_mean = kernels.reduce_sum(pool_partial, scale=1.0 / (H * W))
         global_term = F.gelu(pooled_mean) @ h_weight.to(torch.float32).t()
-        linear = F.linear(ctx_local, h_weight)
+        linear = F.linear(ctx_local, h_weight, h_bias)
         out = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
-        kernels.launch(
-            "output_fwd", q=q, linear=linear, bias=None if h_bias is None else h_bias.to(torch.float32),
-            gates=gates, global_term=global_term, scale=scale, out=out)
+        kernels.launch("output_fwd", q=q, linear=linear, gates=gates, global_term=global_term, scale=scale, out=out,
+                       rows_per_thread=_epilogue_rows(B, H, W, C))
     return out, pooled_mean
 
 
@@ -334,18 +346,20 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
         pooled = F.gelu(pooled_mean)
         global_term = pooled @ weight32.t()
 
-        # The epilogue: grad_q, grad_mod, and the partials of sum_p grad_mod and sum_p g_L * grad_mod.
+        # The epilogue: grad_q, grad_mod, and per thread the partials of sum_p grad_mod and sum_p g_L * grad_mod,
+        # summed per image (u), then over the images (grad_h_bias).
         grad_q = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
         grad_mod = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-        strip = _pixels_per_strip(B, H, W, C)
-        strips = _strips(H * W, strip)
+        rows = _epilogue_rows(B, H, W, C)
+        strips = _strips(H, rows) * W
         partial = torch.empty((B, strips, 2, C), **f32)
         kernels.launch(
-            "output_bwd", grad_out=grad_out, q=q, linear=F.linear(ctx_local, h_weight),
-            bias=None if h_bias is None else h_bias.to(torch.float32), gates=gates, global_term=global_term,
-            scale=scale, grad_q=grad_q, grad_modulator=grad_mod, partial=partial, pixels_per_strip=strip)
-        grad_h_bias = kernels.reduce_sum(partial[:, :, 0].reshape(1, B * strips, C)).reshape(C)
-        gated = kernels.reduce_sum(partial[:, :, 1])  # u [B, C]
+            "output_bwd", grad_out=grad_out, q=q, linear=F.linear(ctx_local, h_weight, h_bias), gates=gates,
+            global_term=global_term, scale=scale, grad_q=grad_q, grad_modulator=grad_mod, partial=partial,
+            rows_per_thread=rows)
+        per_image = kernels.reduce_sum(partial.reshape(B, strips, 2 * C))
+        grad_h_bias = kernels.reduce_sum(per_image[:, :C].reshape(1, B, C)).reshape(C)
+        gated = per_image[:, C:]  # u [B, C]
 
         # h: grad_W = grad_mod^T ctx_all with ctx_all = ctx_local + s * g_L * G; grad_ctx_all = grad_mod W.
         grad_mod_2d = grad_mod.reshape(N, C)
