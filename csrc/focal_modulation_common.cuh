@@ -24,11 +24,14 @@
 
 #include "focal_modulation.h"
 
-// "#pragma unroll" for the device passes; the host compiler (tests) chooses for itself.
+// "#pragma unroll" for the device passes; the host compiler (tests) chooses for itself. FF_NO_UNROLL keeps a
+// loop with a run-time trip count whole (no peeled or remainder copies: one SASS loop per source loop).
 #ifdef __CUDA_ARCH__
 #define FF_UNROLL _Pragma("unroll")
+#define FF_NO_UNROLL _Pragma("unroll 1")
 #else
 #define FF_UNROLL
+#define FF_NO_UNROLL
 #endif
 
 namespace focalfast {
