@@ -69,7 +69,7 @@ struct ContextBwdLayout {
 // recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level) and two 2-byte
 // global loads (gate, grad_ctx_all); weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32 + K / 16
 // 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level.
-template <typename T>
+template <typename T, class Chain>
 struct ContextBwd {
   using Params = ContextBwdParams;
   struct Args {
@@ -112,7 +112,7 @@ FF_UNROLL
   static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int l,
                             int y) {
     const int W = p.geo.W, chunk = p.chunk;
-    const bool inside = y >= 0 && y < p.geo.H, last = l == p.levels.L - 1;
+    const bool inside = y >= 0 && y < p.geo.H, last = l == Chain::levels(p.levels) - 1;
     const RowRing &out = s.grad_pre[l], &dg_ring = s.gelu_grad[l], &next = s.grad_pre[last ? l : l + 1];
     const int slot0 = next.slot(y - K_next / 2);
     const float* weights_next = smem + s.weights + s.level_taps[last ? l : l + 1];
@@ -150,6 +150,7 @@ FF_UNROLL
     const float* z_row = z.row(smem, z.slot(y + i - r)) + z.channel(c);
     const float* g_row = g.row(smem, g.slot(y)) + g.channel(c) + g.pad;
     float acc[K] = {};
+FF_NO_UNROLL
     for (int x0 = 0; x0 < s.width; x0 += kStrip) {
       float window[n], grad[kStrip];
       load_run(z_row + x0, window);
@@ -165,6 +166,46 @@ FF_UNROLL
     for (int j = 0; j < K; ++j) dw[j * chunk] += acc[j];
   }
 
+  // grad_ctx of row y (in the band): the adjoint conv of level 0 on grad_pre_0's rows, an item per strip and channel.
+  template <int K0>
+  static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
+                                 int y) {
+    const RowRing& g = s.grad_pre[0];
+    const int slot0 = g.slot(y - K0 / 2);
+    FF_FOR_EACH(item, s.width / kStrip * p.chunk) {
+      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
+      float grad[kStrip] = {};
+      conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, smem + s.weights + c, p.chunk, grad);
+      store_strip<T>(p.grad_ctx, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, 1.f, grad);
+    }
+  }
+
+  // The gate partials of row y: level < L from z_{level+1}, level L (the global level) from G; an item per column.
+  static FF_HD void gate_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int level,
+                             int L, int chunks, int y) {
+    const int W = p.geo.W, cn = band.cn, b = band.b;
+    const RowRing& zr = s.z[level < L ? level + 1 : L];
+    FF_FOR_EACH(x, W) {
+      const float* z = zr.row(smem, zr.slot(y)) + zr.pad + x;
+      float sum = 0.f;
+      for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * (z_{level+1} or G)
+        const int n = min_int(kGroup, cn - c);
+        const Group g = load_at<T>(p.grad_ctx_all, b, y, x, band.c_begin + c, n);
+        Group v;
+        if (level < L) {
+FF_UNROLL
+          for (int e = 0; e < kGroup; ++e) v.v[e] = z[zr.channel(c + e)];
+        } else {
+          v = load_at<float>(p.pooled, b, 0, 0, band.c_begin + c, n);
+        }
+FF_UNROLL
+        for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], v.v[e], sum);
+      }
+      const int64_t pixel = (int64_t(b) * p.geo.H + y) * W + x;
+      p.gate_partial[(pixel * (L + 1) + level) * chunks + band.chunk_index] = p.scale * sum;
+    }
+  }
+
   static FF_HD void run(const Args& args, int block, float* smem) {
     const Params& p = args.p;
     const ContextBwdLayout& s = args.s;
@@ -172,8 +213,8 @@ FF_UNROLL
     const SweepLevels& lv = p.levels;
     const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), group_shift = s.chunk_shift - 3;
     const SweepBand band(block, geo, p.band_rows, chunk);
-    const int b = band.b, c_begin = band.c_begin, cn = band.cn, chunk_index = band.chunk_index;
-    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L), taps = lv.taps();
+    const int b = band.b, c_begin = band.c_begin, cn = band.cn;
+    const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
@@ -193,55 +234,31 @@ FF_UNROLL
       }
       FF_BARRIER();
 
-      for (int l = 0; l < L; ++l) {
-        FF_WITH_KERNEL_SIZE(lv.k[l], recompute<K>(p, s, smem, l, y_top + s.lag_fwd[l]));
+      Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
+        recompute<decltype(k)::value>(p, s, smem, l, y_top + s.lag_fwd[l]);
         FF_BARRIER();
-      }
-      for (int l = L - 1; l >= 0; --l) {
-        FF_WITH_KERNEL_SIZE(l == L - 1 ? 1 : lv.k[l + 1], adjoint<K>(p, s, band, smem, l, y_top + s.lag_bwd[l]));
+      });
+      Chain::template for_each_level<1, true>(lv, [&](int l, auto k_next) {
+        adjoint<decltype(k_next)::value>(p, s, band, smem, l, y_top + s.lag_bwd[l]);
         FF_BARRIER();
-      }
+      });
 
-      // Reduce: grad_ctx items, then weight-gradient items, then gate items.
-      const int ctx_items = s.width / kStrip * chunk, weight_items = s.row_items * chunk;
-      FF_FOR_EACH(item, ctx_items + weight_items + (L + 1) * W) {
-        if (item < ctx_items) {
-          const int y = y_top + 2 * R, x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
-          if (!band.owns(y) || c >= cn) continue;
-          const RowRing& g = s.grad_pre[0];
-          float grad[kStrip] = {};
-          FF_WITH_KERNEL_SIZE(lv.k[0], conv_strip<K, true>(smem, g, g.slot(y - K / 2), g.channel(c), x0,
-                                                          smem + s.weights + c, chunk, grad));
-          store_strip<T>(p.grad_ctx, b, y, x0, c_begin + c, W - x0, 1.f, grad);
-        } else if (item < ctx_items + weight_items) {
-          int l = 0, i = (item - ctx_items) >> s.chunk_shift;  // kernel row i of level l
-          while (i >= lv.k[l]) i -= lv.k[l++];
-          const int c = (item - ctx_items) & (chunk - 1), y = y_top + s.lag_bwd[l];
-          if (band.owns(y) && c < cn) FF_WITH_KERNEL_SIZE(lv.k[l], weight_grad_row<K>(s, smem, l, i, y, c, chunk));
-        } else {
-          const int level = (item - ctx_items - weight_items) / W, x = (item - ctx_items - weight_items) % W;
-          const int l = min_int(level, L - 1), y = y_top + s.lag_bwd[l];
-          if (!band.owns(y)) continue;
-          const RowRing& zr = s.z[level + 1 <= L ? level + 1 : L];
-          const float* z = level < L ? zr.row(smem, zr.slot(y)) + zr.pad + x : nullptr;
-          float sum = 0.f;
-          for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * (z_{level+1} or G)
-            const int n = min_int(kGroup, cn - c);
-            const Group g = load_at<T>(p.grad_ctx_all, b, y, x, c_begin + c, n);
-            Group v;
-            if (z) {
-FF_UNROLL
-              for (int e = 0; e < kGroup; ++e) v.v[e] = z[zr.channel(c + e)];
-            } else {
-              v = load_at<float>(p.pooled, b, 0, 0, c_begin + c, n);
-            }
-FF_UNROLL
-            for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], v.v[e], sum);
-          }
-          const int64_t pixel = (int64_t(b) * H + y) * W + x;
-          p.gate_partial[(pixel * (L + 1) + level) * chunks + chunk_index] = p.scale * sum;
-        }
+      // Reduce (one phase): grad_ctx, the weight gradients, the gate partials of the rows in the band.
+      if (band.owns(y_top + 2 * R)) {
+        Chain::with_first_size(lv, [&](auto k0) { grad_ctx_row<decltype(k0)::value>(p, s, band, smem, y_top + 2 * R); });
       }
+      Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
+        constexpr int K = decltype(k)::value;
+        const int y = y_top + s.lag_bwd[l];
+        if (band.owns(y)) {
+          FF_FOR_EACH(item, K * chunk) {  // kernel row i, channel c
+            const int i = item >> s.chunk_shift, c = item & (chunk - 1);
+            weight_grad_row<K>(s, smem, l, i, y, c, chunk);
+          }
+          gate_row(p, s, band, smem, l, L, chunks, y);
+        }
+      });
+      if (band.owns(y_top + s.lag_bwd[L - 1])) gate_row(p, s, band, smem, L, L, chunks, y_top + s.lag_bwd[L - 1]);
       FF_BARRIER();
     }
 
@@ -450,8 +467,10 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
   const ContextBwdLayout layout(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextBwd<T>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
-                                int64_t(layout.total) * int64_t(sizeof(float)), stream);
+    dispatch_chain(p.levels, [&](auto chain) {
+      launch_sweep<ContextBwd<T, decltype(chain)>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
+                                                   int64_t(layout.total) * int64_t(sizeof(float)), stream);
+    });
   });
 }
 

@@ -48,7 +48,7 @@ struct ContextFwdLayout {
 //   K^2 FMAs, K^2 / 8 weight loads, K (8 + 2 ring_pad(K)) / 32 16-byte window loads, one GELU,
 //   1/4 16-byte gate loads, 1/4 (1/2 for 0 < l < L - 1) 16-byte accumulator accesses, 1/4 16-byte z stores;
 //   once per element: the ctx load (a 2-byte global load, a convert, a shared store) and the ctx_local store.
-template <typename T>
+template <typename T, class Chain>
 struct ContextFwd {
   using Params = ContextFwdParams;
   struct Args {
@@ -60,10 +60,15 @@ struct ContextFwd {
   template <int K>
   static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, int l,
                           int t) {
-    const SweepLevels& lv = p.levels;
-    const int L = lv.L, H = p.geo.H, W = p.geo.W, chunk = p.chunk, y = t - s.lag[l];
+    const int L = Chain::levels(p.levels), H = p.geo.H, y = t - s.lag[l];
     const bool last = l == L - 1, inside = y >= 0 && y < H;
-    if (last && !band.owns(y)) return;  // the last level's rows outside the band feed nothing
+    if (!last || band.owns(y)) level_items<K>(p, s, band, smem, l, y, last, inside);  // the last level's rows
+  }                                                                                // outside the band feed nothing
+
+  template <int K>
+  static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, int l,
+                                int y, bool last, bool inside) {
+    const int W = p.geo.W, chunk = p.chunk;
     const RowRing& in = s.z[l];
     const int slot0 = in.slot(y - K / 2);
     const float* weights = smem + s.level_weights[l];
@@ -118,7 +123,7 @@ FF_UNROLL
     const int chunk = p.chunk, group_shift = s.chunk_shift - 3;
     const SweepBand band(block, geo, p.band_rows, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
-    const int H = geo.H, W = geo.W, L = lv.L, R = lv.offset(L);
+    const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L);
     const float* weights = static_cast<const float*>(p.weights.ptr);
 
     // The block's weights (zero past cn); everything else zero.
@@ -145,10 +150,10 @@ FF_UNROLL
       }
       FF_BARRIER();
 
-      for (int l = 0; l < L; ++l) {
-        FF_WITH_KERNEL_SIZE(lv.k[l], level<K>(p, s, band, smem, l, t));
+      Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
+        level<decltype(k)::value>(p, s, band, smem, l, t);
         FF_BARRIER();
-      }
+      });
     }
 
     if (p.pooled_sum.ptr) {  // the items' sums in a fixed order
@@ -275,8 +280,10 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_sweep<ContextFwd<T>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
-                                int64_t(layout.total) * int64_t(sizeof(float)), stream);
+    dispatch_chain(p.levels, [&](auto chain) {
+      launch_sweep<ContextFwd<T, decltype(chain)>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
+                                                   int64_t(layout.total) * int64_t(sizeof(float)), stream);
+    });
   });
 }
 

@@ -14,6 +14,8 @@
 // one block after the other, with shared memory as a host array. Both orders give the same result.
 #pragma once
 
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "focal_modulation_common.cuh"
@@ -211,6 +213,66 @@ FF_UNROLL
     case 13: { constexpr int K = 13; __VA_ARGS__; } break; \
     default: break;                                      \
   }
+
+// The kernel sizes of a sweep's levels as its code sees them:
+//   FixedChain<K0, L>  k_l = K0 + 2 l (FocalNet's rule; every published configuration is K0 = 3, L = 1..4), known
+//                      at compile time: the level loops unroll and each level's taps are its own code;
+//   GenericChain       any sizes, read from SweepLevels at run time: each level picks its code by a switch over k.
+// Chain::levels(lv) is L; Chain::with_first_size(lv, f) calls f(std::integral_constant<int, k_0>{});
+// Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{})
+// for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
+template <int K0, int kLevels>
+struct FixedChain {
+  static FF_HD constexpr int levels(const SweepLevels&) { return kLevels; }
+  static FF_HD constexpr int size(int l) { return l < kLevels ? K0 + 2 * l : 1; }
+
+  template <class F>
+  static FF_HD void with_first_size(const SweepLevels&, F&& f) {
+    f(std::integral_constant<int, K0>{});
+  }
+  template <int kShift, bool kReverse, class F>
+  static FF_HD void for_each_level(const SweepLevels&, F&& f) {
+    visit<kShift, kReverse>(f, std::make_integer_sequence<int, kLevels>{});
+  }
+  template <int kShift, bool kReverse, class F, int... I>
+  static FF_HD void visit(F& f, std::integer_sequence<int, I...>) {
+    (f(kReverse ? kLevels - 1 - I : I,
+       std::integral_constant<int, size((kReverse ? kLevels - 1 - I : I) + kShift)>{}),
+     ...);
+  }
+};
+
+struct GenericChain {
+  static FF_HD int levels(const SweepLevels& lv) { return lv.L; }
+
+  template <class F>
+  static FF_HD void with_first_size(const SweepLevels& lv, F&& f) {
+    FF_WITH_KERNEL_SIZE(lv.k[0], f(std::integral_constant<int, K>{}));
+  }
+  template <int kShift, bool kReverse, class F>
+  static FF_HD void for_each_level(const SweepLevels& lv, F&& f) {
+    for (int n = 0; n < lv.L; ++n) {
+      const int l = kReverse ? lv.L - 1 - n : n;
+      FF_WITH_KERNEL_SIZE(l + kShift < lv.L ? lv.k[l + kShift] : 1, f(l, std::integral_constant<int, K>{}));
+    }
+  }
+};
+
+// Calls f(Chain{}) with the FixedChain of lv's kernel sizes where there is one (K0 = 3, L = 1..4), else GenericChain.
+template <class F>
+void dispatch_chain(const SweepLevels& lv, F&& f) {
+  bool focalnet = lv.L >= 1;
+  for (int l = 0; l < lv.L; ++l) focalnet = focalnet && lv.k[l] == 3 + 2 * l;
+  if (focalnet) {
+    switch (lv.L) {
+      case 1: return f(FixedChain<3, 1>{});
+      case 2: return f(FixedChain<3, 2>{});
+      case 3: return f(FixedChain<3, 3>{});
+      case 4: return f(FixedChain<3, 4>{});
+    }
+  }
+  f(GenericChain{});
+}
 
 // The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
 // A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's

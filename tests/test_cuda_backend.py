@@ -154,6 +154,7 @@ HOST_CASES = [
     (1, 9, 4, 20, (3, 5, 7, 9), torch.float32, True, True, "views"),  # L = 4, channel tail of 4
     (2, 4, 3, 3, (1,), torch.float32, False, True, "views"),  # k = 1
     (2, 17, 6, 12, (3, 5, 7), torch.float32, False, True, "views"),  # rings wrap; a 4-channel chunk tail
+    (2, 5, 9, 16, (3,), torch.bfloat16, True, False, "views"),  # the one-level fixed chain
 ]
 
 # How the host test runs the context part: the fused sweep with 8- or 32-channel chunks (32 > C: one
@@ -321,6 +322,24 @@ def test_binding_rejects_bad_sweep_arguments(ext, change, words):
     with pytest.raises(ValueError) as info:
         _Kernels(torch.device("cpu")).launch("context_fwd", **kwargs)
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("kernel_sizes,chain", [
+    ((3,), "FixedChain<3, 1>"), ((3, 5), "FixedChain<3, 2>"), ((3, 5, 7), "FixedChain<3, 3>"),
+    ((3, 5, 7, 9), "FixedChain<3, 4>"), ((5, 7), "GenericChain"), ((3, 7), "GenericChain"), ((1,), "GenericChain"),
+])
+def test_sweeps_take_the_compile_time_chain_of_focalnet_sizes(ext, monkeypatch, kernel_sizes, chain):
+    """k_l = 3 + 2 l (every published configuration) runs the sweeps instantiated for that chain;
+    any other sizes the run-time one."""
+    monkeypatch.setattr(cuda_op, "MIN_THREADS", 1)
+    inputs = random_focal_inputs(1, 4, 5, 8, kernel_sizes, generator=torch.Generator().manual_seed(0))
+    ext.set_record_launches(True)
+    try:
+        focal_modulation_cuda(**inputs)
+    finally:
+        ext.set_record_launches(False)
+    ops = {r["name"]: r["op"] for r in ext.take_recorded_launches()}
+    assert f"ContextFwd<float, focalfast::{chain}" in ops["context_fwd"], ops
 
 
 def test_host_saves_one_pooled_mean_vector(ext):

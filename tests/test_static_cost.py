@@ -206,9 +206,14 @@ def totals(sample_images):
     for direction, (launches, _) in captured.items():
         for launch in launches:
             warps = -(-launch.threads // 32)
+            branches, entered = cuda_backend._branch_shares(launch, warps)
+            shares = {k.describe() + "@" + id_of(k) + " if " + f"{f.rsplit('/', 1)[-1]}:{n}": list(v)
+                      for k, by_line in branches.items() for (f, n), v in by_line.items()}
+            shares.update({k.describe() + "@" + id_of(k) + " enters " + inner.describe(): [v]
+                           for k, by_loop in entered.items() for inner, v in by_loop.items()})
             out.append((direction, launch.name, launch.blocks, launch.threads,
                         {k.describe() + "@" + str(id_of(k)): sum(n * e for n, e in t.items()) * warps
-                         for k, t in cuda_backend._keys(launch, warps).items()}))
+                         for k, t in cuda_backend._keys(launch, warps).items()}, shares))
     return out
 
 def id_of(key):
@@ -221,8 +226,9 @@ print("COUNTS", json.dumps({"sampled": totals(True), "full": totals(False)}))
 @pytest.mark.slow
 def test_cuda_loop_counts_sample_one_image():
     """The CUDA trip counts run each launch on image 0 and scale by B; running every image of a
-    3-image case on the host gives the same warp-level counts, loop by loop, and the recorded
-    launches (blocks, threads) are the same either way."""
+    3-image case on the host gives the same warp-level counts, loop by loop, the same shares of the
+    loops' iterations that take each branch or enter each inner loop, and the same recorded launches
+    (blocks, threads)."""
     if not _cuda_toolchain():
         pytest.skip("nvcc is needed to build the count build of the CUDA extension")
     stdout = _run(["-c", _CUDA_SAMPLE_CHECK], _compiler_env(), timeout=1800)
@@ -233,6 +239,10 @@ def test_cuda_loop_counts_sample_one_image():
         assert s[4].keys() == f[4].keys()
         for key in s[4]:
             assert s[4][key] == pytest.approx(f[4][key], rel=1e-9), (s[1], key)
+        assert s[5].keys() == f[5].keys()
+        for key in s[5]:
+            assert s[5][key] == pytest.approx(f[5][key], rel=1e-9), (s[1], key)
+    assert any(v[0] not in (0, 1) for s in sampled for v in s[5].values())  # branches of rows and bands
 
 
 def _cuda_toolchain() -> bool:
@@ -241,14 +251,21 @@ def _cuda_toolchain() -> bool:
     return extension.find_nvcc() is not None
 
 
-@pytest.mark.slow
-def test_cuda_report_structure(tmp_path):
+@pytest.fixture(scope="module")
+def cuda_records(tmp_path_factory):
+    """The CUDA report of a small srf case (k 3, 5: the sweeps' compile-time chain FixedChain<3, 2>)."""
     if not _cuda_toolchain():
         pytest.skip("nvcc is needed to compile the CUDA kernels")
+    out = tmp_path_factory.mktemp("cuda_static")
     _run(["-m", "focalfast.static_cost", "--backend", "cuda", "--size", "9x11x24", "--batch", "2", "--levels", "srf",
-          "--dtype", "bf16", "--layout", "views", "--sm-count", "4", "--out", str(tmp_path), "--name", "cuda"],
+          "--dtype", "bf16", "--layout", "views", "--sm-count", "4", "--out", str(out), "--name", "cuda"],
          _compiler_env(), timeout=1800)
-    records = json.loads((tmp_path / "cuda.json").read_text())["records"]
+    return json.loads((out / "cuda.json").read_text())["records"]
+
+
+@pytest.mark.slow
+def test_cuda_report_structure(cuda_records):
+    records = cuda_records
     assert [(r["backend"], r["direction"]) for r in records] == [("cuda", "fwd"), ("cuda", "bwd")]
     for rec in records:
         assert rec["kernels"]
@@ -271,3 +288,15 @@ def test_a_count_under_the_fma_floor_is_refused():
     _check_fma_floor("cuda", "fwd", case, {"fma": floor, "integer": 5.0})
     with pytest.raises(RuntimeError, match="missed the kernels' loops"):
         _check_fma_floor("cuda", "fwd", case, {"fma": 0.3 * floor, "integer": 5.0})
+
+
+@pytest.mark.slow
+def test_cuda_sweep_counts_are_exact_for_a_compile_time_chain(cuda_records):
+    """With the level chain fixed at compile time every branch of the sweeps' loop bodies is a
+    counted ``if`` or the set-up of an inner loop: the main count (every branch taken) and the lower
+    bound (no branch taken) agree, kernel by kernel."""
+    sweeps = [k for rec in cuda_records for k in rec["kernels"] if k["kernel"].startswith("Context")]
+    assert {k["kernel"].split("<")[0] for k in sweeps} == {"ContextFwd", "ContextBwd"}
+    for k in sweeps:
+        assert "FixedChain<3, 2>" in k["kernel"]
+        assert k["warp_instr_per_elem_min"] == pytest.approx(k["warp_instr_per_elem"], rel=0.02), k["kernel"]

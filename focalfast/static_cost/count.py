@@ -9,14 +9,18 @@ A branch inside a loop body (other than an inner loop) is counted as taken every
 total is an upper bound where loop bodies branch (e.g. code versioned by the compiler for
 different trip counts). ``warp_instructions_min`` counts, inside loops, only the blocks every
 iteration runs (those that dominate each back edge): a lower bound. Where both agree, the count
-is exact up to the trip counts.
+is exact up to the trip counts. With ``branch_share`` (the CUDA counts: how often each ``if`` of a
+loop body was taken, ``branch_map``) a block that not every iteration runs counts, in both, the
+share of the iterations that took its branch, where it lies under a counted branch, and a block
+that only leads into an inner loop (its set-up, skipped when a warp has no iteration of it) the
+share of the iterations that entered that loop.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from focalfast.static_cost.classify import CLASSES, instruction_class
 from focalfast.static_cost.loop_map import LoopMatch
@@ -48,12 +52,16 @@ class KernelCost:
 
 
 def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict, blocks: int,
-                warps: int) -> KernelCost:
+                warps: int, branch_share: Optional[Callable[[list, object, object], Optional[float]]] = None
+                ) -> KernelCost:
     """Counts of one launch of ``blocks`` blocks of ``warps`` warps.
 
     ``mapping``: SASS loop header -> source loop (``loop_map.map_loops``); ``trips``: per source
     loop key, ``{trip count: entries}`` summed over the grid. A SASS loop with no source loop
     counts as running once per run of its parent (reported in ``unmapped_loops``).
+    ``branch_share(instructions, loop key, inner loop key)``: the share of the loop's iterations that
+    run a block of a loop body that not every iteration runs (None: unknown); ``inner loop key``: the
+    source loop the block only leads into (else None).
     """
     all_loops = sass.loops()
     loops = {lp.header: lp for lp in all_loops}
@@ -83,6 +91,27 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
         latches = [b for b in loop.blocks if loop.header in sass.blocks[b].successors]
         return all(block_index in dom[latch] for latch in latches)
 
+    def leads_into(block_index: int, loop) -> Optional[object]:
+        """The source loop of the loop directly inside ``loop`` that ``block_index`` only leads into."""
+        seen = set()
+        while block_index not in seen and len(sass.blocks[block_index].successors) == 1:
+            seen.add(block_index)
+            block_index = sass.blocks[block_index].successors[0]
+            inner = loops.get(block_index)
+            if inner is not None and inner.parent is loop:
+                match = mapping.get(block_index)
+                return match.key if match is not None else None
+            if innermost[block_index] is not loop:
+                return None
+        return None
+
+    def share(block_index: int) -> Optional[float]:
+        loop = innermost[block_index]
+        if branch_share is None or loop is None or mapping.get(loop.header) is None:
+            return None
+        return branch_share(sass.blocks[block_index].instructions, mapping[loop.header].key,
+                            leads_into(block_index, loop))
+
     certain = 0.0
     by_class: Counter = Counter({c: 0.0 for c in CLASSES})
     by_detail: Counter = Counter()
@@ -90,6 +119,9 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
     total = 0.0
     for block in sass.blocks:
         count = runs(block.index) * warps
+        known = None if every_iteration(block.index) else share(block.index)
+        if known is not None:
+            count *= known
         if count == 0:
             continue
         for ins in block.instructions:
@@ -97,7 +129,7 @@ def kernel_cost(sass: Sass, mapping: Dict[int, Optional[LoopMatch]], trips: Dict
             by_class[cls] += count
             by_detail[detail] += count
         total += count * len(block.instructions)
-        if every_iteration(block.index):
+        if known is not None or every_iteration(block.index):
             certain += count * len(block.instructions)
         if innermost[block.index] is not None:
             own[innermost[block.index].header] += count * len(block.instructions)

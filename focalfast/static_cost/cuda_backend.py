@@ -14,6 +14,7 @@ Warp-level counts from host counts (``_keys``): code that every thread of a bloc
 sweeps' row and level loops, run once per block on the host) runs once per warp; an
 ``FF_FOR_EACH`` runs its items in warp-passes, counted exactly; code inside an item or a grid
 kernel's thread runs once per warp-pass, assuming the lanes of a warp run the same trip counts.
+A branch of a loop body runs the share of the loop's iterations that took it (``branch_map``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from focalfast.static_cost.cases import Case, op_inputs
+from focalfast.static_cost.branch_map import branch_share
 from focalfast.static_cost.count import kernel_cost
 from focalfast.static_cost.cuda_compile import kernel_symbol
 from focalfast.static_cost.cuda_count_build import count_extension
@@ -151,6 +153,42 @@ def _warp_passes(items: int, threads: int) -> int:
     return sum(max(0, -(-(items - 32 * w) // threads)) for w in range(-(-threads // 32)))
 
 
+def _branch_shares(launch: CudaLaunch, warps: int) -> Tuple[dict, dict]:
+    """Per source loop key, the shares of its iterations that run a part of its body:
+    ``branches[key][(file, line)]``: (then, else) of the body's ``if`` statements;
+    ``entered[key][inner key]``: the set-up of an inner loop, which a warp runs when the inner loop
+    has an iteration for it (an ``FF_FOR_EACH`` of n items in per-block code: min(warps, ceil(n / 32))
+    of the block's warps; a loop inside an item: entries with at least one iteration)."""
+    branches: Dict[LoopKey, Dict[Tuple[str, int], Tuple[float, float]]] = {}
+    entered: Dict[LoopKey, Dict[LoopKey, float]] = {}
+
+    def walk(node, parent, per_block):
+        file = os.path.realpath(node["file"])
+        key = LoopKey(parent, ((file, node["line"]),), node["ordinal"])
+        counts: Dict[Tuple[str, int], list] = {}
+        for b in node.get("branches", []):
+            both = counts.setdefault((os.path.realpath(b["file"]), b["line"]), [0, 0])
+            both[0] += b["taken"]
+            both[1] += b["not_taken"]
+        iterations = max(node["iterations"], 1)
+        branches[key] = {at: (taken / iterations, not_taken / iterations) for at, (taken, not_taken) in counts.items()}
+        entered[key] = {}
+        for child in node["children"]:
+            lines = _source_lines(os.path.realpath(child["file"]))
+            text = lines[child["line"] - 1] if 0 < child["line"] <= len(lines) else ""
+            distributing = per_block and THREAD_DISTRIBUTING in text
+            child_key = LoopKey(key, ((os.path.realpath(child["file"]), child["line"]),), child["ordinal"])
+            runs = sum((min(warps, -(-int(n) // 32)) / warps if distributing else float(int(n) > 0)) * e
+                       for n, e in child["trips"].items())
+            entered[key][child_key] = runs / iterations
+            walk(child, key, per_block and not distributing)
+
+    per_block = launch.counts["iterations"] == -(-launch.blocks // launch.sample)
+    for child in launch.counts["children"]:
+        walk(child, None, per_block)
+    return branches, entered
+
+
 def _keys(launch: CudaLaunch, warps: int) -> Dict[LoopKey, Dict[int, float]]:
     """Source loop key -> trip histogram ``{n: entries}`` scaled so that ``sum(n * entries) * warps``
     is the loop body's warp-level executions over the whole grid.
@@ -192,6 +230,13 @@ def launch_record(launch: CudaLaunch) -> KernelRecord:
     sass = disassemble(cubin, symbol)
     warps = -(-launch.threads // 32)
     trips = _keys(launch, warps)
-    cost = kernel_cost(sass, map_loops(sass, trips.keys()), trips, launch.blocks, warps)
+    branches, entered = _branch_shares(launch, warps)
+
+    def share(instructions, key, inner):
+        if inner is not None and inner in entered.get(key, {}):
+            return entered[key][inner]
+        return branch_share(instructions, branches.get(key, {}))
+
+    cost = kernel_cost(sass, map_loops(sass, trips.keys()), trips, launch.blocks, warps, share)
     res = resources(cubin, symbol, launch.threads, launch.smem_bytes)
     return KernelRecord(launch.kernel, f"csrc ({launch.name})", (launch.blocks, 1, 1), res, cost, trips)

@@ -121,7 +121,8 @@ def write(records: List[dict], stem: Path, commit: str) -> None:
           f"nvdisasm {head['versions'].get('nvdisasm')}, target {head['target']}. Counts are dynamic "
           "warp-instructions per output element (B x H x W x C) from the sm_90a SASS; times are a ",
           f"{head['model']}. \"min\": a lower bound that counts, inside loops, only the blocks every iteration "
-          "runs (the main count takes every branch in a loop body). \"torch B/elem\": bytes read and written by the PyTorch operators the backend runs "
+          "runs (the main count takes every branch in a loop body); CUDA branches whose counts the host path "
+          "gives (a counted `if`, the set-up of an inner loop) count in both as often as they ran. \"torch B/elem\": bytes read and written by the PyTorch operators the backend runs "
           "around its kernels (listed per op in the JSON; their instructions are not counted).", "",
           table(records, markdown=True), ""]
     stem.with_suffix(".md").write_text("\n".join(md))

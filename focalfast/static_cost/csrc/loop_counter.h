@@ -3,7 +3,8 @@
 // nvcc -include's this header first into each csrc/*.cu. In host code it redefines `for` so that
 // every loop counts its entries and iterations, and the histogram of its trip counts, in a tree
 // keyed by (parent loop, file, line, ordinal among the loops of that line entered in one iteration
-// of the parent). Device code (__CUDA_ARCH__) is untouched, so the cubins are the production ones.
+// of the parent), and `if` so that every branch counts, in its innermost loop, how often its condition
+// held and how often not (per file and line; `if constexpr` is not counted). Device code (__CUDA_ARCH__) is untouched, so the cubins are the production ones.
 // The system headers the kernels use are included here first, before the macro exists.
 #pragma once
 
@@ -35,6 +36,7 @@ struct Node {
   std::map<std::tuple<std::string, int, int>, Node*> children;
   std::vector<Node*> order;  // children in the order they were first entered
   std::vector<std::pair<std::pair<const char*, int>, int>> seen;  // (file, line) -> loops entered this iteration
+  std::map<std::pair<const char*, int>, std::pair<long long, long long>> branches;  // (file, line) -> (taken, not)
 
   int bump(const char* f, int l) {
     for (auto& s : seen) {
@@ -64,7 +66,15 @@ struct Node {
       s += (first ? "\"" : ",\"") + std::to_string(t.first) + "\":" + std::to_string(t.second);
       first = false;
     }
-    s += "},\"children\":[";
+    s += "},\"branches\":[";
+    first = true;
+    for (const auto& b : branches) {
+      s += std::string(first ? "" : ",") + "{\"file\":\"" + std::string(b.first.first) + "\",\"line\":" +
+           std::to_string(b.first.second) + ",\"taken\":" + std::to_string(b.second.first) +
+           ",\"not_taken\":" + std::to_string(b.second.second) + "}";
+      first = false;
+    }
+    s += "],\"children\":[";
     first = true;
     for (const Node* c : order) {
       s += (first ? "" : ",") + c->json();
@@ -105,12 +115,23 @@ struct Entry {
     first = false;
     return f;
   }
-  void iterate() {
+  struct Iterated {};
+  Iterated iterate() {
     ++count;
     ++node->iterations;
     node->seen.clear();
+    return {};
   }
 };
+
+// The condition of an `if` at (f, l): counted in the innermost loop running.
+inline bool branch(const char* f, int l, bool taken) {
+  auto& count = current()->branches[{f, l}];  // one file may have several __FILE__ pointers: JSON readers add them up
+  ++(taken ? count.first : count.second);
+  return taken;
+}
+// The `for` macro's own test: not a branch of the source.
+inline bool branch(const char*, int, Entry::Iterated, bool taken) { return taken; }
 
 }  // namespace ff_count
 
@@ -128,6 +149,7 @@ extern "C" __attribute__((visibility("default"))) void ff_loop_counts_reset() {
 #endif
 
 #if !defined(__CUDA_ARCH__) && !defined(FF_LOOP_COUNT_EXPORT)
+#define if(...) if (::ff_count::branch(__FILE__, __LINE__, __VA_ARGS__))
 #define for(...)                                                                          \
   for (::ff_count::Entry ff_loop_entry_(__FILE__, __LINE__); ff_loop_entry_.once();) \
     for (__VA_ARGS__)                                                                    \
