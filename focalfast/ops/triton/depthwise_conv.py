@@ -45,9 +45,9 @@ def zero_fill(ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def ring_conv(src, rows, w, row_stride, K: tl.constexpr, FLIP: tl.constexpr, RING: tl.constexpr,
+def ring_conv(src, rows, w, row_stride, K: tl.constexpr, RING: tl.constexpr,
               R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
-    """Depthwise conv (``FLIP``: transposed conv) of image rows ``rows`` ``[R, 1, 1]`` from an fp32 ring.
+    """Depthwise conv of image rows ``rows`` ``[R, 1, 1]`` from an fp32 ring.
 
     ``src`` ``[1, WT, BC]``: pointers at (ring row 0, the tile's columns, its channels); ring row
     ``y`` is slot ``y & (RING - 1)`` (RING a power of two), ``row_stride`` elements apart, with
@@ -57,9 +57,9 @@ def ring_conv(src, rows, w, row_stride, K: tl.constexpr, FLIP: tl.constexpr, RIN
     P: tl.constexpr = K // 2
     acc = tl.zeros((R, WT, BC), dtype=tl.float32)
     for dy in range(K):  # a loop, not unrolled: K^2 unrolled taps per level make builds slow
-        row_ptrs = src + ((rows + ((P - dy) if FLIP else (dy - P))) & (RING - 1)) * row_stride
+        row_ptrs = src + ((rows + (dy - P)) & (RING - 1)) * row_stride
         for dx in tl.static_range(K):
-            acc += tl.load(w + (dy * K + dx) * BC) * tl.load(row_ptrs + ((P - dx) if FLIP else (dx - P)) * BC)
+            acc += tl.load(w + (dy * K + dx) * BC) * tl.load(row_ptrs + (dx - P) * BC)
     return acc
 
 
@@ -102,7 +102,7 @@ def ring_conv_transposed_and_weight_grad(dout, src, rows, w, slots, row_stride, 
                                          K: tl.constexpr, RING: tl.constexpr, BANDED: tl.constexpr,
                                          R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
     """Transposed conv of image rows ``rows`` from the fp32 ring ``dout`` (as ``ring_conv`` with
-    ``FLIP``), and this tile's share of the kernel gradient added to the caller's fp32
+    the kernel flipped), and this tile's share of the kernel gradient added to the caller's fp32
     ``[K * K, WT, BC]`` slots (``slots`` ``[1, WT, BC]`` pointers at tap 0).
 
     ``src`` ``[R, WT, BC]``: the conv's input at the tile's own pixels (zero outside the image).

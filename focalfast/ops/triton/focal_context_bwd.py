@@ -85,7 +85,7 @@ def _forward_level(
             cols = w0 + tl.arange(0, WT)[None, :, None]
             inside = (rows >= 0) & (rows < H) & (cols < W)
             col_at = cols * BC
-            z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, False, RING,
+            z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, RING,
                                                R, WT, BC))
             tl.store(zr + l * ring_size + slot + col_at, tl.where(inside, z, 0.0))
             tl.store(gr + (l - 1) * ring_size + slot + col_at, tl.where(inside, dz_du, 0.0))
@@ -113,7 +113,7 @@ def _last_level(
             own = inside & (rows >= y0) & (rows < y1)
             col_at = cols * BC
             src = zr + (L - 1) * ring_size + col_at
-            z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, False, RING, R, WT, BC))
+            z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, RING, R, WT, BC))
             pix = rows.to(tl.int64) * W + cols
             gate = gate_img + pix * gates_stride
             dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
