@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from focalfast.ops.sweep_geometry import PROGRAMS_PER_SM
+from focalfast.ops.triton.chain_schedule import sm_count
 from focalfast.ops.triton.modulation_gemm import block, dot_mode
 
 
@@ -136,13 +138,10 @@ def weight_grad(dout, dout_stride, q, q_stride, ctx_local, gates, gates_stride, 
     # BM the reduction step; sm_90 builds: 246 registers, no spills, no stack (1 CTA of 8 warps per SM).
     BM, BN, BK, num_warps = 64, block(C, 128), block(C, 128), 8
     tiles = triton.cdiv(C, BN) * triton.cdiv(C, BK)
-    # Enough splits to fill the GPU (about 2 programs per SM); few under the interpreter.
-    if interpret:
-        target = 2
-    elif q.device.type == "cuda":
-        target = 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
-    else:  # meta tensors (the sm_90 build check in the tests)
-        target = 264
+    # Enough splits for PROGRAMS_PER_SM programs per multiprocessor (the sweeps' target); two under the
+    # interpreter (the split reduction still runs); one without a GPU plan (sm_count None).
+    sms = sm_count(q.device)
+    target = 2 if interpret else PROGRAMS_PER_SM * sms if sms else 1
     splits = max(1, min(triton.cdiv(target, tiles), triton.cdiv(M, BM)))
     rows_per_split = triton.cdiv(triton.cdiv(M, splits), BM) * BM
     splits = triton.cdiv(M, rows_per_split)
