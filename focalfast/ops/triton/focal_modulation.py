@@ -13,15 +13,15 @@ forward, 5 C-tensors (10 C bytes in bf16):
     focal_context_fwd   read ctx, gates               write ctx_local = sum_l gates[l-1] * z_l
                         and, per image and channel, mean z_L and glob = GELU(mean) (fp32)
     modulation_gemm     read ctx_local, q, gates[L]   write out = q * (s * a @ h_weight.T + h_bias)
-                        with a = ctx_local + gates[L] * glob[b] formed as the A tile is loaded
+                        with a = ctx_local + gates[L] * glob[b]: the glob term as gates[L] *
+                        h_glob[b] in the epilogue (h_glob = s * glob @ h_weight.T, a [B, C] GEMM)
   The level chain streams rows per (image, channel block): ctx rows (read in place) and
   z_1..z_{L-1} pass through per-program fp32 ring buffers of a few rows (cache-resident scratch,
   never a per-level tensor), z_L stays in registers. When B * cdiv(C, BC) programs would leave the GPU idle (small
   batch, high resolution) each image is cut into bands of rows, one program each, which re-read
   and recompute a halo of D_L rows (forward) or B_0 rows (backward; ``chain_schedule``).
-  The global term is a rank-1 update of the GEMM's operand, which is the epilogue form
-  g_L * (h_weight @ glob) without a separate [B, C] GEMM; scale, bias and ``q *`` are the
-  epilogue. The ideal would be 3 C-tensors (read q, ctx; write out): the
+  The global term is the epilogue's g_L * (s * glob @ h_weight.T)[b], so that both operands
+  go from memory to the tensor cores untouched; scale, bias and ``q *`` are the epilogue. The ideal would be 3 C-tensors (read q, ctx; write out): the
   ctx_local round trip is the price of a chain that runs per channel block while ``h`` needs
   all channels of a pixel, and of the global level, which needs the whole image's pool.
 
