@@ -27,11 +27,11 @@ forward, 5 C-tensors (10 C bytes in bf16):
 
 backward, about 13 C-tensors (26 C bytes in bf16); nothing per level is saved or re-read:
     context_grad        read dout, q                   write d_ctx_all = s * (dout * q) @ h_weight,
-                                                       per-tile partials of d_glob
+                                                       per-tile partials of v = sum gates[L] * dM, d_h_bias
     focal_context_bwd   read ctx, gates, d_ctx_all     write dctx, ctx_local; fp32 partials of
                         dgates (per channel block) and of the depthwise weight gradients
     modulation_gemm     read ctx_local, dout, gates    write dq = dout * h(ctx_all)
-    weight_grad         read dout, q, ctx_local        write fp32 split-M partials of d_h_weight, d_h_bias
+    weight_grad         read dout, q, ctx_local        write fp32 split-M partials of d_h_weight
   focal_context_bwd recomputes the levels (ahead) and runs their gradients (behind) in one
   sweep, again through ring buffers of a few rows; these and the small partial buffers are the
   only transient scratch. Every reduction is a fixed-order sum of fp32 partials: two runs give
@@ -128,14 +128,13 @@ def focal_modulation_backward(dout, q, ctx, gates, weights, h_weight, h_bias, me
     h_weight = h_weight.contiguous()
 
     with _on_device(q):
-        d_ctx_all, d_glob_part = context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride,
-                                              scale, interpret)
+        d_ctx_all, d_glob_part, v, d_h_bias = context_grad(dout, dout_stride, q, q_stride, h_weight, gates,
+                                                           gates_stride, scale, interpret)
         dctx, dgates, dweights, ctx_local = focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights,
                                                               d_ctx_all, d_glob_part, mean, glob, interpret)
         dq = modulation_gemm(dout, dout_stride, ctx_local, gates, gates_stride, glob, h_weight, h_bias,
                              scale, interpret)
-        d_h_weight, d_h_bias = weight_grad(dout, dout_stride, q, q_stride, ctx_local, gates, gates_stride,
-                                           glob, scale, h_bias is not None, interpret)
+        d_h_weight = weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale, interpret)
     d_h_bias = d_h_bias.to(h_bias.dtype) if h_bias is not None else None
     return dq, dctx, dgates, dweights, d_h_weight.to(h_weight.dtype), d_h_bias
 

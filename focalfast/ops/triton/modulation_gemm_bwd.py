@@ -4,19 +4,24 @@ With dM = dout * q (the gradient of the modulator), s the normalisation scale an
 a = ctx_local + gates[..., L] * glob (ctx_all before s):
 
     d_ctx_all[m, k] = s * sum_n dM[m, n] * h_weight[n, k]           context_grad_kernel
-    d_glob[b, k]    = sum_{m in image b} gates[m, L] * d_ctx_all[m, k]   (per-tile partials)
-    d_h_weight[n, k] = s * sum_m dM[m, n] * a[m, k]                  weight_grad_kernel
-    d_h_bias[n]      = sum_m dM[m, n]                                 (split-M partials)
+    v[b, n]         = sum_{m in image b} gates[m, L] * dM[m, n]      (per-tile partials, same kernel)
+    d_h_bias[n]     = sum_m dM[m, n]                                 (per-tile partials, same kernel)
+    d_glob[b, k]    = sum_{m in image b} gates[m, L] * d_ctx_all[m, k] = s * (v @ h_weight)[b, k]
+    d_h_weight[n, k] = s * sum_m dM[m, n] * ctx_local[m, k]          weight_grad_kernel (split-M)
+                      + s * (v^T @ glob)[n, k]
 
-Partials are fp32, one per tile or split, reduced afterwards in a fixed order: the gradients
-are bitwise reproducible (no atomics).
+The column sums v and d_h_bias ride on the tensor cores (rows of a [16, BM] @ dM product per
+step, no cross-lane reductions); the global level's share of d_glob and d_h_weight are [B, C]
+GEMMs, so ctx_local goes from memory to shared memory untouched in weight_grad. Partials are
+fp32, one per tile or split, reduced afterwards in a fixed order: the gradients are bitwise
+reproducible (no atomics).
 
 Bytes per output element (bf16): context_grad reads dout, q (4) and writes d_ctx_all (2);
 weight_grad reads dout, q, ctx_local (6). Instructions per output element (sm_90 SASS x trip
 counts, FocalNet-T B = 128, bf16, q as a view of stride 2C + L + 1, so loaded 16 bits at a time),
-stages 1 / 2 / 3 / 4: context_grad 1.07 / 1.36 / 2.33 / 2.81 (2.26 / 2.20 / 4.19 / 7.16 with
-64 x 64 output blocks, which formed dout * q once per block of output channels), weight_grad
-1.08 / 2.16 / 2.51 / 5.07 (2.39 / 2.70 / 5.40 / 10.80 with 64 x 64 blocks).
+stages 1 / 2 / 3 / 4: context_grad 0.91 / 1.20 / 2.25 / 2.96, weight_grad 0.49 / 0.98 / 1.16 / 2.37
+(1.07 / 1.36 / 2.33 / 2.81 and 1.08 / 2.16 / 2.51 / 5.07 with the column sums as tl.sum and the
+global level added to weight_grad's operand in registers).
 """
 
 import torch
@@ -30,12 +35,14 @@ from focalfast.ops.triton.modulation_gemm import block, dot_mode
 
 @triton.jit
 def context_grad_kernel(
-    dout, q, h_weight, gates, d_ctx_all, d_glob_part,
-    HW, C, dout_stride, q_stride, gates_stride, scale,
+    dout, q, h_weight, gates, d_ctx_all, sums_part,
+    HW, C, dout_stride, q_stride, gates_stride, sums_stride, scale,
     GATE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """Grid ``(T, B, cdiv(C, BK))`` with T = cdiv(HW, BM): tiles never straddle two images."""
+    """Grid ``(T, B, cdiv(C, BK))`` with T = cdiv(HW, BM): tiles never straddle two images. The
+    programs of the first output block also write the tile's sums of gates[L] * dM and of dM
+    (``sums_part`` [2, B, T, C], ``sums_stride`` = B * T * C)."""
     t = tl.program_id(0)
     b = tl.program_id(1)
     i = t * BM + tl.arange(0, BM)
@@ -43,6 +50,13 @@ def context_grad_kernel(
     i_ok = i < HW
     k_ok = k < C
     m64 = b.to(tl.int64) * HW + i
+    g_last = tl.load(gates + m64 * gates_stride + GATE, mask=i_ok, other=0.0).to(tl.float32)
+    part = (b * tl.num_programs(0) + t) * C
+    # Column sums of dM on the tensor cores: rows 0 and 1 of row_weights @ dM are the tile's
+    # sum of gates[L] * dM and of dM (cross-lane reductions of every step cost more).
+    rows = tl.arange(0, 16)
+    row_weights = tl.where(rows[:, None] == 0, g_last[None, :], tl.where(rows[:, None] == 1, i_ok.to(tl.float32)[None, :], 0.0))
+    sums_end = tl.where(tl.program_id(2) == 0, C, 0)  # columns of dM whose sums this program writes
 
     acc = tl.zeros((BM, BK), dtype=tl.float32)
     for n0 in range(0, C, BN):
@@ -53,23 +67,22 @@ def context_grad_kernel(
         w = tl.load(h_weight + n[:, None] * C + k[None, :], mask=(n < C)[:, None] & k_ok[None, :], other=0.0)
         if DOT_F32:
             acc = tl.dot(dm, w.to(tl.float32), acc, input_precision=PRECISION)
+            sums = tl.dot(row_weights, dm, input_precision=PRECISION)
         else:
             acc = tl.dot(dm.to(w.dtype), w, acc)
+            sums = tl.dot(row_weights.to(w.dtype), dm.to(w.dtype))
+        tl.store(sums_part + rows[:, None] * sums_stride + part + n[None, :], sums,
+                 mask=(rows < 2)[:, None] & (n < sums_end)[None, :])
 
-    dc = acc * scale
-    tl.store(d_ctx_all + m64[:, None] * C + k[None, :], dc.to(d_ctx_all.dtype.element_ty),
+    tl.store(d_ctx_all + m64[:, None] * C + k[None, :], (acc * scale).to(d_ctx_all.dtype.element_ty),
              mask=i_ok[:, None] & k_ok[None, :])
-    g_last = tl.load(gates + m64 * gates_stride + GATE, mask=i_ok, other=0.0).to(tl.float32)
-    d_glob = tl.sum(dc * g_last[:, None], axis=0)
-    tl.store(d_glob_part + (b * tl.num_programs(0) + t) * C + k, d_glob, mask=k_ok)
 
 
 @triton.jit
 def weight_grad_kernel(
-    dout, q, ctx_local, gates, glob, dw_part, db_part,
-    M, HW, C, rows_per_split, dout_stride, q_stride, gates_stride, scale,
-    GATE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    dout, q, ctx_local, dw_part,
+    M, C, rows_per_split, dout_stride, q_stride, scale,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """Grid ``(cdiv(C, BN), cdiv(C, BK), splits)``; split p sums pixels [p, p + 1) * rows_per_split."""
     n = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -79,34 +92,27 @@ def weight_grad_kernel(
     k_ok = k < C
 
     acc = tl.zeros((BN, BK), dtype=tl.float32)
-    db = tl.zeros((BN,), dtype=tl.float32)
     start = split * rows_per_split
     for m0 in range(start, tl.minimum(start + rows_per_split, M), BM):
         m = m0 + tl.arange(0, BM)
         m_ok = m < M
         m64 = m.to(tl.int64)
         mn_ok = m_ok[:, None] & n_ok[None, :]
-        mk_ok = m_ok[:, None] & k_ok[None, :]
         dm = tl.load(dout + m64[:, None] * dout_stride + n[None, :], mask=mn_ok, other=0.0).to(tl.float32)
         dm *= tl.load(q + m64[:, None] * q_stride + n[None, :], mask=mn_ok, other=0.0).to(tl.float32)
-        g_last = tl.load(gates + m64 * gates_stride + GATE, mask=m_ok, other=0.0).to(tl.float32)
-        a = tl.load(ctx_local + m64[:, None] * C + k[None, :], mask=mk_ok, other=0.0).to(tl.float32)
-        a += g_last[:, None] * tl.load(glob + (m // HW)[:, None] * C + k[None, :], mask=mk_ok, other=0.0)
+        a = tl.load(ctx_local + m64[:, None] * C + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         if DOT_F32:
-            acc = tl.dot(tl.trans(dm), a, acc, input_precision=PRECISION)
+            acc = tl.dot(tl.trans(dm), a.to(tl.float32), acc, input_precision=PRECISION)
         else:
-            acc = tl.dot(tl.trans(dm.to(ctx_local.dtype.element_ty)), a.to(ctx_local.dtype.element_ty), acc)
-        db += tl.sum(dm, axis=0)
+            acc = tl.dot(tl.trans(dm.to(a.dtype)), a, acc)
 
-    tl.store(dw_part + (split * C + n[:, None]) * C + k[None, :], acc * scale,
-             mask=n_ok[:, None] & k_ok[None, :])
-    if tl.program_id(1) == 0:
-        tl.store(db_part + split * C + n, db, mask=n_ok)
+    tl.store(dw_part + (split * C + n[:, None]) * C + k[None, :], acc * scale, mask=n_ok[:, None] & k_ok[None, :])
 
 
 def context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride, scale: float,
                  interpret: bool):
-    """``d_ctx_all`` [B,H,W,C] (input dtype) and the per-tile partials of d_glob, [B, T, C] fp32."""
+    """``(d_ctx_all [B,H,W,C] (input dtype), d_glob [B, 1, C], v [B, C], d_h_bias [C])``, the last
+    three fp32: v[b] = sum over image b of gates[..., L] * dM, d_glob = s * v @ h_weight."""
     B, H, W, C = q.shape
     HW = H * W
     # BM pixels x BK output channels, BN the reduction step; no spills in sm_90 builds.
@@ -118,24 +124,26 @@ def context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride, 
         num_warps = 4 if BK <= 128 else 8
     T = triton.cdiv(HW, BM)
     d_ctx_all = torch.empty((B, H, W, C), device=q.device, dtype=q.dtype)
-    d_glob_part = torch.empty((B, T, C), device=q.device, dtype=torch.float32)
+    sums_part = torch.empty((2, B, T, C), device=q.device, dtype=torch.float32)
     dot_f32, precision = dot_mode(q.dtype, interpret)
     context_grad_kernel[(T, B, triton.cdiv(C, BK))](
-        dout, q, h_weight, gates, d_ctx_all, d_glob_part,
-        HW, C, dout_stride, q_stride, gates_stride, scale,
+        dout, q, h_weight, gates, d_ctx_all, sums_part,
+        HW, C, dout_stride, q_stride, gates_stride, B * T * C, scale,
         gates.shape[-1] - 1, dot_f32, precision, BM, BN, BK,
         num_warps=num_warps, num_stages=1 if interpret else 3,
     )
-    return d_ctx_all, d_glob_part
+    v = sums_part[0].sum(1)
+    d_glob = ((v * scale) @ h_weight.to(torch.float32))[:, None, :]
+    return d_ctx_all, d_glob, v, sums_part[1].sum((0, 1))
 
 
-def weight_grad(dout, dout_stride, q, q_stride, ctx_local, gates, gates_stride, glob, scale: float,
-                has_bias: bool, interpret: bool):
-    """``(d_h_weight [C, C], d_h_bias [C] or None)`` in fp32."""
+def weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale: float, interpret: bool):
+    """``d_h_weight`` [C, C] fp32: s * dM^T @ (ctx_local + gates[..., L] * glob), the global level
+    as s * v^T @ glob (v from ``context_grad``)."""
     B, H, W, C = q.shape
     M = B * H * W
     # BN x BK output tile (all of C = 96 in one: dout * q is formed once per pixel up to C = 128),
-    # BM the reduction step; sm_90 builds: 246 registers, no spills, no stack (1 CTA of 8 warps per SM).
+    # BM the reduction step; sm_90 builds: no spills, no stack (1 CTA of 8 warps per SM).
     BM, BN, BK, num_warps = 64, block(C, 128), block(C, 128), 8
     tiles = triton.cdiv(C, BN) * triton.cdiv(C, BK)
     # Enough splits for PROGRAMS_PER_SM programs per multiprocessor (the sweeps' target); two under the
@@ -146,12 +154,11 @@ def weight_grad(dout, dout_stride, q, q_stride, ctx_local, gates, gates_stride, 
     rows_per_split = triton.cdiv(triton.cdiv(M, splits), BM) * BM
     splits = triton.cdiv(M, rows_per_split)
     dw_part = torch.empty((splits, C, C), device=q.device, dtype=torch.float32)
-    db_part = torch.empty((splits, C), device=q.device, dtype=torch.float32)
     dot_f32, precision = dot_mode(q.dtype, interpret)
     weight_grad_kernel[(triton.cdiv(C, BN), triton.cdiv(C, BK), splits)](
-        dout, q, ctx_local, gates, glob, dw_part, db_part,
-        M, H * W, C, rows_per_split, dout_stride, q_stride, gates_stride, scale,
-        gates.shape[-1] - 1, dot_f32, precision, BM, BN, BK,
+        dout, q, ctx_local, dw_part,
+        M, C, rows_per_split, dout_stride, q_stride, scale,
+        dot_f32, precision, BM, BN, BK,
         num_warps=num_warps, num_stages=1 if interpret else 3,
     )
-    return dw_part.sum(0), (db_part.sum(0) if has_bias else None)
+    return dw_part.sum(0) + (v * scale).T @ glob
