@@ -19,7 +19,8 @@ reproducible (no atomics).
 Bytes per output element (bf16): context_grad reads dout, q (4) and writes d_ctx_all (2);
 weight_grad reads dout, q, ctx_local (6). Instructions per output element (sm_90 SASS x trip
 counts, FocalNet-T B = 128, bf16, q as a view of stride 2C + L + 1, so loaded 16 bits at a time),
-stages 1 / 2 / 3 / 4: context_grad 0.91 / 1.20 / 2.25 / 2.96, weight_grad 0.49 / 0.98 / 1.16 / 2.37
+stages 1 / 2 / 3 / 4: context_grad 0.59 / 0.92 / 1.91 / 2.55 (C a compile-time constant, as in
+``modulation_gemm``: 0.91 / 1.20 / 2.25 / 2.96 with C at run time), weight_grad 0.49 / 0.98 / 1.16 / 2.37
 (1.07 / 1.36 / 2.33 / 2.81 and 1.08 / 2.16 / 2.51 / 5.07 with the column sums as tl.sum and the
 global level added to weight_grad's operand in registers).
 """
@@ -36,8 +37,8 @@ from focalfast.ops.triton.modulation_gemm import block, dot_mode
 @triton.jit
 def context_grad_kernel(
     dout, q, h_weight, gates, d_ctx_all, sums_part,
-    HW, C, dout_stride, q_stride, gates_stride, sums_stride, scale,
-    GATE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    HW, dout_stride, q_stride, gates_stride, sums_stride, scale,
+    C: tl.constexpr, GATE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """Grid ``(T, B, cdiv(C, BK))`` with T = cdiv(HW, BM): tiles never straddle two images. The
@@ -128,8 +129,8 @@ def context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride, 
     dot_f32, precision = dot_mode(q.dtype, interpret)
     context_grad_kernel[(T, B, triton.cdiv(C, BK))](
         dout, q, h_weight, gates, d_ctx_all, sums_part,
-        HW, C, dout_stride, q_stride, gates_stride, B * T * C, scale,
-        gates.shape[-1] - 1, dot_f32, precision, BM, BN, BK,
+        HW, dout_stride, q_stride, gates_stride, B * T * C, scale,
+        C, gates.shape[-1] - 1, dot_f32, precision, BM, BN, BK,
         num_warps=num_warps, num_stages=1 if interpret else 3,
     )
     v = sums_part[0].sum(1)
