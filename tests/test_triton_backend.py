@@ -76,6 +76,33 @@ def test_fp32_bands_match_reference(monkeypatch, B, H, W, C, kernel_sizes, norma
                             device=DEVICE)
 
 
+
+# Forward tiles only (the backward's rows are a tensor dimension, a power of two): row steps of any
+# count, exact tiles (R | H, WT | W, BC | C, one band: the kernel's unmasked path) and ragged ones.
+FORWARD_TILE_CASES = [
+    (2, 6, 8, 16, (3, 5), (3, 4, 16), True),
+    (1, 7, 6, 12, (3, 5, 7), (3, 4, 8), False),
+    (1, 10, 4, 8, (5, 3), (5, 2, 4), True),
+]
+
+
+@pytest.mark.parametrize("B,H,W,C,kernel_sizes,tile,exact", FORWARD_TILE_CASES)
+def test_fp32_forward_row_steps_match_reference(B, H, W, C, kernel_sizes, tile, exact):
+    from focalfast.ops.focal_modulation import focal_context_ref
+    from focalfast.ops.triton.chain_schedule import chain_schedule
+    from focalfast.ops.triton.focal_context_fwd import focal_context_fwd
+
+    sched = chain_schedule(H, W, C, kernel_sizes, False, interpret=True, tile=tile)
+    assert (sched.whole_steps and W % tile[1] == 0 and C % tile[2] == 0) == exact
+    inp = random_focal_inputs(B, H, W, C, kernel_sizes, device=DEVICE, generator=torch.Generator().manual_seed(H))
+    ctx, gates, L = inp["ctx"], inp["gates"], len(kernel_sizes)
+    ctx_local, _, glob = focal_context_fwd(ctx, ctx.stride(2), gates, gates.stride(2), inp["weights"],
+                                           interpret=DEVICE == "cpu", schedule={"tile": tile})
+    # ctx_all without the h GEMM: ctx_local plus the global level that modulation_gemm adds
+    got = ctx_local.double() + gates[..., L:].double() * glob.double()[:, None, None, :]
+    want = focal_context_ref(ctx.double(), gates.double(), [w.double() for w in inp["weights"]], False)
+    assert (got - want).abs().max().item() < 1e-5
+
 def test_bands_only_when_the_gpu_would_idle():
     """Whole-image sweeps when they fill the GPU, bands of at least 4 lags when they do not."""
     from focalfast.ops.triton.chain_schedule import chain_schedule

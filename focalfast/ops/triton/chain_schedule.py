@@ -62,6 +62,8 @@ class ChainSchedule:
     band_rows: int  # image rows per program (H: one band)
     bands: int  # cdiv(H, band_rows)
     num_warps: int
+    whole_steps: bool = False  # forward: every step of every level covers R rows of the image (one band,
+    # R divides H, aligned lags), so no level computes rows outside it
 
     def taps(self) -> int:
         """Depthwise taps of all levels together (``sum K_l^2``)."""
@@ -101,6 +103,29 @@ def aligned_lags(lags, P, R: int) -> list:
     return out
 
 
+FORWARD_VECTOR = 4  # fp32 channels per thread and row of a forward tile: one 128-bit ring load
+FORWARD_ROW_VALUES = 2 * 32 * FORWARD_VECTOR  # [WT, BC] of one forward row: two warps
+
+
+def forward_tile(H: int, W: int, C: int) -> Tuple[int, int, int]:
+    """``(R, WT, BC)`` of the forward on a GPU: rows of ``[WT, BC] = FORWARD_ROW_VALUES`` values
+    (each thread one 128-bit vector of channels of one column), WT and BC the powers of two that
+    pad ``W x C`` least (FocalNet's 7 * 2^k maps: none, e.g. 8 x 32 at 56 x 56 x 96, 1 x 256 at
+    7 x 7 x 768), and R in 4..8 (need not be a power of two: the rows are a tuple) padding H least,
+    the larger on a tie (FocalNet: 8 at 56, else 7)."""
+    np2 = triton.next_power_of_2
+    best = None
+    BC = FORWARD_VECTOR
+    while BC <= min(FORWARD_ROW_VALUES, max(np2(C), FORWARD_VECTOR)):
+        WT = FORWARD_ROW_VALUES // BC
+        padded = triton.cdiv(W, WT) * WT * triton.cdiv(C, BC) * BC
+        if best is None or padded <= best[0]:
+            best = (padded, WT, BC)
+        BC *= 2
+    R = min(range(min(4, H), min(8, H) + 1), key=lambda r: (triton.cdiv(H, r) * r, -r))
+    return R, best[1], best[2]
+
+
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
                    batch: int = 1, sm_count: Optional[int] = None,
                    tile: Optional[Tuple[int, int, int]] = None,
@@ -109,10 +134,10 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    tile holds 2K values forward, 2K-4K backward (R rows x WT columns x BC channels; backward
-    always 2 rows, and up to 256 channels where the map is narrow), and images
+    forward tile is R rows of 256 values (``forward_tile``), a backward tile 2K-4K values (R rows
+    x WT columns x BC channels; always 2 rows, and up to 256 channels where the map is narrow), and images
     are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
-    multiprocessors. ``tile = (R, WT, BC)`` (powers of two), ``band_rows`` and ``num_warps``
+    multiprocessors. ``tile = (R, WT, BC)`` (powers of two; the forward takes any R), ``band_rows`` and ``num_warps``
     override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
     (``focalfast.ops.triton.tune_chain``).
     """
@@ -137,23 +162,22 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         # at 28x28 and 14x14), else 4K
         values = 2048 if L <= 2 and 16 <= WT <= 32 else 4096
         BC = min(np2(C), values // (R * WT))
-    else:  # R rows of [WT, BC], 8 values per thread and row (ring_conv_rows)
-        BC = min(np2(C), 32)
-        WT = min(np2(W), 32)
-        R = min(np2(sweep), 4)
+    else:
+        R, WT, BC = forward_tile(H, W, C)
     if num_warps is None:
-        num_warps = max(1, min(8, (R * WT * BC // 512) if backward else (WT * BC // 256)))
+        num_warps = max(1, min(8, (R * WT * BC // 512) if backward else (WT * BC // (32 * FORWARD_VECTOR))))
 
     D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
     lags = [P[0] + d for d in D]
+    aligned = not backward and (tile is not None or not interpret)  # forward lags raised to whole steps
     if backward:
         spans = [R + Bk[l + 1] + P[l] - D0[l] for l in range(L)]
         spans += [R + Bk[l] - D0[l] for l in range(1, L)]
         spans += [R + 2 * p for p in P]
     else:
-        if tile is not None or not interpret:
+        if aligned:
             lags = aligned_lags(lags, P, R)
-        spans = [R + lags[0] + P[0]]
+        spans = [np2(R) + lags[0] + P[0]]  # z_0 is copied np2(R) rows at a time
         spans += [R + max(lags[l] - lags[l - 1] + P[l], lags[-1] - lags[l - 1]) for l in range(1, L)]
     pad = max(P)
     if band_rows is None:
@@ -175,4 +199,5 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         band_rows=band_rows,
         bands=triton.cdiv(H, band_rows),
         num_warps=num_warps,
+        whole_steps=aligned and band_rows >= H and H % R == 0,
     )

@@ -36,12 +36,13 @@ def tap_major_weights(weights, block: int) -> torch.Tensor:
 
 
 @triton.jit
-def zero_fill(ptr, n, BLOCK: tl.constexpr):
-    """Store ``n`` zeros at ``ptr[0:n]`` (e.g. to clear a ring buffer before its first use)."""
+def zero_fill(ptr, n, BLOCK: tl.constexpr, WHOLE_BLOCKS: tl.constexpr = False):
+    """Store ``n`` zeros at ``ptr[0:n]`` (e.g. to clear a ring buffer before its first use).
+    ``WHOLE_BLOCKS``: the caller knows BLOCK divides n (no mask)."""
     zeros = tl.zeros((BLOCK,), dtype=ptr.dtype.element_ty)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        tl.store(ptr + offs, zeros, mask=offs < n)
+        tl.store(ptr + offs, zeros, mask=None if WHOLE_BLOCKS else offs < n)
 
 
 @triton.jit
@@ -135,10 +136,18 @@ def rows_into_ring(src, ring, rows, H, W, col_stride, cmask, RING: tl.constexpr,
     ring row 0."""
     slot = ring + (rows & (RING - 1)) * row_stride
     for w0 in range(0, W, WT):
-        cols = w0 + tl.arange(0, WT)[None, :, None]
-        inside = (rows >= 0) & (rows < H) & (cols < W) & cmask
-        v = tl.load(src + (rows * W + cols) * col_stride, mask=inside, other=0.0)
-        tl.store(slot + cols * BC, v.to(tl.float32))
+        tile_into_ring(src, slot, rows, w0 + tl.arange(0, WT)[None, :, None], H, W, col_stride, cmask, BC, True)
+
+
+@triton.jit
+def tile_into_ring(src, slot, rows, cols, H, W, col_stride, cmask, BC: tl.constexpr, MASKED: tl.constexpr):
+    """The ``[R, WT, BC]`` tile at image rows ``rows`` ``[R, 1, 1]`` (int64) and columns ``cols``
+    ``[1, WT, 1]`` of a channels-last source (``src`` as in ``rows_into_ring``) into the fp32 ring
+    rows ``slot`` ``[R, 1, BC]`` (pointers at their column 0), zero outside the image and past C.
+    ``MASKED=False``: the caller knows the tile lies in the image and in C (no masks)."""
+    inside = ((rows >= 0) & (rows < H) & (cols < W) & cmask) if MASKED else None
+    v = tl.load(src + (rows * W + cols) * col_stride, mask=inside, other=0.0 if MASKED else None)
+    tl.store(slot + cols * BC, v.to(tl.float32))
 
 
 @triton.jit
