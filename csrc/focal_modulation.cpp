@@ -286,8 +286,9 @@ void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
 
 void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::vector<int>& kernel_sizes,
                     const TensorArg& gates, float scale, int chunk, int band_rows, const TensorArg& grad_ctx_all,
-                    const TensorArg& grad_mean, const TensorArg& pooled, const TensorArg& grad_ctx,
-                    const TensorArg& weight_partial, const TensorArg& gate_partial, uintptr_t stream) {
+                    const TensorArg& grad_mean, const TensorArg& pooled, const TensorArg& ctx_local,
+                    const TensorArg& grad_ctx, const TensorArg& weight_partial, const TensorArg& gate_partial,
+                    uintptr_t stream) {
   Checks c("context_bwd");
   ContextBwdParams p;
   p.geo = c.geometry(ctx, "ctx");
@@ -304,6 +305,7 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.grad_ctx_all = c.view(grad_ctx_all, "grad_ctx_all", p.dtype, pixel_shape(geo), false, geo.C);
   p.grad_mean = c.view(grad_mean, "grad_mean", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
   p.pooled = c.view(pooled, "pooled", DType::kFloat32, {geo.B, geo.C}, true, geo.C);
+  p.ctx_local = c.view(ctx_local, "ctx_local", p.dtype, pixel_shape(geo), true, geo.C);
   p.grad_ctx = c.view(grad_ctx, "grad_ctx", p.dtype, pixel_shape(geo), true, geo.C);
   p.band_rows = band_rows;
   const int64_t bands = sweep_bands(c, band_rows, geo);
@@ -362,7 +364,7 @@ void conv_level_fwd_py(const TensorArg& z_in, const TensorArg& weight, const Ten
   conv_level_fwd(p, c.stream(stream));
 }
 
-// The arguments of the modulator epilogue, shared by output_fwd and output_bwd.
+// The arguments of the modulator epilogue (output_fwd: the forward's out and the backward's grad_q).
 ModulatorArgs check_modulator_args(Checks& c, const Geometry& geo, DType dtype, const TensorArg& linear,
                                    const TensorArg& gates, const TensorArg& global_term, float scale) {
   ModulatorArgs m;
@@ -419,7 +421,7 @@ void reduce_sum_py(const TensorArg& input, const TensorArg& out, float scale, ui
   reduce_sum(p, c.stream(stream));
 }
 
-void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorArg& linear, const TensorArg& gates, const TensorArg& global_term, float scale, const TensorArg& grad_q,
+void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorArg& gates,
                    const TensorArg& grad_modulator, const TensorArg& partial, int rows_per_thread, uintptr_t stream) {
   Checks c("output_bwd");
   OutputBwdParams p;
@@ -428,8 +430,7 @@ void output_bwd_py(const TensorArg& grad_out, const TensorArg& q, const TensorAr
   p.dtype = q.dtype;
   p.grad_out = c.view(grad_out, "grad_out", p.dtype, pixel_shape(geo), false, geo.C);
   p.q = c.view(q, "q", p.dtype, pixel_shape(geo), false, geo.C);
-  p.mod = check_modulator_args(c, geo, p.dtype, linear, gates, global_term, scale);
-  p.grad_q = c.view(grad_q, "grad_q", p.dtype, pixel_shape(geo), true, geo.C);
+  p.gates = c.gates(gates, geo, p.dtype);
   p.grad_modulator = c.view(grad_modulator, "grad_modulator", p.dtype, pixel_shape(geo), true, geo.C);
   const int64_t strips = column_bands(c, rows_per_thread, "rows_per_thread", geo) * geo.W;
   p.rows = rows_per_thread;
@@ -554,15 +555,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("context_fwd", &context_fwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
         "band_rows"_a, "ctx_local"_a, "pooled_sum"_a, "stream"_a);
   m.def("context_bwd", &context_bwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
-        "band_rows"_a, "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "grad_ctx"_a, "weight_partial"_a,
-        "gate_partial"_a, "stream"_a);
+        "band_rows"_a, "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "ctx_local"_a, "grad_ctx"_a,
+        "weight_partial"_a, "gate_partial"_a, "stream"_a);
   m.def("conv_level_fwd", &conv_level_fwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a, "acc_in"_a,
         "acc_out"_a, "z_out"_a, "ctx_out"_a, "pool_partial"_a, "pixels_per_strip"_a, "stream"_a);
   m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,
         "rows_per_thread"_a, "stream"_a);
   m.def("reduce_sum", &reduce_sum_py, "input"_a, "out"_a, "scale"_a, "stream"_a);
-  m.def("output_bwd", &output_bwd_py, "grad_out"_a, "q"_a, "linear"_a, "gates"_a, "global_term"_a,
-        "scale"_a, "grad_q"_a, "grad_modulator"_a, "partial"_a, "rows_per_thread"_a, "stream"_a);
+  m.def("output_bwd", &output_bwd_py, "grad_out"_a, "q"_a, "gates"_a, "grad_modulator"_a, "partial"_a,
+        "rows_per_thread"_a, "stream"_a);
   m.def("conv_level_bwd", &conv_level_bwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a,
         "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "grad_pre_next"_a, "weight_next"_a, "grad_pre"_a,
         "gate_partial"_a, "stream"_a);

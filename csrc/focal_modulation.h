@@ -104,7 +104,9 @@ struct ModulatorArgs {
   float scale;
 };
 
-// out = q * modulator. A thread takes one channel group of one column of `rows` image rows (a band).
+// out = q * modulator. A thread takes one channel group of one column of `rows` image rows (a band). The forward's
+// out, and the backward's grad_q (grad_out as q); out may be linear itself (a thread reads a pixel's linear
+// before it writes that pixel's out).
 struct OutputFwdParams {
   Geometry geo;
   DType dtype;
@@ -114,17 +116,18 @@ struct OutputFwdParams {
   int rows;  // rows per thread
 };
 
-// grad_q = grad_out * modulator, grad_modulator = grad_out * q, and per thread (one channel group of column
-// x of band j: `rows` image rows) the fp32 partial sums over its pixels, strip s = j * W + x:
-// partial[b, s, 0] = sum grad_modulator, partial[b, s, 1] = sum gates_L * grad_modulator.
+// grad_modulator = grad_out * q and per thread (one channel group of column x of band j: `rows` image rows) the
+// fp32 partial sums over its pixels, strip s = j * W + x: partial[b, s, 0] = sum grad_modulator,
+// partial[b, s, 1] = sum gates_L * grad_modulator. It needs no modulator: the backward starts with it, before
+// anything has recomputed ctx_local (grad_q = grad_out * modulator is output_fwd's, with grad_out as its q).
 struct OutputBwdParams {
   Geometry geo;
   DType dtype;
   View grad_out, q;  // T [B, H, W, C]
-  ModulatorArgs mod;
-  View grad_q, grad_modulator;  // T [B, H, W, C]
-  View partial;                 // fp32 [B, ceil(H / rows) * W, 2, C]
-  int rows;                     // rows per thread
+  GateView gates;
+  View grad_modulator;  // T [B, H, W, C]
+  View partial;         // fp32 [B, ceil(H / rows) * W, 2, C]
+  int rows;             // rows per thread
 };
 
 // One focal level backward, levels L-1 down to 0:
@@ -225,6 +228,7 @@ struct ContextFwdParams {
 
 // The fused backward of the context part, one block per (image, band, chunk), rows bottom to top. It
 // recomputes the levels from ctx in the same sweep and runs the adjoint chain a few rows behind:
+//   ctx_local = scale * sum_l gates_l * z_{l+1}  T [B, H, W, C] (as context_fwd's: the h GEMMs' operand)
 //   grad_ctx                                    T [B, H, W, C]
 //   weight_partial[b * bands + band, tap, c] = sum over the band's pixels of grad_pre_l * z_l (shifted)
 //                                                                                  fp32 [B * bands, taps, C]
@@ -243,6 +247,7 @@ struct ContextBwdParams {
   View grad_ctx_all;  // T [B, H, W, C]: (grad_out * q) W
   View grad_mean;     // fp32 [B, C]: dLoss / d mean_p z_L, divided by H W
   View pooled;        // fp32 [B, C]: G
+  View ctx_local;       // T [B, H, W, C]
   View grad_ctx;        // T [B, H, W, C]
   View weight_partial;  // fp32 [B * bands, taps, C]
   float* gate_partial;  // fp32 [B, H, W, L + 1, chunks], contiguous

@@ -1,8 +1,11 @@
-// Backward kernels. Nothing per level is saved by the forward. The fused path: output_bwd (below), then
-// context_bwd, one row-streaming sweep that recomputes the levels and runs their adjoint chain.
-// The fallback for images too wide for its shared memory recomputes z_1..z_{L-1} with conv_level_fwd,
-// then runs, with grad_ctx_all = grad_modulator W from a GEMM:
-//   output_bwd      grad_q, grad_modulator and the per-thread partials that give dbias and dG
+// Backward kernels. Nothing per level is saved by the forward, and the backward runs no forward sweep:
+// grad_modulator = grad_out * q needs no modulator, so it comes first. The fused path:
+//   output_bwd      grad_modulator and the per-thread partials that give dbias and dG (below)
+//   context_bwd     one row-streaming sweep that recomputes the levels, writes ctx_local on the way (the h GEMMs'
+//                   operand) and runs their adjoint chain a few rows behind
+// then grad_q = grad_out * h(ctx_all) by the forward's epilogue (output_fwd, with grad_out as its q).
+// The fallback for images too wide for its shared memory recomputes z_1..z_{L-1} and ctx_local with
+// conv_level_fwd, then runs, with grad_ctx_all = grad_modulator W from a GEMM:
 //   conv_level_bwd  levels L-1 .. 0: grad_pre_l and the per-group gate-gradient partials
 //   weight_grad     per-level depthwise weight gradient partials (split reduction)
 //   conv_adjoint    grad_ctx from level 0's grad_pre
@@ -56,7 +59,9 @@ struct ContextBwdLayout {
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
 // channel) unless said otherwise:
 //   load          ctx row (lag 0) into z_0; an item per (column, 8 channels)
-//   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l)
+//   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
+//                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
+//                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
 //   adjoint       level l = L-1 .. 0 at lag_l = 2R - o_{l+1}:
 //                   dz = scale * gates_l * grad_ctx_all + (grad_mean at the last level, else
 //                        the adjoint conv of grad_pre_{l+1}, whose rows y +- r_{l+1} are in by now)
@@ -68,7 +73,8 @@ struct ContextBwdLayout {
 // Cost per output element and level of size K (FMAs and shared-memory accesses, as context_fwd's):
 // recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level) and two 2-byte
 // global loads (gate, grad_ctx_all); weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32 + K / 16
-// 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level.
+// 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level; ctx_local a 2-byte gate
+// load, an FMA and (but the last level) 1/4 16-byte shared load per level, and a 2-byte global store.
 template <typename T, class Chain>
 struct ContextBwd {
   using Params = ContextBwdParams;
@@ -78,10 +84,33 @@ struct ContextBwd {
   };
   static constexpr const char* kName = "context_bwd";
 
+  // ctx_local = scale * sum_l gates_l z_{l+1} at the strip x0 of channel c of row y (of the band), summed in level
+  // order as context_fwd does: z_1 .. z_{L-1} from their rings, z_L the last level's fresh strip.
+  static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
+                                        const float* smem, int y, int x0, int c, const float (&z_last)[kStrip]) {
+    const int L = Chain::levels(p.levels), valid = p.geo.W - x0;
+    const View gate_view = gates_as_view(p.gates);
+    float acc[kStrip] = {}, gate[kStrip];
+FF_UNROLL
+    for (int l = 0; l + 1 < L; ++l) {
+      const RowRing& zr = s.z[l + 1];
+      float z[kStrip];
+      load_run(zr.row(smem, zr.slot(y)) + zr.pad + zr.channel(c) + x0, z);
+      load_strip<T>(gate_view, band.b, y, x0, l * p.gates.sl, valid, gate);
+FF_UNROLL
+      for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
+    }
+    load_strip<T>(gate_view, band.b, y, x0, (L - 1) * p.gates.sl, valid, gate);
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
+    store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, c < band.cn ? valid : 0, p.scale, acc);
+  }
+
   template <int K>
-  static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, float* smem, int l, int y) {
+  static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int l,
+                              int y) {
     const int W = p.geo.W, chunk = p.chunk;
-    const bool inside = y >= 0 && y < p.geo.H;
+    const bool inside = y >= 0 && y < p.geo.H, local = l == Chain::levels(p.levels) - 1 && band.owns(y);
     const RowRing &in = s.z[l], &out = s.z[l + 1], &dg_ring = s.gelu_grad[l];
     const int slot0 = in.slot(y - K / 2);
     const float* weights = smem + s.weights + s.level_taps[l];
@@ -102,6 +131,7 @@ FF_UNROLL
             dg[u] = x0 + u < W ? dg[u] : 0.f;
           }
         }
+        if (local) store_local_context(p, s, band, smem, y, x0, c, z);
       }
       store_run(out_row + out.channel(c) + x0, z);
       store_run(dg_row + dg_ring.channel(c) + x0, dg);
@@ -235,7 +265,7 @@ FF_UNROLL
       FF_BARRIER();
 
       Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
-        recompute<decltype(k)::value>(p, s, smem, l, y_top + s.lag_fwd[l]);
+        recompute<decltype(k)::value>(p, s, band, smem, l, y_top + s.lag_fwd[l]);
         FF_BARRIER();
       });
       Chain::template for_each_level<1, true>(lv, [&](int l, auto k_next) {
@@ -273,69 +303,61 @@ FF_UNROLL
 };
 
 // A thread: one channel group of one column of a band of rows (column_task), walking down the rows.
-//   modulator = linear + scale * gates_L * global_term      (linear holds the bias)
-//   grad_q = grad_out * modulator;  grad_modulator = grad_out * q
+//   grad_modulator = grad_out * q
 //   partial[b, band * W + x] = (sum grad_modulator, sum gates_L * grad_modulator) over the thread's pixels
+// (grad_q = grad_out * modulator is output_fwd's, once the sweep has given ctx_local.)
 template <typename T>
 struct OutputBwd {
   using Params = OutputBwdParams;
   static constexpr const char* kName = "output_bwd";
 
   struct Cursors {
-    RowCursor<const T> grad_out, q, linear, gate;
-    RowCursor<T> grad_q, grad_modulator;
+    RowCursor<const T> grad_out, q, gate;
+    RowCursor<T> grad_modulator;
     FF_HD void next() {
       grad_out.next();
       q.next();
-      linear.next();
       gate.next();
-      grad_q.next();
       grad_modulator.next();
     }
   };
 
-  // One row; G: grad_out's access, Q: q's, R: linear's, grad_q's and grad_modulator's.
+  // One row; G: grad_out's access, Q: q's, R: grad_modulator's.
   template <Access G, Access Q, Access R>
-  static FF_HD void row(Cursors& c, int n, const Group& global, Group& sum, Group& gated_sum) {
+  static FF_HD void row(Cursors& c, int n, Group& sum, Group& gated_sum) {
     const Group grad_out = load_channels<G>(c.grad_out.p, n), q = load_channels<Q>(c.q.p, n);
-    const Group linear = load_channels<R>(c.linear.p, n);
     const float gate = to_float(*c.gate.p);
-    Group grad_q, grad_modulator;
+    Group grad_modulator;
 FF_UNROLL
     for (int e = 0; e < kGroup; ++e) {
-      grad_q.v[e] = grad_out.v[e] * fmaf(gate, global.v[e], linear.v[e]);
       grad_modulator.v[e] = grad_out.v[e] * q.v[e];
       sum.v[e] += grad_modulator.v[e];
       gated_sum.v[e] = fmaf(gate, grad_modulator.v[e], gated_sum.v[e]);
     }
-    store_channels<R>(c.grad_q.p, n, grad_q);
     store_channels<R>(c.grad_modulator.p, n, grad_modulator);
     c.next();
   }
 
   // Each access has its own row loop (its own for statement: the static cost report counts them apart).
   static FF_HD void run(const Params& p, const GridThread& thread) {
-    const ModulatorArgs& m = p.mod;
     const ColumnTask task = column_task(thread, p.geo, p.rows);
-    const Group global = scaled_global_term(m, task);
     Cursors c{row_cursor<const T>(p.grad_out, task), row_cursor<const T>(p.q, task),
-              row_cursor<const T>(m.linear, task),   gate_cursor<T>(m.gates, task, m.gates.L),
-              row_cursor<T>(p.grad_q, task),         row_cursor<T>(p.grad_modulator, task)};
+              gate_cursor<T>(p.gates, task, p.gates.L), row_cursor<T>(p.grad_modulator, task)};
     Group sum = {}, gated_sum = {};
     constexpr Access V = Access::kVector, S = Access::kScalar, B = Access::kBounded;
     const int n = task.n, y0 = task.y0, y1 = task.y1;
-    if (n < kGroup || !m.linear.aligned || !p.grad_q.aligned || !p.grad_modulator.aligned) {  // C % 8 != 0
+    if (n < kGroup || !p.grad_modulator.aligned) {  // C % 8 != 0
 FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<B, B, B>(c, n, global, sum, gated_sum);
+      for (int y = y0; y < y1; ++y) row<B, B, B>(c, n, sum, gated_sum);
     } else if (p.grad_out.aligned && p.q.aligned) {
 FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<V, V, V>(c, n, global, sum, gated_sum);
+      for (int y = y0; y < y1; ++y) row<V, V, V>(c, n, sum, gated_sum);
     } else if (p.grad_out.aligned) {  // q a view of f's output
 FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<V, S, V>(c, n, global, sum, gated_sum);
+      for (int y = y0; y < y1; ++y) row<V, S, V>(c, n, sum, gated_sum);
     } else {
 FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<S, S, V>(c, n, global, sum, gated_sum);
+      for (int y = y0; y < y1; ++y) row<S, S, V>(c, n, sum, gated_sum);
     }
     float* partial = static_cast<float*>(p.partial.ptr) + p.partial.at(task.b, thread.band * p.geo.W + task.x, 0);
     store_channels<Access::kBounded>(partial + task.c0, n, sum);

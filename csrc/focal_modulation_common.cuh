@@ -416,7 +416,7 @@ FF_HD RowCursor<const T> gate_cursor(const GateView& g, const ColumnTask& task, 
   return {static_cast<const T*>(g.ptr) + task.b * g.sb + task.y0 * g.sy + task.x * g.sx + level * g.sl, g.sy};
 }
 
-// scale * global_term[b, c] for the channels of a thread of output_fwd or output_bwd.
+// scale * global_term[b, c] for the channels of a thread of output_fwd.
 FF_HD Group scaled_global_term(const ModulatorArgs& m, const ColumnTask& task) {
   Group g = load_channels<Access::kBounded>(
       static_cast<const float*>(m.global_term.ptr) + m.global_term.at(task.b, 0, 0) + task.c0, task.n);

@@ -214,6 +214,23 @@ def test_host_sweep_forward_with_level_backward(ext, monkeypatch):
     assert "context_fwd" in names and "conv_level_bwd" in names and "context_bwd" not in names, names
 
 
+@pytest.mark.parametrize("path,context", [("sweep8-bands2", ["context_bwd"]),
+                                          ("levels1", ["conv_level_fwd"] * 2 + ["conv_level_bwd"] * 2)])
+def test_host_backward_runs_no_forward_sweep(ext, monkeypatch, path, context):
+    """The backward starts from grad_modulator = grad_out * q (no modulator needed): the sweep path recomputes
+    the levels once, in context_bwd, which also gives ctx_local for grad_q and grad_h_weight (no context_fwd);
+    the fallback recomputes the level inputs it keeps with conv_level_fwd."""
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(cuda_op, name, value)
+    _, inputs, _ = focal_case(2, 5, 6, 16, (3, 5))
+    args = {k: inputs[k] for k in ("q", "ctx", "gates", "weights", "h_weight", "h_bias")}
+    out, pooled_mean = cuda_op._forward(**args, normalize_modulator=True)
+    names = launched_kernels(monkeypatch)
+    cuda_op._backward(torch.ones_like(out), **args, pooled_mean=pooled_mean, normalize_modulator=True)
+    assert names[:3] == ["output_bwd", "reduce_sum", "reduce_sum"] and names[-1] == "output_fwd", names
+    assert [n for n in names if n.startswith(("context", "conv_level"))] == context, names
+
+
 def test_host_runs_under_autocast(ext):
     """Under autocast the op's own products keep the kernels' dtypes (autocast is off inside)."""
     with torch.autocast("cpu", dtype=torch.bfloat16):

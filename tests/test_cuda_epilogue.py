@@ -1,4 +1,5 @@
-"""The CUDA backend's epilogue kernels (output_fwd, output_bwd) and its split reduction (reduce_sum),
+"""The CUDA backend's epilogue kernels (output_fwd: the forward's out and, in place on the GEMM's output,
+the backward's grad_q; output_bwd: grad_modulator and its partial sums) and its split reduction (reduce_sum),
 launched one by one on the host (CPU tensors run the GPU thread bodies serially), against float64 math.
 
 The epilogue's threads each walk down a band of image rows, and pick the access of every tensor once:
@@ -70,13 +71,17 @@ def test_output_kernels_match_float64(kernels, B, H, W, C, rows, dtype, q_layout
     assert rel_err(out, a["q"].double() * modulator) < tol
 
     grad_out = pixel_tensor(B, H, W, C, dtype, grad_layout, torch.Generator().manual_seed(1))
-    strips = -(-H // rows) * W
-    grad_q, grad_mod = torch.empty(B, H, W, C, dtype=dtype), torch.empty(B, H, W, C, dtype=dtype)
-    partial = torch.full((B, strips, 2, C), float("nan"))
-    kernels.launch("output_bwd", grad_out=grad_out, grad_q=grad_q, grad_modulator=grad_mod, partial=partial,
-                   rows_per_thread=rows, **a)
-    grad_mod64 = grad_out.double() * a["q"].double()
+    # The backward's grad_q: output_fwd with grad_out as q, in place on linear (the GEMM's output).
+    grad_q = a["linear"].clone()
+    kernels.launch("output_fwd", **{**a, "q": grad_out, "linear": grad_q}, out=grad_q, rows_per_thread=rows)
     assert rel_err(grad_q, grad_out.double() * modulator) < tol
+
+    strips = -(-H // rows) * W
+    grad_mod = torch.empty(B, H, W, C, dtype=dtype)
+    partial = torch.full((B, strips, 2, C), float("nan"))
+    kernels.launch("output_bwd", grad_out=grad_out, q=a["q"], gates=a["gates"], grad_modulator=grad_mod,
+                   partial=partial, rows_per_thread=rows)
+    grad_mod64 = grad_out.double() * a["q"].double()
     assert rel_err(grad_mod, grad_mod64) < tol
     # partial[b, band * W + x] sums the rows of band `band` at column x.
     gated64 = a["gates"][..., -1:].double() * grad_mod64
@@ -92,9 +97,8 @@ def test_output_bwd_partial_shape_is_checked(kernels):
     a = epilogue_inputs(1, 5, 3, 8, torch.float32, "contiguous")
     empty = torch.empty(1, 5, 3, 8)
     with pytest.raises(ValueError, match=r"partial: expected shape \[1, 6, 2, 8\]"):
-        kernels.launch("output_bwd", grad_out=empty, grad_q=torch.empty_like(empty),
-                       grad_modulator=torch.empty_like(empty), partial=torch.empty(1, 15, 2, 8), rows_per_thread=3,
-                       **a)
+        kernels.launch("output_bwd", grad_out=empty, q=a["q"], gates=a["gates"], grad_modulator=torch.empty_like(empty),
+                       partial=torch.empty(1, 15, 2, 8), rows_per_thread=3)
     with pytest.raises(ValueError, match="rows_per_thread: must be >= 1"):
         kernels.launch("output_fwd", out=torch.empty_like(empty), rows_per_thread=0, **a)
 

@@ -8,19 +8,27 @@ Forward, L levels, s = 1/(L+1) with ``normalize_modulator`` else 1 (docs/design.
     output_fwd           out = q * (linear + s * gates_L * (G W^T))
 The autograd graph keeps the inputs and ``pooled_mean`` only; no per-level activation.
 
-Backward:
-    context_fwd          recomputes ctx_local (no pooling)
-    output_bwd           grad_q, grad_mod = grad_out * q, per-thread sums of grad_mod and g_L * grad_mod
-    cuBLAS               grad_ctx_all = grad_mod W,  grad_W = grad_mod^T ctx_local + s * u^T G
-    context_bwd          one bottom-to-top sweep per (image, chunk): recomputes the levels and runs their
-                         adjoint chain a few rows behind; writes grad_ctx, per-image partials of the
+Backward, in this order: grad_mod = grad_out * q needs no modulator, so nothing recomputes the forward
+before the levels' own backward sweep, which recomputes the levels once and gives ctx_local on the way:
+    output_bwd           grad_mod = grad_out * q, per-thread sums of grad_mod and g_L * grad_mod
+    cuBLAS               grad_ctx_all = grad_mod W
+    context_bwd          one bottom-to-top sweep per (image, chunk): recomputes the levels, writes ctx_local
+                         (the last level's recompute; z_1 .. z_{L-1} of that row are still in their rings) and
+                         runs their adjoint chain a few rows behind; writes grad_ctx, per-image partials of the
                          depthwise weight gradients and per-chunk partials of the gate gradients
+    cuBLAS               grad_W = grad_mod^T ctx_local + s * u^T G,  linear = ctx_local W^T + b
+    output_fwd           grad_q = grad_out * (linear + s * gates_L * (G W^T)), in place on linear
 with u[b] = sum_p g_L grad_mod and dG = s * u W. Every partial sum is reduced by ``reduce_sum`` in a
-fixed order (no atomics): the gradients are bitwise deterministic.
+fixed order (no atomics): the gradients are bitwise deterministic. The backward's transient C-tensors (in T)
+are grad_mod, grad_ctx_all and ctx_local (three; grad_q is made by the GEMM that gives linear), plus the fp32
+gate partials, (L + 1) * ceil(C / chunk) floats a pixel (144 bytes at C = 96, chunk 8, L = 2: three quarters
+of a bf16 C-tensor); the fallback (below) adds its fp32 level inputs z_1 .. z_{L-1} and per-level scratch.
 
 HBM traffic per element of a C-sized tensor (bf16, C = 96, kernels 3/5/7; counted, not measured):
 context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of docs/design.md, "Where the time goes"),
-the whole forward about 14 (with the GEMM and the epilogue), the whole backward about 36. The sweeps
+the whole forward about 14 (with the GEMM and the epilogue). The whole backward about 32: output_bwd 6 (read
+grad_out, q; write grad_mod), the two GEMMs on grad_mod 4 each, context_bwd 8 (read ctx, grad_ctx_all; write
+ctx_local, grad_ctx), linear 4, output_fwd 6 (read grad_out, linear; write grad_q). The sweeps
 are bound by instruction issue: they are written for few instructions per output element (pixel x
 channel). An item of a conv phase is one channel of an 8-pixel strip: its window rows come in 16-byte
 shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
@@ -44,7 +52,8 @@ cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a 
 
 The sweep keeps every level's rows in shared memory, whose size grows with W (``sweep_smem_bytes``).
 Images too wide for it even with 8-channel chunks take the level-at-a-time kernels instead
-(conv_level_fwd, conv_level_bwd, weight_grad, conv_adjoint: one launch per level, fp32 scratch tensors).
+(conv_level_fwd, conv_level_bwd, weight_grad, conv_adjoint: one launch per level, fp32 scratch tensors); their
+backward recomputes the level inputs and ctx_local with conv_level_fwd first, after grad_ctx_all.
 
 The op is the ``torch.library`` custom op ``focalfast::focal_modulation_cuda`` with a fake (meta)
 implementation and ``register_autograd`` (its backward is the custom op
@@ -68,7 +77,7 @@ from focalfast.ops.cuda import extension
 PIXELS_PER_STRIP = 32
 MIN_THREADS = 1 << 18
 ROWS_PER_WEIGHT_STRIP = 8  # image rows per thread in weight_grad
-# output_fwd and output_bwd give a thread one channel group of one column of up to EPILOGUE_ROWS image rows,
+# output_fwd (out, and grad_q) and output_bwd give a thread one channel group of one column of up to EPILOGUE_ROWS image rows,
 # fewer when that would leave less than EPILOGUE_MIN_THREADS threads (about 16 warps per SM of an H100,
 # each with 2-3 KB of loads in flight a row; the thread's set-up, about 300 instructions, is paid once).
 EPILOGUE_ROWS = 64
@@ -263,34 +272,38 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
     return out, pooled_mean
 
 
-def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List[Tensor], taps_concat: Tensor,
-                    scale: float, chunk: int, grad_ctx_all: Tensor, grad_mean: Tensor, pooled: Tensor):
-    """The levels' backward in one context_bwd sweep: ``(grad_ctx, grad_gates fp32, grad_weights)``."""
+def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List[Tensor], scale: float, chunk: int,
+                    grad_ctx_all: Tensor, grad_mean: Tensor, pooled: Tensor):
+    """The levels' backward in one context_bwd sweep: ``(ctx_local, grad_ctx, grad_gates fp32, grad_weights)``."""
     B, H, W, C = ctx.shape
     L, chunks = len(weights), -(-C // chunk)
     kernel_sizes = [w.shape[-1] for w in weights]
+    taps_concat = _taps_concat(weights)
     band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True, ctx.device)
     bands = -(-H // band_rows)
     f32 = dict(dtype=torch.float32, device=ctx.device)
+    ctx_local = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     weight_partial = torch.empty((B * bands, taps_concat.shape[0], C), **f32)
     gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
     kernels.launch(
         "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
         chunk=chunk, band_rows=band_rows, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled,
-        grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial)
+        ctx_local=ctx_local, grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial)
     grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * bands, -1)).reshape(-1, C)
     grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
-    return grad_ctx, grad_gates, _split_taps(grad_taps, weights)
+    return ctx_local, grad_ctx, grad_gates, _split_taps(grad_taps, weights)
 
 
-def _levels_backward(kernels: _Kernels, levels: List[Tensor], gates: Tensor, taps: List[Tensor], scale: float,
+def _levels_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List[Tensor], scale: float,
                      grad_ctx_all: Tensor, grad_mean: Tensor, pooled: Tensor):
-    """The levels' backward one level at a time (the fallback), from the level inputs ``[ctx, z_1, ...]``:
-    ``(grad_ctx, grad_gates fp32, grad_weights)``."""
-    ctx = levels[0]
+    """The levels' backward one level at a time (the fallback): recomputes the level inputs
+    ``[ctx, z_1, ...]`` and ctx_local with conv_level_fwd, then runs the levels' adjoints:
+    ``(ctx_local, grad_ctx, grad_gates fp32, grad_weights)``."""
     B, H, W, C = ctx.shape
-    L, dtype = len(taps), ctx.dtype
+    L, dtype = len(weights), ctx.dtype
+    taps = [_tap_major(w) for w in weights]
+    ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
     f32 = dict(dtype=torch.float32, device=ctx.device)
     groups = -(-C // 8)
     gate_partial = torch.empty((B, H, W, L + 1, groups), **f32)
@@ -316,7 +329,7 @@ def _levels_backward(kernels: _Kernels, levels: List[Tensor], gates: Tensor, tap
     grad_ctx = torch.empty((B, H, W, C), dtype=dtype, device=ctx.device)
     kernels.launch("conv_adjoint", grad_pre=grad_pre_next, weight=taps[0], grad_in=grad_ctx)
     grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), groups, 1)).reshape(B, H, W, L + 1)
-    return grad_ctx, grad_gates, grad_weights
+    return ctx_local, grad_ctx, grad_gates, grad_weights
 
 
 def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_weight: Tensor,
@@ -326,54 +339,43 @@ def _backward(grad_out: Tensor, q: Tensor, ctx: Tensor, gates: Tensor, weights: 
     L, N, dtype = len(weights), B * H * W, q.dtype
     scale = 1.0 / (L + 1) if normalize_modulator else 1.0
     q, ctx, grad_out = _channels_contiguous(q), _channels_contiguous(ctx), _channels_contiguous(grad_out)
-    f32 = dict(dtype=torch.float32, device=q.device)
     with _device_guard(q.device):
         kernels = _Kernels(q.device)
-        kernel_sizes = [w.shape[-1] for w in weights]
-        chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, True, q.device)
-        if chunk is not None:
-            taps_concat = _taps_concat(weights)
-            ctx_local = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
-            fwd_chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, False, q.device) or chunk
-            kernels.launch("context_fwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates,
-                           scale=scale, chunk=fwd_chunk,
-                           band_rows=_sweep_band_rows(kernel_sizes, B, H, C, fwd_chunk, False, q.device),
-                           ctx_local=ctx_local, pooled_sum=None)
-        else:
-            taps = [_tap_major(w) for w in weights]
-            ctx_local, levels, _ = _levels_forward(kernels, ctx, gates, taps, scale, keep_levels=True, pool=False)
-        weight32 = h_weight.to(torch.float32)
-        pooled = F.gelu(pooled_mean)
-        global_term = pooled @ weight32.t()
-
-        # The epilogue: grad_q, grad_mod, and per thread the partials of sum_p grad_mod and sum_p g_L * grad_mod,
-        # summed per image (u), then over the images (grad_h_bias).
-        grad_q = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
+        # grad_mod = grad_out * q (no modulator needed), and per thread the partials of sum_p grad_mod and
+        # sum_p g_L * grad_mod, summed per image (u), then over the images (grad_h_bias).
         grad_mod = torch.empty((B, H, W, C), dtype=dtype, device=q.device)
         rows = _epilogue_rows(B, H, W, C)
         strips = _strips(H, rows) * W
-        partial = torch.empty((B, strips, 2, C), **f32)
-        kernels.launch(
-            "output_bwd", grad_out=grad_out, q=q, linear=F.linear(ctx_local, h_weight, h_bias), gates=gates,
-            global_term=global_term, scale=scale, grad_q=grad_q, grad_modulator=grad_mod, partial=partial,
-            rows_per_thread=rows)
+        partial = torch.empty((B, strips, 2, C), dtype=torch.float32, device=q.device)
+        kernels.launch("output_bwd", grad_out=grad_out, q=q, gates=gates, grad_modulator=grad_mod, partial=partial,
+                       rows_per_thread=rows)
         per_image = kernels.reduce_sum(partial.reshape(B, strips, 2 * C))
         grad_h_bias = kernels.reduce_sum(per_image[:, :C].reshape(1, B, C)).reshape(C)
         gated = per_image[:, C:]  # u [B, C]
 
-        # h: grad_W = grad_mod^T ctx_all with ctx_all = ctx_local + s * g_L * G; grad_ctx_all = grad_mod W.
+        # grad_ctx_all = grad_mod W; the global level: dG = s * u W, through GELU and the mean over H * W pixels.
+        weight32 = h_weight.to(torch.float32)
+        pooled = F.gelu(pooled_mean)
         grad_mod_2d = grad_mod.reshape(N, C)
-        grad_h_weight = (grad_mod_2d.t() @ ctx_local.reshape(N, C)).to(torch.float32) + scale * (gated.t() @ pooled)
         grad_ctx_all = (grad_mod_2d @ h_weight).reshape(B, H, W, C)
-        # The global level: dG = s * u W, through GELU and the mean over H * W pixels.
         grad_mean = scale * (gated @ weight32) * _gelu_grad(pooled_mean) / (H * W)
 
+        chunk = _sweep_chunk(kernels, [w.shape[-1] for w in weights], B, H, W, C, True, q.device)
         if chunk is not None:
-            grad_ctx, grad_gates, grad_weights = _sweep_backward(
-                kernels, ctx, gates, weights, taps_concat, scale, chunk, grad_ctx_all, grad_mean, pooled)
+            ctx_local, grad_ctx, grad_gates, grad_weights = _sweep_backward(
+                kernels, ctx, gates, weights, scale, chunk, grad_ctx_all, grad_mean, pooled)
         else:
-            grad_ctx, grad_gates, grad_weights = _levels_backward(
-                kernels, levels, gates, taps, scale, grad_ctx_all, grad_mean, pooled)
+            ctx_local, grad_ctx, grad_gates, grad_weights = _levels_backward(
+                kernels, ctx, gates, weights, scale, grad_ctx_all, grad_mean, pooled)
+        del grad_ctx_all
+
+        # h: grad_W = grad_mod^T ctx_all with ctx_all = ctx_local + s * g_L * G; grad_q = grad_out * h(ctx_all),
+        # the forward's epilogue in place on the GEMM's output.
+        grad_h_weight = (grad_mod_2d.t() @ ctx_local.reshape(N, C)).to(torch.float32) + scale * (gated.t() @ pooled)
+        del grad_mod, grad_mod_2d
+        grad_q = F.linear(ctx_local, h_weight, h_bias)
+        kernels.launch("output_fwd", q=grad_out, linear=grad_q, gates=gates, global_term=pooled @ weight32.t(),
+                       scale=scale, out=grad_q, rows_per_thread=rows)
     return [grad_q, grad_ctx, grad_gates.to(dtype), grad_h_weight.to(dtype), grad_h_bias.to(dtype), *grad_weights]
 
 
