@@ -19,10 +19,10 @@ reproducible (no atomics).
 Bytes per output element (bf16): context_grad reads dout, q (4) and writes d_ctx_all (2);
 weight_grad reads dout, q, ctx_local (6). Instructions per output element (sm_90 SASS x trip
 counts, FocalNet-T B = 128, bf16, q as a view of stride 2C + L + 1, so loaded 16 bits at a time),
-stages 1 / 2 / 3 / 4: context_grad 0.59 / 0.92 / 1.91 / 2.55 (C a compile-time constant, as in
-``modulation_gemm``: 0.91 / 1.20 / 2.25 / 2.96 with C at run time), weight_grad 0.49 / 0.98 / 1.16 / 2.37
-(1.07 / 1.36 / 2.33 / 2.81 and 1.08 / 2.16 / 2.51 / 5.07 with the column sums as tl.sum and the
-global level added to weight_grad's operand in registers).
+stages 1 / 2 / 3 / 4: context_grad 0.59 / 0.69 / 1.60 / 2.03 (C a compile-time constant, as in
+``modulation_gemm``: 0.91 / 1.20 / 2.25 / 2.96 with C at run time and 32-channel steps),
+weight_grad 0.49 / 0.98 / 1.16 / 2.37 (1.07 / 1.36 / 2.33 / 2.81 and 1.08 / 2.16 / 2.51 / 5.07
+with the column sums as tl.sum and the global level added to weight_grad's operand in registers).
 """
 
 import torch
@@ -121,7 +121,10 @@ def context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride, 
     if interpret:
         BN, BK, num_warps = block(C, 64), block(C, 64), 4
     else:  # all output channels (up to 256) in one program: dout * q is formed once per pixel
-        BN, BK = block(C, 32), block(C, 256)
+        # Reduction steps of 64 channels from C = 192 (fewer steps; at C = 96 two steps of 64
+        # would pad a third); 4 warps (one warpgroup) up to BK = 128, else 8: 120-210 registers,
+        # no spills or stack; 3 CTAs per SM at C = 96, else 1 (134 KB of shared memory).
+        BN, BK = (32 if C <= 128 else 64), block(C, 256)
         num_warps = 4 if BK <= 128 else 8
     T = triton.cdiv(HW, BM)
     d_ctx_all = torch.empty((B, H, W, C), device=q.device, dtype=q.dtype)
