@@ -70,11 +70,12 @@ class ChainSchedule:
         return sum(k * k for k in self.kernel_sizes[: self.levels])
 
     def scratch_elements(self, backward: bool) -> int:
-        """fp32 scratch one program owns: L rings forward; 3L - 1 rings and the [taps, WT, BC]
-        weight-gradient slots backward."""
+        """fp32 scratch one program owns: L rings forward; 3L - 1 rings, the [taps, WT, BC]
+        weight-gradient slots and two [BC] vectors (the pool's gradient and glob) backward."""
         ring = self.ring * self.ring_width * self.channel_block
         if backward:
-            return (3 * self.levels - 1) * ring + self.taps() * self.tile_width * self.channel_block
+            return ((3 * self.levels - 1) * ring + self.taps() * self.tile_width * self.channel_block
+                    + 2 * self.channel_block)
         return self.levels * ring
 
 
@@ -134,8 +135,9 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    forward tile is R rows of 256 values (``forward_tile``), a backward tile 2K-4K values (R rows
-    x WT columns x BC channels; always 2 rows, and up to 256 channels where the map is narrow), and images
+    forward tile is R rows of 256 values (``forward_tile``), a backward tile 2K-8K values (R rows
+    x WT columns x BC channels; 2 or 4 rows of 8 values per thread, up to 256 channels where the map
+    is narrow), and images
     are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
     multiprocessors. ``tile = (R, WT, BC)`` (powers of two; the forward takes any R), ``band_rows`` and ``num_warps``
     override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
@@ -154,13 +156,12 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         BC = min(np2(C), 64)
         WT = min(np2(W), 64)
         R = min(np2(sweep), max(1, 16384 // (WT * BC)))
-    elif backward:  # 16 values per thread: 2 rows (the weight gradient sums them in the thread), channels
-        # to fill 4K values where the map is narrow (14x14, 7x7), steps that skip rows outside the image
-        R = 2
+    elif backward:  # R rows of [WT, BC], 8 values per thread and row: 4 rows with up to 2 levels where
+        # the map has more than 8 rows (the weight gradient's slots take 4 rows per FMA chain, the
+        # per-step costs spread over 32 values), else 2 (3 levels: 4 rows spill, ptxas, Triton 3.9)
         WT = min(np2(W), 64)
-        # 2K values where the 4K tile's sm_90 build takes a stack frame (ptxas, Triton 3.9: 1-2 levels
-        # at 28x28 and 14x14), else 4K
-        values = 2048 if L <= 2 and 16 <= WT <= 32 else 4096
+        R = 4 if L <= 2 and H > 8 else 2
+        values = 8192 if R == 4 else (2048 if 16 <= WT <= 32 else 4096)
         BC = min(np2(C), values // (R * WT))
     else:
         R, WT, BC = forward_tile(H, W, C)

@@ -9,10 +9,11 @@ and w the ``[C, 1, K, K]`` depthwise kernel (PyTorch's cross-correlation):
 
 The transposed conv is the input gradient of the conv. All sums are fp32. Sources come in two forms:
 
-* rings (``ring_conv``, ``ring_conv_rows``, ``ring_conv_transposed_and_weight_grad``; the focal level chain): an fp32 ring buffer of RING
-  rows (a power of two), image row ``y`` in slot ``y & (RING - 1)``, rows carrying zero columns
-  left and right and rows outside the image stored as zero rows (``rows_into_ring``), so loads
-  need no mask and no conversion; weights in ``tap_major_weights`` order.
+* rings (``ring_conv_rows``, ``ring_conv_rows_by_tap``, ``ring_conv_transposed_rows_and_weight_grad``;
+  the focal level chain): an fp32 ring buffer of RING rows (a power of two), image row ``y`` in
+  slot ``y & (RING - 1)``, rows carrying zero columns left and right and rows outside the image
+  stored as zero rows (``rows_into_ring``), so loads need no mask and no conversion; weights in
+  ``tap_major_weights`` order.
 * plain (``dwconv_tile``, ``dwconv_weight_grad_tile``; ConvNeXt's ``dwconv_layernorm``): a
   channels-last image, element ``(y, x, c)`` at ``src + y * row_stride + x * col_stride``;
   pixels outside ``[0, H) x [0, W)`` and channels ``>= C`` read as zero (masked loads).
@@ -43,25 +44,6 @@ def zero_fill(ptr, n, BLOCK: tl.constexpr, WHOLE_BLOCKS: tl.constexpr = False):
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         tl.store(ptr + offs, zeros, mask=None if WHOLE_BLOCKS else offs < n)
-
-
-@triton.jit
-def ring_conv(src, rows, w, row_stride, K: tl.constexpr, RING: tl.constexpr,
-              R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
-    """Depthwise conv of image rows ``rows`` ``[R, 1, 1]`` from an fp32 ring.
-
-    ``src`` ``[1, WT, BC]``: pointers at (ring row 0, the tile's columns, its channels); ring row
-    ``y`` is slot ``y & (RING - 1)`` (RING a power of two), ``row_stride`` elements apart, with
-    columns BC elements apart and zero pad columns on both sides. ``w`` ``[1, 1, BC]``: pointers
-    at tap 0 of this kernel in ``tap_major_weights`` (tap t at ``w + t * BC``). Per tap: one weight vector and one tile load at a constant offset, one FMA per value.
-    """
-    P: tl.constexpr = K // 2
-    acc = tl.zeros((R, WT, BC), dtype=tl.float32)
-    for dy in range(K):  # a loop, not unrolled: K^2 unrolled taps per level make builds slow
-        row_ptrs = src + ((rows + (dy - P)) & (RING - 1)) * row_stride
-        for dx in tl.static_range(K):
-            acc += tl.load(w + (dy * K + dx) * BC) * tl.load(row_ptrs + (dx - P) * BC)
-    return acc
 
 
 @triton.jit
@@ -99,32 +81,59 @@ def ring_conv_rows(src, first, w, row_stride, K: tl.constexpr, RING: tl.constexp
 
 
 @triton.jit
-def ring_conv_transposed_and_weight_grad(dout, src, rows, w, slots, row_stride, y0, y1,
-                                         K: tl.constexpr, RING: tl.constexpr, BANDED: tl.constexpr,
-                                         R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
-    """Transposed conv of image rows ``rows`` from the fp32 ring ``dout`` (as ``ring_conv`` with
-    the kernel flipped), and this tile's share of the kernel gradient added to the caller's fp32
-    ``[K * K, WT, BC]`` slots (``slots`` ``[1, WT, BC]`` pointers at tap 0).
+def ring_conv_rows_by_tap(src, first, w, row_stride, K: tl.constexpr, RING: tl.constexpr, R: tl.constexpr,
+                          WT: tl.constexpr, BC: tl.constexpr):
+    """As ``ring_conv_rows``, tap by tap in a loop over dy: R loads per tap (no source row shared
+    between taps) for far fewer registers live, where the unrolled K^2 taps would spill (K = 7 in
+    a kernel that keeps many rings' pointers)."""
+    P: tl.constexpr = K // 2
+    sums = ()
+    for r in tl.static_range(R):
+        sums = sums + (tl.zeros((WT, BC), dtype=tl.float32),)
+    for dy in range(K):  # a loop, not unrolled
+        for dx in tl.static_range(K):
+            tap = tl.load(w + (dy * K + dx) * BC)
+            for r in tl.static_range(R):
+                v = tl.load(src + ((first + (r - P) + dy) & (RING - 1)) * row_stride + (dx - P) * BC)
+                sums = _add_at(sums, r, tap * v)
+    return sums
 
-    ``src`` ``[R, WT, BC]``: the conv's input at the tile's own pixels (zero outside the image).
-    Both sums read dout at the same shifted pixel, y + P - dy: the transposed conv weighs it with
+
+@triton.jit
+def ring_conv_transposed_rows_and_weight_grad(dout, first, src, w, slots, row_stride, K: tl.constexpr,
+                                              RING: tl.constexpr, R: tl.constexpr, WT: tl.constexpr,
+                                              BC: tl.constexpr):
+    """Transposed conv of the R image rows ``first + [0, R)`` from the fp32 ring ``dout`` (a tuple
+    of R ``[WT, BC]`` fp32 sums), and these rows' share of the kernel gradient added to the
+    caller's fp32 ``[K * K, WT, BC]`` slots.
+
+    ``dout`` ``[WT, BC]``: pointers at (ring row 0, the tile's columns, its channels), as in
+    ``ring_conv_rows``; ``src``: a tuple of R ``[WT, BC]`` rows of the conv's input at the same
+    pixels (zero where they must not count); ``slots`` ``[WT, BC]`` pointers at tap 0. Both sums
+    read dout at the same shifted pixel, row ``y + P - dy``: the transposed conv weighs it with
     ``w[dy, dx]``, the gradient with ``src[y]`` (``dw[dy, dx] = sum_y dout[y + P - dy] * src[y]``),
-    so each loaded value feeds two FMAs. Only dout rows in ``[y0, y1)`` count towards the gradient
-    (``BANDED``; otherwise every row does). The tile's R rows are summed in the thread before the
-    read-modify-write of the slots: no cross-thread reduction, no barrier.
+    so each loaded value feeds two FMAs, and a tap's slot takes its R rows as one FMA chain: one
+    load and store of the slot per tap and step, no cross-thread reduction, no barrier.
+    Tap by tap (no dout row shared between taps): few registers live.
     """
     P: tl.constexpr = K // 2
-    acc = tl.zeros((R, WT, BC), dtype=tl.float32)
-    for dy in range(K):
-        r = rows + (P - dy)
-        row_ptrs = dout + (r & (RING - 1)) * row_stride
-        s = tl.where((r >= y0) & (r < y1), src, 0.0) if BANDED else src
+    sums = ()
+    for r in tl.static_range(R):
+        sums = sums + (tl.zeros((WT, BC), dtype=tl.float32),)
+    for dy in range(K):  # a loop, not unrolled: K^2 unrolled taps per level make builds slow
+        row_at = ()
+        for r in tl.static_range(R):
+            row_at = row_at + (((first + (r + P) - dy) & (RING - 1)) * row_stride,)
         for dx in tl.static_range(K):
-            d = tl.load(row_ptrs + (P - dx) * BC)
-            acc += tl.load(w + (dy * K + dx) * BC) * d
+            tap = tl.load(w + (dy * K + dx) * BC)
             slot = slots + (dy * K + dx) * (WT * BC)
-            tl.store(slot, tl.load(slot) + tl.sum(s * d, axis=0, keep_dims=True))
-    return acc
+            grad = tl.load(slot)
+            for r in tl.static_range(R):
+                d = tl.load(dout + row_at[r] + (P - dx) * BC)
+                sums = _add_at(sums, r, tap * d)
+                grad += src[r] * d
+            tl.store(slot, grad)
+    return sums
 
 
 @triton.jit

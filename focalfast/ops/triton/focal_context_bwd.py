@@ -14,11 +14,13 @@ and channel (z_0 = ctx, u_l = dwconv(z_{l-1}, w_l), z_l = GELU(u_l), HW = H * W)
 One program streams one (image, channel block, band of rows) top to bottom in steps of R rows
 (``chain_schedule``): ctx rows enter the fp32 ring of z_0, the forward levels run ahead (z_l and
 GELU'(u_l) into rings), each gradient level trails by its halo (du_l into a ring), dctx last.
-The program also writes ctx_local (for the dq and d_h_weight GEMMs that follow). The weight
-gradient of level l rides on the transposed conv of du_l (``ring_conv_transposed_and_weight_grad``):
-dw_l[dy, dx] = sum_y du_l[y + P_l - dy] * z_{l-1}[y] reads du_l at the very pixels the transposed
-conv reads, so each loaded value feeds two FMAs; the R rows of a tile are summed in the thread
-into [taps, WT, BC] slots, which are reduced over the tile's columns once, at the end.
+The program also writes ctx_local (for the dq and d_h_weight GEMMs that follow). A step holds its
+R rows as a tuple of ``[WT, BC]`` tiles (``ring_conv_rows``): the recompute shares each loaded ring
+row between up to K rows' FMAs. The weight gradient of level l rides on the transposed conv of du_l
+(``ring_conv_transposed_rows_and_weight_grad``): dw_l[dy, dx] = sum_y du_l[y + P_l - dy] * z_{l-1}[y]
+reads du_l at the very pixels the transposed conv reads, so each loaded value feeds two FMAs, and
+a tap's [WT, BC] slot takes the step's R rows as one FMA chain (one slot load and store per tap and
+step, no cross-thread sums); the slots are reduced over the tile's columns once, at the end.
 
 Sums over channels (dgates, when C spans several blocks) and over images (dw) leave fp32
 partials per program, reduced afterwards in a fixed order: bitwise reproducible, no atomics.
@@ -28,13 +30,18 @@ ctx_local (4) and the fp32 dgates partials (4 (L + 1) / BC); rings and weight-gr
 per-program fp32 scratch.
 
 Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``),
-FocalNet-T stages 1 / 2 / 3 / 4: k = 3, 5: 10.9 / 12.1 / 13.1 / 14.5 (12.4 / 17.5 / 28.0 / 41.6
-before the fused weight gradient, the skipped steps and the 2-row tiles; 48.1 at stage 1 before
-per-thread slots); k = 3, 5, 7: 22.3 / 23.8 / 26.3 / 31.0 (28.9 / 46.7 / 81.5 / 168.0). 1 CTA of
-8 warps per SM (3 of 4 warps at stage 2 and 2 of 4 at stage 3 for k = 3, 5; 152-252 registers,
-no spills, no stack). Per tap and value: an FMA plus a quarter load for the recompute; for the
-transposed conv with the weight gradient, two FMAs, a quarter load and the slots'
-read-modify-write (a quarter load and store per two values). The image's
+FocalNet-T stages 1 / 2 / 3 / 4: k = 3, 5: 9.46 / 10.31 / 11.83 / 13.77 (10.81 / 11.99 / 13.18 /
+14.38 with [R, WT, BC] tiles summed per slot by tl.sum, 48.1 at stage 1 before per-thread slots);
+k = 3, 5, 7: 20.61 / 21.82 / 24.52 / 29.15 (22.21 / 23.65 / 26.17 / 30.89). Occupancy: ptxas's own
+register choice, no spills, no stack: 1 CTA of 8 warps per SM for k = 3, 5 (188-232 registers)
+and for k = 3, 5, 7 at stages 1 and 4 (183-184), 2 CTAs of 4 warps at stages 2 and 3 (186). Fewer
+values per thread would lift occupancy, but every step's fixed costs (stage set-up, barriers,
+address arithmetic) then spread over fewer values: 8 values per thread and row, 2 or 4 rows,
+is what the count favours; more per thread (or 4 rows with 3 levels) spills. Per tap and
+value: an FMA plus a load per 4 values and (R + K - 1) / (R K) rows for the recompute; for the
+transposed conv with the weight gradient, two FMAs, a quarter load and the slot's load and store
+per 4 values and R rows. At k = 7 the last level recomputes tap by tap
+(``ring_conv_rows_by_tap``): unrolled, its 49 taps spill. The image's
 channel offsets are declared 4-contiguous so that bf16 loads take the fp32 rings' layout
 (4 channels per thread): no layout conversions through shared memory, no barriers per tap.
 """
@@ -47,8 +54,9 @@ import triton.language as tl
 
 from focalfast.ops.triton.chain_schedule import chain_schedule, sm_count
 from focalfast.ops.triton.depthwise_conv import (
-    ring_conv,
-    ring_conv_transposed_and_weight_grad,
+    ring_conv_rows,
+    ring_conv_rows_by_tap,
+    ring_conv_transposed_rows_and_weight_grad,
     rows_into_ring,
     tap_major_weights,
     zero_fill,
@@ -57,18 +65,26 @@ from focalfast.ops.triton.gelu import gelu_and_grad, gelu_grad
 
 
 @triton.jit
-def _in_image(s, start, H, LAG: tl.constexpr, R: tl.constexpr):
-    """Whether any of a stage's rows ``start + s*R - LAG + [0, R)`` lies in the image: a stage skips
-    its work on steps with none (the sweep's lags and the tiles' rounding), writing zero rows."""
+def _stage_columns(s, start, H, W, LAG: tl.constexpr, R: tl.constexpr):
+    """``(first, work, rest)``: a stage's rows are ``first + [0, R)``, ``first = start + s*R - LAG``;
+    when any of them lies in the image it sweeps ``work = W`` columns of them and ``rest = 0``,
+    else it writes ``rest = W`` columns of zero rows (steps outside the image, from the sweep's lags
+    and the tiles' rounding). Loops, not an ``if``: each of the two is entered with no iterations
+    when the other runs (the static cost report counts loops by their trips)."""
     first = start + s * R - LAG
-    return (first < H) & (first + R > 0)
+    active = (first < H) & (first + R > 0)
+    return first, tl.where(active, W, 0), tl.where(active, 0, W)
 
 
 @triton.jit
-def _zero_rows(ring, slot, W, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr):
-    """Zeros into ring rows ``slot`` ``[R, 1, 1]`` (offsets) of ``ring`` ``[1, 1, BC]``."""
-    for w0 in range(0, W, WT):
-        tl.store(ring + slot + (w0 + tl.arange(0, WT)[None, :, None]) * BC, tl.zeros((R, WT, BC), dtype=tl.float32))
+def _zero_rows(ring, first, n_cols, ring_row, R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr,
+               RING: tl.constexpr):
+    """Zeros into the ring rows of image rows ``first + [0, R)``, ``n_cols`` columns (0 or W);
+    ``ring`` ``[1, BC]``: column 0 of ring row 0."""
+    for w0 in range(0, n_cols, WT):
+        col_at = (w0 + tl.arange(0, WT)[:, None]) * BC
+        for r in tl.static_range(R):
+            tl.store(ring + ((first + r) & (RING - 1)) * ring_row + col_at, tl.zeros((WT, BC), dtype=tl.float32))
 
 
 @triton.jit
@@ -77,62 +93,84 @@ def _forward_level(
     l: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """Level l < L at rows ``start + s*R - LAG + [0, R)``: z_l into ring z_l, GELU'(u_l) into ring g_l."""
-    rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
-    slot = (rows & (RING - 1)) * ring_row
-    if _in_image(s, start, H, LAG, R):
-        for w0 in range(0, W, WT):
-            cols = w0 + tl.arange(0, WT)[None, :, None]
-            inside = (rows >= 0) & (rows < H) & (cols < W)
-            col_at = cols * BC
-            z, dz_du = gelu_and_grad(ring_conv(zr + (l - 1) * ring_size + col_at, rows, w_l, ring_row, K, RING,
-                                               R, WT, BC))
-            tl.store(zr + l * ring_size + slot + col_at, tl.where(inside, z, 0.0))
-            tl.store(gr + (l - 1) * ring_size + slot + col_at, tl.where(inside, dz_du, 0.0))
-    else:
-        _zero_rows(zr + l * ring_size, slot, W, R, WT, BC)
-        _zero_rows(gr + (l - 1) * ring_size, slot, W, R, WT, BC)
+    """Level l < L at its R rows: z_l into ring z_l, GELU'(u_l) into ring g_l."""
+    first, work, rest = _stage_columns(s, start, H, W, LAG, R)
+    for w0 in range(0, work, WT):
+        cols = w0 + tl.arange(0, WT)[:, None]
+        col_at = cols * BC
+        sums = ring_conv_rows(zr + (l - 1) * ring_size + col_at, first, w_l, ring_row, K, RING, R, WT, BC)
+        for r in tl.static_range(R):
+            row = first + r
+            inside = cols < tl.where((row >= 0) & (row < H), W, 0)
+            z, dz_du = gelu_and_grad(sums[r])
+            slot = (row & (RING - 1)) * ring_row + col_at
+            tl.store(zr + l * ring_size + slot, tl.where(inside, z, 0.0))
+            tl.store(gr + (l - 1) * ring_size + slot, tl.where(inside, dz_du, 0.0))
+    _zero_rows(zr + l * ring_size, first, rest, ring_row, R, WT, BC, RING)
+    _zero_rows(gr + (l - 1) * ring_size, first, rest, ring_row, R, WT, BC, RING)
 
 
 @triton.jit
 def _last_level(
     s, zr, dr, ring_size, ring_row, w_L, cmask,
-    gate_img, dca_img, cl_img, dg_img, glob_c, d_mean,
+    gate_img, dca_img, cl_img, dg_img, pool_grad,
     start, y0, y1, H, W, C, gates_stride,
     L: tl.constexpr, K: tl.constexpr, LAG: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """Level L at its lag: z_L, ctx_local and the dgates partials (for the band's own rows
-    ``[y0, y1)`` only), and du_L into its ring."""
-    rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
-    slot = (rows & (RING - 1)) * ring_row
-    if _in_image(s, start, H, LAG, R):
-        for w0 in range(0, W, WT):
-            cols = w0 + tl.arange(0, WT)[None, :, None]
-            inside = (rows >= 0) & (rows < H) & (cols < W)
-            own = inside & (rows >= y0) & (rows < y1)
-            col_at = cols * BC
-            src = zr + (L - 1) * ring_size + col_at
-            z, dz_du = gelu_and_grad(ring_conv(src, rows, w_L, ring_row, K, RING, R, WT, BC))
-            pix = rows.to(tl.int64) * W + cols
+    """Level L at its R rows: z_L, ctx_local and the dgates partials (for the band's own rows
+    ``[y0, y1)`` only), and du_L into its ring. ``pool_grad`` ``[1, BC]``: d_mean, then glob BC
+    elements on (read per step: kept in registers across the sweep they cost spills)."""
+    first, work, rest = _stage_columns(s, start, H, W, LAG, R)
+    d_mean = tl.load(pool_grad)
+    glob_c = tl.load(pool_grad + BC)
+    for w0 in range(0, work, WT):
+        cols = w0 + tl.arange(0, WT)[:, None]
+        col_at = cols * BC
+        src = zr + (L - 1) * ring_size + col_at
+        if K >= 7:  # the unrolled 7 x 7 taps with everything else this stage holds would spill
+            sums = ring_conv_rows_by_tap(src, first, w_L, ring_row, K, RING, R, WT, BC)
+        else:
+            sums = ring_conv_rows(src, first, w_L, ring_row, K, RING, R, WT, BC)
+        for r in tl.static_range(R):
+            row = first + r
+            inside = cols < tl.where((row >= 0) & (row < H), W, 0)
+            own = cols < tl.where((row >= y0) & (row < y1), W, 0)
+            z, dz_du = gelu_and_grad(sums[r])
+            slot = (row & (RING - 1)) * ring_row + col_at
+            pix = row.to(tl.int64) * W + cols
             gate = gate_img + pix * gates_stride
             dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
             g = tl.load(gate + (L - 1), mask=inside, other=0.0).to(tl.float32)
             dg = dg_img + pix * (L + 1)
 
             ctx_local = z * g
-            tl.store(dg + (L - 1), tl.sum(dca * z, axis=2, keep_dims=True), mask=own)
+            tl.store(dg + (L - 1), tl.sum(dca * z, axis=1, keep_dims=True), mask=own)
             for j in tl.static_range(1, L):
-                z_j = tl.load(zr + j * ring_size + slot + col_at)
+                z_j = tl.load(zr + j * ring_size + slot)
                 ctx_local += z_j * tl.load(gate + (j - 1), mask=inside, other=0.0).to(tl.float32)
-                tl.store(dg + (j - 1), tl.sum(dca * z_j, axis=2, keep_dims=True), mask=own)
-            tl.store(dg + L, tl.sum(dca * glob_c, axis=2, keep_dims=True), mask=own)
+                tl.store(dg + (j - 1), tl.sum(dca * z_j, axis=1, keep_dims=True), mask=own)
+            tl.store(dg + L, tl.sum(dca * glob_c, axis=1, keep_dims=True), mask=own)
             tl.store(cl_img + pix * C, ctx_local.to(cl_img.dtype.element_ty), mask=own & cmask)
 
             du = tl.where(inside, (g * dca + d_mean) * dz_du, 0.0)
-            tl.store(dr + (L - 1) * ring_size + slot + col_at, du)
-    else:
-        _zero_rows(dr + (L - 1) * ring_size, slot, W, R, WT, BC)
+            tl.store(dr + (L - 1) * ring_size + slot, du)
+    _zero_rows(dr + (L - 1) * ring_size, first, rest, ring_row, R, WT, BC, RING)
+
+
+@triton.jit
+def _own_rows(ring, first, col_at, ring_row, y0, y1, BANDED: tl.constexpr, R: tl.constexpr, RING: tl.constexpr):
+    """The R ring rows of image rows ``first + [0, R)`` at ``col_at``, as a tuple; with ``BANDED``
+    zero for rows outside the band's own ``[y0, y1)`` (the weight gradient counts only those)."""
+    rows = ()
+    for r in tl.static_range(R):
+        row = first + r
+        ptr = ring + (row & (RING - 1)) * ring_row + col_at
+        if BANDED:
+            rows = rows + (tl.where((row >= y0) & (row < y1), tl.load(ptr), 0.0),)
+        else:
+            rows = rows + (tl.load(ptr),)
+    return rows
 
 
 @triton.jit
@@ -142,25 +180,25 @@ def _grad_level(
     l: tl.constexpr, K_NEXT: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr,
     R: tl.constexpr, WT: tl.constexpr, BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """du_l (0 < l < L) at its lag from du_{l+1} (transposed conv) into ring d_l, and the weight
-    gradient of level l + 1 from the same loads of du_{l+1} (its own rows) and z_l."""
-    rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
-    slot = (rows & (RING - 1)) * ring_row
-    if _in_image(s, start, H, LAG, R):
-        for w0 in range(0, W, WT):
-            cols = w0 + tl.arange(0, WT)[None, :, None]
-            inside = (rows >= 0) & (rows < H) & (cols < W)
-            col_at = cols * BC
-            pix = rows.to(tl.int64) * W + cols
+    """du_l (0 < l < L) at its R rows from du_{l+1} (transposed conv) into ring d_l, and the weight
+    gradient of level l + 1 from the same loads of du_{l+1} and z_l (its own rows)."""
+    first, work, rest = _stage_columns(s, start, H, W, LAG, R)
+    for w0 in range(0, work, WT):
+        cols = w0 + tl.arange(0, WT)[:, None]
+        col_at = cols * BC
+        z_l = _own_rows(zr + l * ring_size, first, col_at, ring_row, y0, y1, BANDED, R, RING)
+        sums = ring_conv_transposed_rows_and_weight_grad(dr + l * ring_size + col_at, first, z_l, w_next,
+                                                         dw_next, ring_row, K_NEXT, RING, R, WT, BC)
+        for r in tl.static_range(R):
+            row = first + r
+            inside = cols < tl.where((row >= 0) & (row < H), W, 0)
+            pix = row.to(tl.int64) * W + cols
+            slot = (row & (RING - 1)) * ring_row + col_at
             dca = tl.load(dca_img + pix * C, mask=inside & cmask, other=0.0).to(tl.float32)
             g = tl.load(gate_img + pix * gates_stride + (l - 1), mask=inside, other=0.0).to(tl.float32)
-            z_l = tl.load(zr + l * ring_size + slot + col_at)
-            dz = g * dca + ring_conv_transposed_and_weight_grad(dr + l * ring_size + col_at, z_l, rows, w_next, dw_next,
-                                                                ring_row, y0, y1, K_NEXT, RING, BANDED, R, WT, BC)
-            du = tl.where(inside, dz * tl.load(gr + (l - 1) * ring_size + slot + col_at), 0.0)
-            tl.store(dr + (l - 1) * ring_size + slot + col_at, du)
-    else:
-        _zero_rows(dr + (l - 1) * ring_size, slot, W, R, WT, BC)
+            du = tl.where(inside, (g * dca + sums[r]) * tl.load(gr + (l - 1) * ring_size + slot), 0.0)
+            tl.store(dr + (l - 1) * ring_size + slot, du)
+    _zero_rows(dr + (l - 1) * ring_size, first, rest, ring_row, R, WT, BC, RING)
 
 
 @triton.jit
@@ -169,18 +207,19 @@ def _ctx_grad(
     K1: tl.constexpr, LAG: tl.constexpr, BANDED: tl.constexpr, R: tl.constexpr, WT: tl.constexpr,
     BC: tl.constexpr, RING: tl.constexpr,
 ):
-    """dctx = dwconv_transposed(du_1, w_1) at its lag, for the band's own rows, and the weight
+    """dctx = dwconv_transposed(du_1, w_1) at its R rows, for the band's own rows, and the weight
     gradient of level 1 from the same loads of du_1 and z_0 = ctx."""
-    rows = start + s * R - LAG + tl.arange(0, R)[:, None, None]
-    slot = (rows & (RING - 1)) * ring_row
-    if _in_image(s, start, H, LAG, R):
-        for w0 in range(0, W, WT):
-            cols = w0 + tl.arange(0, WT)[None, :, None]
-            own = (rows >= y0) & (rows < y1) & (cols < W)
-            z_0 = tl.load(zr + slot + cols * BC)
-            dx = ring_conv_transposed_and_weight_grad(dr + cols * BC, z_0, rows, w1, dw1, ring_row, y0, y1, K1, RING,
-                                                      BANDED, R, WT, BC)
-            tl.store(dctx_img + (rows.to(tl.int64) * W + cols) * C, dx.to(dctx_img.dtype.element_ty),
+    first, work, rest = _stage_columns(s, start, H, W, LAG, R)
+    for w0 in range(0, work, WT):
+        cols = w0 + tl.arange(0, WT)[:, None]
+        col_at = cols * BC
+        z_0 = _own_rows(zr, first, col_at, ring_row, y0, y1, BANDED, R, RING)
+        sums = ring_conv_transposed_rows_and_weight_grad(dr + col_at, first, z_0, w1, dw1, ring_row, K1, RING,
+                                                         R, WT, BC)
+        for r in tl.static_range(R):
+            row = first + r
+            own = cols < tl.where((row >= y0) & (row < y1), W, 0)
+            tl.store(dctx_img + (row.to(tl.int64) * W + cols) * C, sums[r].to(dctx_img.dtype.element_ty),
                      mask=own & cmask)
 
 
@@ -216,7 +255,7 @@ def focal_context_bwd_kernel(
     n_steps = tl.cdiv(y1 - start + tl.where(y1 < H, TAIL, GLAG0), R)
     # 4 channels per thread in every tile (bf16 loads and weight vectors too, as the fp32 rings): no
     # layout conversions.
-    cc = tl.max_contiguous(tl.arange(0, BC)[None, None, :], [1, 1, 4])
+    cc = tl.max_contiguous(tl.arange(0, BC)[None, :], [1, 4])
     chans = cb * BC + cc
     cmask = chans < C
     img = b.to(tl.int64) * HW
@@ -228,33 +267,37 @@ def focal_context_bwd_kernel(
     dctx_img = dctx + img * C + chans
     dg_img = dgates_part + (cb * tl.num_programs(1) + b).to(tl.int64) * HW * (L + 1)
     w_c = taps + cb * (TAPS * BC) + cc  # this block's tap 0
-    if COLUMNS_IN_THREAD:  # a [BC] load would take 1 channel per thread: load the weights in the tiles' layout
-        w_c = tl.broadcast_to(w_c, (1, WT, BC))
+    if COLUMNS_IN_THREAD:  # a [1, BC] load would take 1 channel per thread: load the weights in the tiles' layout
+        w_c = tl.broadcast_to(w_c, (WT, BC))
 
     # The pool's gradient: d_mean = d_glob * GELU'(mean) / HW, the same at every pixel.
-    d_glob = tl.zeros((1, 1, BC), dtype=tl.float32)
+    d_glob = tl.zeros((1, BC), dtype=tl.float32)
     for t in range(n_glob_tiles):
         d_glob += tl.load(d_glob_part + (b * n_glob_tiles + t) * C + chans, mask=cmask, other=0.0)
     d_mean = d_glob * gelu_grad(tl.load(mean + b * C + chans, mask=cmask, other=0.0)) / HW
-    glob_c = tl.load(glob + b * C + chans, mask=cmask, other=0.0)
 
     # fp32 scratch, zeroed first: rings z_0..z_{L-1}, GELU'(u_1..u_{L-1}), du_1..du_L, then the
-    # [TAPS, WT, BC] weight-gradient slots.
+    # [TAPS, WT, BC] weight-gradient slots, then d_mean and glob (each thread its own channels).
     ring_row = ring_width * BC
     ring_size = RING * ring_row
     rings_size = (3 * L - 1) * ring_size
-    scratch_prog = scratch + prog * (rings_size + TAPS * WT * BC)
-    zero_fill(scratch_prog, rings_size + TAPS * WT * BC, R * WT * BC)
+    slots_size = TAPS * WT * BC
+    scratch_prog = scratch + prog * (rings_size + slots_size + 2 * BC)
+    zero_fill(scratch_prog, rings_size + slots_size, R * WT * BC)
+    pool_grad = scratch_prog + rings_size + slots_size + cc
+    tl.store(pool_grad, d_mean)
+    tl.store(pool_grad + BC, tl.load(glob + b * C + chans, mask=cmask, other=0.0))
     tl.debug_barrier()
     zr = scratch_prog + PAD * BC + cc
     gr = zr + L * ring_size
     dr = gr + (L - 1) * ring_size
-    dw_slots = scratch_prog + rings_size + tl.arange(0, WT)[None, :, None] * BC + cc
+    dw_slots = scratch_prog + rings_size + tl.arange(0, WT)[:, None] * BC + cc
 
     TAP_L: tl.constexpr = TAP1 if L == 1 else (TAP2 if L == 2 else (TAP3 if L == 3 else TAP4))
     for s in range(n_steps):
-        rows_into_ring(ctx_img, zr, (start + s * R + tl.arange(0, R)[:, None, None]).to(tl.int64), H, W,
-                       ctx_stride, cmask, RING, ring_row, WT, BC)  # ring z_0: ctx, lag 0
+        rows_into_ring(ctx_img[None, :, :], zr[None, :, :],
+                       (start + s * R + tl.arange(0, R)[:, None, None]).to(tl.int64), H, W,
+                       ctx_stride, cmask[None, :, :], RING, ring_row, WT, BC)  # ring z_0: ctx, lag 0
         tl.debug_barrier()
         for l in tl.static_range(1, L):
             _forward_level(s, zr, gr, ring_size, ring_row,
@@ -263,7 +306,7 @@ def focal_context_bwd_kernel(
                            LAG1 if l == 1 else (LAG2 if l == 2 else LAG3), R, WT, BC, RING)
             tl.debug_barrier()
         _last_level(s, zr, dr, ring_size, ring_row, w_c + TAP_L * BC, cmask,
-                    gate_img, dca_img, cl_img, dg_img, glob_c, d_mean, start, y0, y1, H, W, C, gates_stride, L,
+                    gate_img, dca_img, cl_img, dg_img, pool_grad, start, y0, y1, H, W, C, gates_stride, L,
                     K1 if L == 1 else (K2 if L == 2 else (K3 if L == 3 else K4)),
                     LAG1 if L == 1 else (LAG2 if L == 2 else (LAG3 if L == 3 else LAG4)), R, WT, BC, RING)
         tl.debug_barrier()
@@ -290,7 +333,7 @@ def focal_context_bwd_kernel(
                 dw_t += tl.load(slot_row + x * BC)
             tl.store(dw_prog + t * BC, dw_t)
         else:
-            tl.store(dw_prog + t * BC, tl.sum(tl.sum(tl.load(dw_slots + t * (WT * BC)), axis=1), axis=0))
+            tl.store(dw_prog + t * BC, tl.sum(tl.load(dw_slots + t * (WT * BC)), axis=0))
 
 
 def focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights, d_ctx_all, d_glob_part, mean, glob,
