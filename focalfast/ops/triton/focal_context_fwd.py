@@ -20,7 +20,7 @@ the rings are per-program fp32 scratch of a few rows (cache-resident).
 
 Instructions per output element (warp-instructions; SASS of the sm_90 build, loop bodies x trip
 counts; B = 128, bf16 views, default schedule), k = 3, 5 / k = 3, 5, 7: FocalNet-T stage 1 (56 x 56,
-C = 96) 2.78 / 5.05, stage 2 2.88 / 5.22, stage 3 3.01 / 5.42, stage 4 3.18 / 5.85 (3.34 / 6.15 up
+C = 96) 2.65 / 4.93, stage 2 2.74 / 5.11, stage 3 2.89 / 5.30, stage 4 3.09 / 5.73 (3.34 / 6.15 up
 to 5.12 / 9.21 with 8-value tiles padded to powers of two). A tile row is ``[WT, BC]`` = 256 values,
 one 128-bit fp32 vector of channels per thread (``chain_schedule.forward_tile``), with WT and BC
 chosen to cover W and C exactly (8 x 32 at 56 x 96, 1 x 256 at 7 x 768), and a step computes R
@@ -31,8 +31,8 @@ level: the GELU (13 instructions per value, ``gelu``), the ring store and, at th
 gates and the gated sum. Lags are raised so every level's steps cover whole R-row blocks of the
 image (``aligned_lags``); then (one band, exact tiles: ``EXACT``) no load or store is masked.
 
-Occupancy: programs of two warps (64 threads), ptxas's own register choice (156 at stage 1 srf, up
-to about 200 for k = 3, 5, 7; no stack, no spills): 5-6 programs fit an SM, but the grid of
+Occupancy: programs of two warps (64 threads), ptxas's own register choice (152-216 across the
+stages; no stack, no spills): 4-6 programs (8-12 warps) fit an SM, but the grid of
 B * cdiv(C, BC) = 384 programs at B = 128 puts about 3 on each of 132 SMs (6 warps). The work is
 in-thread ILP (R rows x 4 channels of independent FMA chains per thread), so a register cap would
 buy residency that the grid cannot fill; smaller programs (one column of 4 channels per thread)
@@ -71,6 +71,10 @@ def _forward_level(
         tile_cols = w0 + cols
         col_at = tile_cols * BC
         sums = ring_conv_rows(rings + (l - 1) * ring_size + col_at, first, w_l, ring_row, K, RING, R, WT, BC)
+        if l == L:  # gates and ctx_local of row `first`, stepped one row on per row (no 64-bit products per row)
+            pix = first.to(tl.int64) * W + w0
+            gate = gate_cols + pix * gates_stride
+            out = out_cols + pix * C
         for r in tl.static_range(R):
             row = first + r
             z = gelu(sums[r])
@@ -81,15 +85,15 @@ def _forward_level(
             if l < L:
                 tl.store(slot + l * ring_size, z)
             else:  # ctx_local = sum_j gates[j - 1] * z_j; z_1..z_{L-1} of this row are still in their rings
-                pix = row.to(tl.int64) * W + w0
-                gate = gate_cols + pix * gates_stride
                 own = None if EXACT else tile_cols < tl.where(inside, W, 0)
                 zero = None if EXACT else 0.0
                 acc = z * tl.load(gate + (L - 1), mask=own, other=zero).to(tl.float32)
                 for j in tl.static_range(1, L):
                     acc += tl.load(slot + j * ring_size) * tl.load(gate + (j - 1), mask=own, other=zero).to(tl.float32)
-                tl.store(out_cols + pix * C, acc.to(out_cols.dtype.element_ty), mask=None if EXACT else own & cmask)
+                tl.store(out, acc.to(out.dtype.element_ty), mask=None if EXACT else own & cmask)
                 pool += z
+                gate += W * gates_stride
+                out += W * C
     if l < L:
         for w0 in range(0, tl.where(active, 0, W), WT):
             col_at = (w0 + cols) * BC
