@@ -157,7 +157,7 @@ def weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale: float
     splits = max(1, min(triton.cdiv(target, tiles), triton.cdiv(M, BM)))
     rows_per_split = triton.cdiv(triton.cdiv(M, splits), BM) * BM
     splits = triton.cdiv(M, rows_per_split)
-    dw_part = torch.empty((splits, C, C), device=q.device, dtype=torch.float32)
+    dw_part = torch.empty((splits + 1, C, C), device=q.device, dtype=torch.float32)  # last: the global level's
     dot_f32, precision = dot_mode(q.dtype, interpret)
     weight_grad_kernel[(triton.cdiv(C, BN), triton.cdiv(C, BK), splits)](
         dout, q, ctx_local, dw_part,
@@ -165,4 +165,5 @@ def weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale: float
         dot_f32, precision, BM, BN, BK,
         num_warps=num_warps, num_stages=1 if interpret else 3,
     )
-    return dw_part.sum(0) + (v * scale).T @ glob
+    torch.mm((v * scale).T, glob, out=dw_part[splits])
+    return dw_part.sum(0)
