@@ -23,6 +23,8 @@ namespace {
 //   gelu_grad_l  GELU'(pre_l), 2R - 2 o_{l+1} + 1 rows: written at lag o_{l+1}, read at lag_l
 //   grad_pre_l   k_l rows, padded by ring_pad(k_l): read by level l - 1's adjoint conv (grad_ctx for l = 0)
 //                and by level l's weight gradient
+//   gates        gates_0 .. gates_{L-1} (a "channel" per level), 2R - r_0 + 1 rows: loaded at lag 0 (once per
+//                pixel, not once per channel), read by ctx_local (lag R) and the adjoints (up to lag_0 = 2R - r_0)
 // plus the block's weights and its weight-gradient sums [taps][chunk].
 struct ContextBwdLayout {
   int weights = 0, weight_grad = 0, total = 0, width = 0, chunk_shift = 0;
@@ -30,7 +32,7 @@ struct ContextBwdLayout {
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights (and their gradients)
   int row_items = 0;                       // kernel-row items of the weight gradient: sum_l k_l
-  RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel];
+  RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
 
   ContextBwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
@@ -50,6 +52,7 @@ struct ContextBwdLayout {
       level_taps[l] = lv.taps_before(l) * chunk;
       row_items += lv.k[l];
     }
+    gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, 0);
     total = int(a.used);
   }
 };
@@ -58,7 +61,7 @@ struct ContextBwdLayout {
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
 // channel) unless said otherwise:
-//   load          ctx row (lag 0) into z_0; an item per (column, 8 channels)
+//   load          ctx row (lag 0) into z_0, an item per (column, 8 channels); its gates, an item per (level, column)
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
 //                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
@@ -71,10 +74,10 @@ struct ContextBwdLayout {
 //                 an item per (level, kernel row i, channel), summed over x in order strip by strip;
 //                 gate partials over the chunk's channels (lag_l), an item per (level, column)
 // Cost per output element and level of size K (FMAs and shared-memory accesses, as context_fwd's):
-// recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level) and two 2-byte
-// global loads (gate, grad_ctx_all); weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32 + K / 16
-// 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level; ctx_local a 2-byte gate
-// load, an FMA and (but the last level) 1/4 16-byte shared load per level, and a 2-byte global store.
+// recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level), a 2-byte global
+// load (grad_ctx_all) and 1/4 16-byte shared gate load; weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32
+// + K / 16 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level; ctx_local an
+// FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store.
 template <typename T, class Chain>
 struct ContextBwd {
   using Params = ContextBwdParams;
@@ -88,22 +91,22 @@ struct ContextBwd {
   // order as context_fwd does: z_1 .. z_{L-1} from their rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
                                         const float* smem, int y, int x0, int c, const float (&z_last)[kStrip]) {
-    const int L = Chain::levels(p.levels), valid = p.geo.W - x0;
-    const View gate_view = gates_as_view(p.gates);
+    const int L = Chain::levels(p.levels);
+    const float* gates = s.gates.row(smem, s.gates.slot(y)) + x0;
     float acc[kStrip] = {}, gate[kStrip];
 FF_UNROLL
     for (int l = 0; l + 1 < L; ++l) {
       const RowRing& zr = s.z[l + 1];
       float z[kStrip];
       load_run(zr.row(smem, zr.slot(y)) + zr.pad + zr.channel(c) + x0, z);
-      load_strip<T>(gate_view, band.b, y, x0, l * p.gates.sl, valid, gate);
+      load_run(gates + s.gates.channel(l), gate);
 FF_UNROLL
       for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
     }
-    load_strip<T>(gate_view, band.b, y, x0, (L - 1) * p.gates.sl, valid, gate);
+    load_run(gates + s.gates.channel(L - 1), gate);
 FF_UNROLL
     for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
-    store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, c < band.cn ? valid : 0, p.scale, acc);
+    store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, p.scale, acc);
   }
 
   template <int K>
@@ -148,7 +151,7 @@ FF_UNROLL
     const float* weights_next = smem + s.weights + s.level_taps[last ? l : l + 1];
     const float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
-    const View gate_view = gates_as_view(p.gates);
+    const float* gate_run = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       float grad_pre[kStrip] = {};  // zero past W, where dg is
@@ -163,7 +166,7 @@ FF_UNROLL
         float dg[kStrip], gate[kStrip], grad_ctx_all[kStrip];
         load_run(dg_row + dg_ring.channel(c) + x0, dg);
         load_strip<T>(p.grad_ctx_all, band.b, y, x0, band.c_begin + c, W - x0, grad_ctx_all);
-        load_strip<T>(gate_view, band.b, y, x0, l * p.gates.sl, W - x0, gate);
+        load_run(gate_run + x0, gate);
 FF_UNROLL
         for (int u = 0; u < kStrip; ++u) grad_pre[u] = fmaf(p.scale * gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];
       }
@@ -259,8 +262,15 @@ FF_UNROLL
       const int y_top = y_start - t;  // the row at lag 0
       const RowRing& z0 = s.z[0];
       float* z0_row = z0.row(smem, z0.slot(y_top)) + z0.pad;
-      FF_FOR_EACH(item, s.width << group_shift) {
-        load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, y_top, H, W, c_begin, cn);
+      float* gates_row = s.gates.row(smem, s.gates.slot(y_top));
+      const int ctx_items = s.width << group_shift;
+      FF_FOR_EACH(item, ctx_items + L * s.width) {
+        if (item < ctx_items) {
+          load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, y_top, H, W, c_begin, cn);
+        } else if (y_top >= 0) {  // rows above the image: nothing reads their gates
+          const int l = (item - ctx_items) / s.width, x = (item - ctx_items) % s.width;
+          gates_row[s.gates.channel(l) + x] = x < W ? load_gate<T>(p.gates, b, y_top, x, l) : 0.f;
+        }
       }
       FF_BARRIER();
 

@@ -34,17 +34,17 @@ channel). An item of a conv phase is one channel of an 8-pixel strip: its window
 shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
 GELU / GELU' share one 17-instruction Phi (csrc/focal_modulation_common.cuh).
 
-Instruction counts (sm_90a SASS of nvcc -O3, counted by hand: loop bodies times trip counts), in
-warp-instructions per output element, bf16, q/ctx/gates as views, FocalNet-T stage 1 srf (B = 128,
-56x56, C = 96), with the halo rows; a model of issue, not a GPU measurement:
-    context_fwd   about 5.0 (was about 16 for the whole forward); FMA floor 1.06, GELU 1.1
-    context_bwd   about 14 (the whole backward was about 61); FMA floor about 3.2
-Registers and occupancy (ptxas -v, H100/H200 228 KB shared memory per SM): both sweeps use 80 registers,
-no stack, no spills (the host-computed layout is a __grid_constant__ argument). The chunk is the largest
-whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd takes 32 channels
-for srf (98 KB, 2 blocks of 7 warps per SM) and 16 for lrf; context_bwd's rings are deeper (the adjoint
-trails the recompute by up to 2R rows) and take 8 channels at stage 1 (58 KB srf: 3 blocks of 2 warps
-per SM; 142 KB lrf: one). Shared memory, not registers, sets the occupancy.
+Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
+of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
+views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
+    context_fwd   5.69 / 11.48 (the forward 6.03 / 11.82); FMA floor 1.06 / 2.59
+    context_bwd   15.69 / 27.16 (the backward 16.54 / 28.07, was 21.34 / 38.65 with a context_fwd in it)
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 48 / 64 registers,
+context_bwd 64 / 75, no stack, no spills (the host-computed layout is a __grid_constant__ argument). The chunk
+is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd takes
+32 channels for srf (100 KB, 2 blocks of 7 warps per SM) and 16 for lrf; context_bwd's rings are deeper (the
+adjoint trails the recompute by up to 2R rows) and take 8 channels at stage 1 (62 KB srf: 3 blocks of 2 warps
+per SM; 152 KB lrf: one). Shared memory, not registers, sets the occupancy.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
 cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
