@@ -347,7 +347,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory, not registers, sets
-  // the occupancy: 2 blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 99 KB, 7 warps each; lrf: 16
+  // the occupancy: 2 blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 100 KB, 7 warps each; lrf: 16
   // channels, 4 warps each), since the launch code picks the chunk for two blocks per SM (a block's barrier
   // waits hide behind the other's work); the tap registers of a FixedChain stay within that occupancy.
   const int threads = sweep_threads(p.geo.W, p.chunk);

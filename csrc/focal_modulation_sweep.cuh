@@ -270,8 +270,8 @@ FF_HD void load_ctx_strip(const View& ctx, const RowRing& ring, float* row, int 
 //                      passed as a LevelIndex (a compile-time int: taps_before(l) as a constant);
 //   GenericChain       any sizes, read from SweepLevels at run time: each level picks its code by a switch over k.
 // Chain::levels(lv) is L; Chain::with_first_size(lv, f) calls f(std::integral_constant<int, k_0>{});
-// Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{}) (l: an int, or a LevelIndex)
-// for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
+// Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{}) (l an int or a
+// LevelIndex) for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
 // A level index known at compile time that converts to int in host and device code (std::integral_constant's
 // conversion is host-only).
 template <int I>
