@@ -7,13 +7,15 @@
 namespace focalfast {
 namespace {
 
-// Shared memory of context_fwd (fp32): the block's weights [taps][chunk]; a ring of the last R + 1 rows of
-// gates [L][strip_width(W)]; per level input z_l a ring of k_l rows (RowRing, padded by ring_pad(k_l)); the
-// gated sums of the rows between level 0 and the last level (R - o_1 + 1 rows); per-item pooling sums.
+// Shared memory of context_fwd (fp32): the block's weights, a row of weight_pitch (odd: the lanes' channels hit
+// distinct banks) per channel, the levels' taps concatenated (only those not in registers are loaded: see
+// ThreadTapsOf); a ring of the last R + 1 rows of gates [L][strip_width(W)]; per level input z_l a ring of
+// k_l rows (RowRing, padded by ring_pad(k_l)); the gated sums of the rows between level 0 and the last level
+// (R - o_1 + 1 rows); per-item pooling sums. Everything from `zeroed` on starts as zeros.
 struct ContextFwdLayout {
-  int weights = 0, pool = 0, total = 0, width = 0, chunk_shift = 0;
-  int lag[kMaxFocalLevel] = {};          // o_{l+1}: level l's output row trails the ctx row by this much
-  int level_weights[kMaxFocalLevel] = {};  // where level l's [k_l^2][chunk] weights start
+  int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, total = 0, width = 0, chunk_shift = 0;
+  int lag[kMaxFocalLevel] = {};        // o_{l+1}: level l's output row trails the ctx row by this much
+  int level_taps[kMaxFocalLevel] = {};  // level l's tap 0 in a channel's weight row
   RowRing gates;  // a "channel" per level
   RowRing z[kMaxFocalLevel + 1];  // z[L] unused: the last level's output goes out
   RowRing acc;
@@ -22,17 +24,38 @@ struct ContextFwdLayout {
     SmemAllocator a;
     width = strip_width(W);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
-    weights = int(a.take(int64_t(lv.taps()) * chunk));
+    weight_pitch = lv.taps() | 1;
+    weights = int(a.take(int64_t(weight_pitch) * chunk));
+    zeroed = int(a.used);
     gates = row_ring(a, lv.offset(lv.L) + 1, W, lv.L, 0);
     for (int l = 0; l < lv.L; ++l) {
       z[l] = row_ring(a, lv.k[l], W, chunk, ring_pad(lv.k[l]));
       lag[l] = lv.offset(l + 1);
-      level_weights[l] = weights + lv.taps_before(l) * chunk;
+      level_taps[l] = lv.taps_before(l);
     }
     acc = row_ring(a, lv.offset(lv.L) - lv.offset(1) + 1, W, chunk, 0);
     pool = int(a.take(int64_t(width / kStrip) * chunk));
     total = int(a.used);
   }
+};
+
+// The taps a thread keeps in registers for its channel: a FixedChain's first kLevels levels, none for a
+// GenericChain; the other levels read the channel's weight row in shared memory. As many as fit without a
+// spill on sm_80 and sm_90 (ptxas -v): L <= 2 all (FocalNet srf: 34 taps), L = 3 the first level's 9 (lrf:
+// with 34 ptxas spills to reach its 80-register target), L = 4 none.
+struct NoThreadTaps {
+  FF_HD void load(const View&, int, bool) {}
+};
+template <class Chain>
+struct ThreadTapsOf {
+  using type = NoThreadTaps;
+  static constexpr int kLevels = 0;
+};
+template <int K0, int kChainLevels>
+struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
+  static constexpr int kLevels = kChainLevels <= 2 ? kChainLevels : kChainLevels == 3 ? 1 : 0;
+  using type = std::conditional_t<kLevels == 0, NoThreadTaps,
+                                  RegisterTaps<FixedChain<K0, kChainLevels>::taps_before(kLevels)>>;
 };
 
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t
@@ -42,43 +65,71 @@ struct ContextFwdLayout {
 //   ctx_local = scale * acc (row t - R), pool += z_L   (rows of the band only).
 // Rows outside the image enter the rings as zeros (each conv zero-pads its own input), and so do columns
 // past W. The sweep starts at t = y0 - R (the halo; 0 for the first band) and ends when row y1 - 1 is out.
+// Items run channel fastest and the block's threads are a multiple of chunk, so a thread's channel is the
+// same in every phase: with a FixedChain it loads its channel's taps into registers once per sweep (the
+// host path, which runs the items in order, loads them per item).
 //
 // Cost per output element (one item's strip, one level of size K, fp32 FMAs and shared-memory accesses;
 // the counted SASS is in the module docstring of focalfast/ops/cuda/focal_modulation.py):
-//   K^2 FMAs, K^2 / 8 weight loads, K (8 + 2 ring_pad(K)) / 32 16-byte window loads, one GELU,
+//   K^2 FMAs, K (8 + 2 ring_pad(K)) / 32 16-byte window loads, one GELU,
 //   1/4 16-byte gate loads, 1/4 (1/2 for 0 < l < L - 1) 16-byte accumulator accesses, 1/4 16-byte z stores;
-//   once per element: the ctx load (a 2-byte global load, a convert, a shared store) and the ctx_local store.
+//   once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store) and the
+//   ctx_local store.
 template <typename T, class Chain>
 struct ContextFwd {
   using Params = ContextFwdParams;
+  using ThreadTaps = typename ThreadTapsOf<Chain>::type;
+  static constexpr int kRegisterLevels = ThreadTapsOf<Chain>::kLevels;
   struct Args {
     Params p;
     ContextFwdLayout s;
   };
   static constexpr const char* kName = "context_fwd";
 
-  template <int K>
-  static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, int l,
-                          int t) {
+  // Whether level l's taps are in the thread's registers (FixedChain: l is a LevelIndex).
+  template <class Level>
+  static FF_HD constexpr bool in_registers() {
+    if constexpr (Chain::kFixed) {
+      return Level::value < kRegisterLevels;
+    } else {
+      return false;
+    }
+  }
+
+  // Level l's taps for channel c: the thread's registers or the channel's weight row in shared memory.
+  template <class Level>
+  static FF_HD auto level_taps(const ThreadTaps& taps, const float* smem, const ContextFwdLayout& s, Level l, int c) {
+    if constexpr (in_registers<Level>()) {
+      return taps.template level<Chain::taps_before(Level::value)>();
+    } else {
+      return SharedTaps<true>{smem + s.weights + c * s.weight_pitch + s.level_taps[l], 1};
+    }
+  }
+
+  template <int K, class Level>
+  static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
+                          ThreadTaps& taps, Level l, int t) {
     const int L = Chain::levels(p.levels), H = p.geo.H, y = t - s.lag[l];
     const bool last = l == L - 1, inside = y >= 0 && y < H;
-    if (!last || band.owns(y)) level_items<K>(p, s, band, smem, l, y, last, inside);  // the last level's rows
-  }                                                                                // outside the band feed nothing
+    if (!last || band.owns(y)) level_items<K>(p, s, band, smem, taps, l, y, last, inside);  // the last level's rows
+  }                                                                                       // outside the band feed nothing
 
-  template <int K>
-  static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, int l,
-                                int y, bool last, bool inside) {
+  template <int K, class Level>
+  static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
+                                ThreadTaps& taps, Level l, int y, bool last, bool inside) {
     const int W = p.geo.W, chunk = p.chunk;
     const RowRing& in = s.z[l];
     const int slot0 = in.slot(y - K / 2);
-    const float* weights = smem + s.level_weights[l];
     const float* gates = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
     float* acc_row = s.acc.row(smem, s.acc.slot(y));
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+#ifndef __CUDA_ARCH__
+      taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
+#endif
       float z[kStrip] = {};
       if (inside) {
-        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, weights + c, chunk, z);
+        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), z);
 FF_UNROLL
         for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
         if (x0 + kStrip > W) {
@@ -120,44 +171,61 @@ FF_UNROLL
     const ContextFwdLayout& s = args.s;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, group_shift = s.chunk_shift - 3;
+    const int chunk = p.chunk;
     const SweepBand band(block, geo, p.band_rows, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L);
-    const float* weights = static_cast<const float*>(p.weights.ptr);
 
-    // The block's weights (zero past cn); everything else zero.
-    FF_FOR_EACH(i, s.total) {
-      float v = 0.f;
-      if (i < lv.taps() * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
-      smem[i] = v;
+    // Zeros from s.zeroed on (16-byte stores); the weights of the levels not in registers (zero past cn).
+    FF_FOR_EACH(i, (s.total - s.zeroed) / 4) {
+      float zero[4] = {};
+      store_run(smem + s.zeroed + 4 * i, zero);
+    }
+    ThreadTaps taps;
+#ifdef __CUDA_ARCH__
+    const int thread_channel = int(threadIdx.x) & (chunk - 1);  // the thread's channel in every phase (see above)
+    taps.load(p.weights, c_begin + thread_channel, thread_channel < cn);
+#endif
+    if (kRegisterLevels < L) {
+      const float* weights = static_cast<const float*>(p.weights.ptr);
+      const int first = lv.taps_before(kRegisterLevels);
+      FF_FOR_EACH(i, (lv.taps() - first) << s.chunk_shift) {
+        const int tap = first + (i >> s.chunk_shift), c = i & (chunk - 1);
+        float v = 0.f;
+        if (c < cn) v = weights[p.weights.at(tap, 0, 0) + c_begin + c];
+        smem[s.weights + c * s.weight_pitch + tap] = v;
+      }
     }
     FF_BARRIER();
 
+    const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
+    const View gate_view = gates_as_view(p.gates);
     for (int t = max_int(0, band.y0 - R); t < band.y1 + R; ++t) {
-      // ctx row t (zeros past the image) into ring 0, an item per (column, 8 channels); gates row t.
+      // ctx row t (zeros past the image) into ring 0, an item per (strip, channel) as in the levels; gates row t,
+      // an item per (level, strip).
       const RowRing& z0 = s.z[0];
       float* z0_row = z0.row(smem, z0.slot(t)) + z0.pad;
       float* gate_row = s.gates.row(smem, s.gates.slot(t));
-      const int ctx_items = s.width << group_shift;
-      FF_FOR_EACH(item, ctx_items + L * s.width) {
+      FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
-          load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, t, H, W, c_begin, cn);
-        } else if (t < H) {
-          const int l = (item - ctx_items) / s.width, x = (item - ctx_items) % s.width;
-          gate_row[s.gates.channel(l) + x] = x < W ? load_gate<T>(p.gates, b, t, x, l) : 0.f;
+          load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, t, H, W,
+                            c_begin, cn);
+        } else {
+          const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
+          float gate[kStrip];
+          load_strip<T>(gate_view, b, t, x0, l * p.gates.sl, t < H ? W - x0 : 0, gate);
+          store_run(gate_row + s.gates.channel(l) + x0, gate);
         }
       }
       FF_BARRIER();
 
-      Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
-        level<decltype(k)::value>(p, s, band, smem, l, t);
+      Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
+        level<decltype(k)::value>(p, s, band, smem, taps, l, t);
         FF_BARRIER();
       });
     }
 
     if (p.pooled_sum.ptr) {  // the items' sums in a fixed order
-      const int strips = s.width / kStrip;
       FF_FOR_EACH(c, cn) {
         float sum = 0.f;
         for (int i = 0; i < strips; ++i) sum += smem[s.pool + i * chunk + c];
@@ -278,11 +346,21 @@ int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
 void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
+  // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory, not registers, sets
+  // the occupancy: 2 blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 100 KB, 7 warps each; lrf: 16
+  // channels, 4 warps each), since the launch code picks the chunk for two blocks per SM (a block's barrier
+  // waits hide behind the other's work); the tap registers of a FixedChain stay within that occupancy.
+  const int threads = sweep_threads(p.geo.W, p.chunk);
+  const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
     dispatch_chain(p.levels, [&](auto chain) {
-      launch_sweep<ContextFwd<T, decltype(chain)>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
-                                                   int64_t(layout.total) * int64_t(sizeof(float)), stream);
+      using Chain = decltype(chain);
+      if (Chain::kFixed && threads % p.chunk != 0) {  // a thread's channel would change between items
+        launch_sweep<ContextFwd<T, GenericChain>>({p, layout}, blocks, threads, smem_bytes, stream);
+      } else {
+        launch_sweep<ContextFwd<T, Chain>>({p, layout}, blocks, threads, smem_bytes, stream);
+      }
     });
   });
 }

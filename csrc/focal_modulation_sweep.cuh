@@ -125,14 +125,46 @@ FF_UNROLL
 #endif
 }
 
+// The K * K weights of one channel's conv, as conv_strip reads them: taps(i) is tap i = row * K + column.
+// SharedTaps: w[i * stride] in shared memory ([taps][chunk]: stride chunk; a channel's taps in a row: 1, one
+// load at a constant offset per tap); RegisterTaps: kCount weights in registers, a level's taps from `first` on
+// (a thread whose channel is fixed loads them once per sweep; every index is a compile-time constant once the
+// tap loops unroll).
+template <bool kContiguous>
+struct SharedTaps {
+  const float* w;  // the channel's tap 0
+  int stride;      // ignored where kContiguous (1)
+  FF_HD float operator()(int tap) const { return w[kContiguous ? tap : tap * stride]; }
+};
+
+template <int kCount>
+struct RegisterTaps {
+  float w[kCount];
+  // w[i] = weights[i, c] (fp32 [kCount, C], tap-major) for a channel c inside the tensor, else 0.
+  FF_HD void load(const View& weights, int c, bool inside) {
+    const float* src = static_cast<const float*>(weights.ptr) + c;
+FF_UNROLL
+    for (int i = 0; i < kCount; ++i) w[i] = inside ? src[i * weights.sb] : 0.f;
+  }
+  template <int kFirst>
+  struct Level {
+    const float (&w)[kCount];
+    FF_HD float operator()(int tap) const { return w[kFirst + tap]; }
+  };
+  template <int kFirst>
+  FF_HD Level<kFirst> level() const {
+    return {w};
+  }
+};
+
 // acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < kStrip, r = K / 2: the depthwise conv
 // of one channel at a strip. z's rows y - r .. y + r are in the ring's slots slot0, slot0 + 1, ... (wrapping);
-// chan = ring.channel(c); w points to the channel's tap (0, 0) of [K * K][chunk]. kFlip uses w[K-1-i, K-1-j]:
+// chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, RegisterTaps). kFlip uses w[K-1-i, K-1-j]:
 // the adjoint conv (the gradient of a conv's input from the gradient of its output).
-// Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight loads, K * kStrip FMAs.
-template <int K, bool kFlip>
-FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const float* w,
-                      int chunk, float (&acc)[kStrip]) {
+// Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight reads, K * kStrip FMAs.
+template <int K, bool kFlip, class Taps>
+FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
+                      float (&acc)[kStrip]) {
   constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
 FF_UNROLL
   for (int i = 0; i < K; ++i) {
@@ -140,11 +172,18 @@ FF_UNROLL
     load_run(ring.row(smem, wrap(slot0 + i, ring.depth)) + chan + x0, window);
 FF_UNROLL
     for (int j = 0; j < K; ++j) {
-      const float wv = w[(kFlip ? K * K - 1 - (i * K + j) : i * K + j) * chunk];
+      const float wv = taps(kFlip ? K * K - 1 - (i * K + j) : i * K + j);
 FF_UNROLL
       for (int p = 0; p < kStrip; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
     }
   }
+}
+
+// conv_strip with the channel's taps w[tap * chunk] (w: its tap (0, 0) of [K * K][chunk] in shared memory).
+template <int K, bool kFlip>
+FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const float* w,
+                      int chunk, float (&acc)[kStrip]) {
+  conv_strip<K, kFlip>(smem, ring, slot0, chan, x0, SharedTaps<false>{w, chunk}, acc);
 }
 
 // v[u] = t[b, y, x0 + u, c] for u < min(valid, kStrip), else 0: one channel of a strip from global memory
@@ -200,6 +239,17 @@ FF_UNROLL
   for (int e = 0; e < kGroup; ++e) dst[e * ring.pitch] = v.v[e];
 }
 
+// Image row y of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (`row` points at its column
+// 0, after the padding): channel c of the block's chunk, columns x0 .. x0 + kStrip - 1; zeros outside the
+// image and past cn. kStrip 2-byte global loads and converts, two 16-byte shared stores.
+template <typename T>
+FF_HD void load_ctx_strip(const View& ctx, const RowRing& ring, float* row, int c, int x0, int b, int y, int H,
+                          int W, int c_begin, int cn) {
+  float v[kStrip];
+  load_strip<T>(ctx, b, y, x0, c_begin + c, y >= 0 && y < H && c < cn ? W - x0 : 0, v);
+  store_run(row + ring.channel(c) + x0, v);
+}
+
 // Runs the statement (the macro's other arguments) with the compile-time constant K = k for an odd kernel
 // size k <= kMaxKernelSize (the binding checks k; any other value runs nothing).
 #define FF_WITH_KERNEL_SIZE(k, ...)                      \
@@ -216,15 +266,26 @@ FF_UNROLL
 
 // The kernel sizes of a sweep's levels as its code sees them:
 //   FixedChain<K0, L>  k_l = K0 + 2 l (FocalNet's rule; every published configuration is K0 = 3, L = 1..4), known
-//                      at compile time: the level loops unroll and each level's taps are its own code;
+//                      at compile time: the level loops unroll, each level's taps are its own code, and l is
+//                      passed as a LevelIndex (a compile-time int: taps_before(l) as a constant);
 //   GenericChain       any sizes, read from SweepLevels at run time: each level picks its code by a switch over k.
 // Chain::levels(lv) is L; Chain::with_first_size(lv, f) calls f(std::integral_constant<int, k_0>{});
-// Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{})
-// for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
+// Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{}) (l an int or a
+// LevelIndex) for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
+// A level index known at compile time that converts to int in host and device code (std::integral_constant's
+// conversion is host-only).
+template <int I>
+struct LevelIndex {
+  static constexpr int value = I;
+  FF_HD constexpr operator int() const { return I; }
+};
+
 template <int K0, int kLevels>
 struct FixedChain {
+  static constexpr bool kFixed = true;
   static FF_HD constexpr int levels(const SweepLevels&) { return kLevels; }
   static FF_HD constexpr int size(int l) { return l < kLevels ? K0 + 2 * l : 1; }
+  static FF_HD constexpr int taps_before(int l) { return l == 0 ? 0 : taps_before(l - 1) + size(l - 1) * size(l - 1); }
 
   template <class F>
   static FF_HD void with_first_size(const SweepLevels&, F&& f) {
@@ -236,13 +297,14 @@ struct FixedChain {
   }
   template <int kShift, bool kReverse, class F, int... I>
   static FF_HD void visit(F& f, std::integer_sequence<int, I...>) {
-    (f(kReverse ? kLevels - 1 - I : I,
+    (f(LevelIndex<kReverse ? kLevels - 1 - I : I>{},
        std::integral_constant<int, size((kReverse ? kLevels - 1 - I : I) + kShift)>{}),
      ...);
   }
 };
 
 struct GenericChain {
+  static constexpr bool kFixed = false;
   static FF_HD int levels(const SweepLevels& lv) { return lv.L; }
 
   template <class F>
