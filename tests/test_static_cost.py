@@ -134,7 +134,8 @@ def test_trip_counts_match_the_interpreter(triton_report):
     env = dict(_compiler_env(), TRITON_INTERPRET="1")
     stdout = _run(["-c", _INTERPRETER_TRIPS.format(**SMALL)], env)
     interpreted = json.loads(stdout.split("TRIPS", 1)[1])
-    assert dict(ours) == interpreted
+    # a loop that runs no iteration leaves no line in the interpreter's trace
+    assert {loop: n for loop, n in ours.items() if n} == interpreted
     assert any(v > 1 for v in ours.values())
 
 
