@@ -52,6 +52,26 @@ def _add_at(items, i: tl.constexpr, value):
     return items[:i] + (items[i] + value,) + items[i + 1:]
 
 
+UNROLLED_MAX_K: tl.constexpr = tl.constexpr(7)  # wider kernels loop over their columns (build time)
+
+
+@triton.jit
+def _ring_conv_column(sums, src, first, w, row_stride, dx, K: tl.constexpr, RING: tl.constexpr,
+                      R: tl.constexpr, BC: tl.constexpr):
+    """``sums`` plus column shift ``dx`` of ``ring_conv_rows``: its K taps loaded once, each of the
+    R + K - 1 source rows loaded once and fed to up to K rows' sums."""
+    P: tl.constexpr = K // 2
+    taps = ()
+    for dy in tl.static_range(K):
+        taps = taps + (tl.load(w + (dy * K + dx) * BC),)
+    for i in tl.static_range(R + K - 1):
+        v = tl.load(src + ((first + (i - P)) & (RING - 1)) * row_stride + (dx - P) * BC)
+        for r in tl.static_range(R):
+            if r <= i and i - r < K:
+                sums = _add_at(sums, r, taps[i - r] * v)
+    return sums
+
+
 @triton.jit
 def ring_conv_rows(src, first, w, row_stride, K: tl.constexpr, RING: tl.constexpr, R: tl.constexpr,
                    WT: tl.constexpr, BC: tl.constexpr):
@@ -62,21 +82,20 @@ def ring_conv_rows(src, first, w, row_stride, K: tl.constexpr, RING: tl.constexp
     ``row_stride`` elements apart, slot ``y & (RING - 1)``, columns BC elements apart with zero pad
     columns; ``w`` ``[1, BC]``: tap 0 of this kernel in ``tap_major_weights``. Per column shift
     dx, the K weight vectors of that column are loaded once and each of the R + K - 1 source rows
-    once, feeding up to K rows' sums: K^2 FMAs per value for (R + K - 1) K / R loads.
+    once, feeding up to K rows' sums: K^2 FMAs per value for (R + K - 1) K / R loads. The K column
+    shifts are unrolled up to K = ``UNROLLED_MAX_K`` and a loop beyond (the same loads and FMAs plus
+    a loop's few instructions per shift): fully unrolled, one 9 x 9 level took ptxas minutes, paid
+    at a user's first call (FocalNet's focal level 4 has k = 9).
     """
-    P: tl.constexpr = K // 2
     sums = ()
     for r in tl.static_range(R):
         sums = sums + (tl.zeros((WT, BC), dtype=tl.float32),)
-    for dx in tl.static_range(K):
-        taps = ()
-        for dy in tl.static_range(K):
-            taps = taps + (tl.load(w + (dy * K + dx) * BC),)
-        for i in tl.static_range(R + K - 1):
-            v = tl.load(src + ((first + (i - P)) & (RING - 1)) * row_stride + (dx - P) * BC)
-            for r in tl.static_range(R):
-                if r <= i and i - r < K:
-                    sums = _add_at(sums, r, taps[i - r] * v)
+    if K <= UNROLLED_MAX_K:
+        for dx in tl.static_range(K):
+            sums = _ring_conv_column(sums, src, first, w, row_stride, dx, K, RING, R, BC)
+    else:
+        for dx in range(K):
+            sums = _ring_conv_column(sums, src, first, w, row_stride, dx, K, RING, R, BC)
     return sums
 
 
