@@ -104,16 +104,14 @@ def aligned_lags(lags, P, R: int) -> list:
     return out
 
 
-FORWARD_VECTOR = 4  # fp32 channels per thread and row of a forward tile: one 128-bit ring load
-FORWARD_ROW_VALUES = 2 * 32 * FORWARD_VECTOR  # [WT, BC] of one forward row: two warps
+FORWARD_VECTOR = 4  # fp32 channels per thread and row of a tile: one 128-bit ring load
+FORWARD_ROW_VALUES = 2 * 32 * FORWARD_VECTOR  # [WT, BC] of one tile row: two warps
 
 
-def forward_tile(H: int, W: int, C: int) -> Tuple[int, int, int]:
-    """``(R, WT, BC)`` of the forward on a GPU: rows of ``[WT, BC] = FORWARD_ROW_VALUES`` values
-    (each thread one 128-bit vector of channels of one column), WT and BC the powers of two that
-    pad ``W x C`` least (FocalNet's 7 * 2^k maps: none, e.g. 8 x 32 at 56 x 56 x 96, 1 x 256 at
-    7 x 7 x 768), and R in 4..8 (need not be a power of two: the rows are a tuple) padding H least,
-    the larger on a tie (FocalNet: 8 at 56, else 7)."""
+def row_shape(W: int, C: int) -> Tuple[int, int]:
+    """``(WT, BC)``: the powers of two with ``WT x BC = FORWARD_ROW_VALUES`` (each thread of two
+    warps one 128-bit vector of channels of one column) that pad ``W x C`` least, the larger BC on a
+    tie (FocalNet's 7 * 2^k maps: none, e.g. 8 x 32 at 56 x 56 x 96, 1 x 256 at 7 x 7 x 768)."""
     np2 = triton.next_power_of_2
     best = None
     BC = FORWARD_VECTOR
@@ -123,8 +121,25 @@ def forward_tile(H: int, W: int, C: int) -> Tuple[int, int, int]:
         if best is None or padded <= best[0]:
             best = (padded, WT, BC)
         BC *= 2
+    return best[1], best[2]
+
+
+def forward_tile(H: int, W: int, C: int) -> Tuple[int, int, int]:
+    """``(R, WT, BC)`` of the forward on a GPU: rows of ``row_shape`` and R in 4..8 (need not be a
+    power of two: the rows are a tuple) padding H least, the larger on a tie (FocalNet: 8 at 56,
+    else 7)."""
     R = min(range(min(4, H), min(8, H) + 1), key=lambda r: (triton.cdiv(H, r) * r, -r))
-    return R, best[1], best[2]
+    return (R,) + row_shape(W, C)
+
+
+def backward_tile(H: int, W: int, C: int, levels: int) -> Tuple[int, int, int]:
+    """``(R, WT, BC)`` of the backward on a GPU: rows of ``row_shape`` (no padded columns or
+    channels on FocalNet's maps: a program sweeps the row in W / WT tiles) and R = 4 rows (the
+    weight gradient's slots take R rows per FMA chain) where there are at most 2 levels and the
+    map has more than 8 rows, else 2 (3 levels: 4 rows of 3 levels spill, ptxas, Triton 3.9).
+    ``chain_schedule`` gives each thread 16 values: 2 warps at R = 4, 1 warp at R = 2."""
+    R = 4 if levels <= 2 and H > 8 else 2
+    return (R,) + row_shape(W, C)
 
 
 def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpret: bool,
@@ -135,9 +150,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
 
     Under the Triton interpreter the tiles are as large as the image (one step, one program per
     image and channel block), because there every Triton op costs a Python call. On a GPU a
-    forward tile is R rows of 256 values (``forward_tile``), a backward tile 2K-8K values (R rows
-    x WT columns x BC channels; 2 or 4 rows of 8 values per thread, up to 256 channels where the map
-    is narrow), and images
+    forward tile is R rows of 256 values (``forward_tile``), a backward tile 2 or 4 such rows
+    (``backward_tile``; 16 values per thread), and images
     are cut into bands when ``batch`` images give too few programs for the GPU's ``sm_count``
     multiprocessors. ``tile = (R, WT, BC)`` (powers of two; the forward takes any R), ``band_rows`` and ``num_warps``
     override this, e.g. for tests of the multi-step, multi-tile and banded paths, or to tune
@@ -156,13 +170,8 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
         BC = min(np2(C), 64)
         WT = min(np2(W), 64)
         R = min(np2(sweep), max(1, 16384 // (WT * BC)))
-    elif backward:  # R rows of [WT, BC], 8 values per thread and row: 4 rows with up to 2 levels where
-        # the map has more than 8 rows (the weight gradient's slots take 4 rows per FMA chain, the
-        # per-step costs spread over 32 values), else 2 (3 levels: 4 rows spill, ptxas, Triton 3.9)
-        WT = min(np2(W), 64)
-        R = 4 if L <= 2 and H > 8 else 2
-        values = 8192 if R == 4 else (2048 if 16 <= WT <= 32 else 4096)
-        BC = min(np2(C), values // (R * WT))
+    elif backward:
+        R, WT, BC = backward_tile(H, W, C, L)
     else:
         R, WT, BC = forward_tile(H, W, C)
     if num_warps is None:

@@ -30,14 +30,18 @@ ctx_local (4) and the fp32 dgates partials (4 (L + 1) / BC); rings and weight-gr
 per-program fp32 scratch.
 
 Instructions per output element (warp-instructions, measured as in ``focal_context_fwd``),
-FocalNet-T stages 1 / 2 / 3 / 4: k = 3, 5: 9.46 / 10.31 / 11.83 / 13.77 (10.81 / 11.99 / 13.18 /
-14.38 with [R, WT, BC] tiles summed per slot by tl.sum, 48.1 at stage 1 before per-thread slots);
-k = 3, 5, 7: 20.61 / 21.82 / 24.52 / 29.15 (22.21 / 23.65 / 26.17 / 30.89). Occupancy: ptxas's own
-register choice, no spills, no stack: 1 CTA of 8 warps per SM for k = 3, 5 (188-232 registers)
-and for k = 3, 5, 7 at stages 1 and 4 (183-184), 2 CTAs of 4 warps at stages 2 and 3 (186). Fewer
-values per thread would lift occupancy, but every step's fixed costs (stage set-up, barriers,
-address arithmetic) then spread over fewer values: 8 values per thread and row, 2 or 4 rows,
-is what the count favours; more per thread (or 4 rows with 3 levels) spills. Per tap and
+FocalNet-T stages 1 / 2 / 3 / 4: k = 3, 5: 8.17 / 8.68 / 9.83 / 9.94; k = 3, 5, 7: 16.13 / 16.74 /
+17.56 / 23.24 (9.42 / 10.26 / 11.70 / 13.77 and 20.56 / 21.79 / 24.47 / 29.15 with 64-, 32-, 16-
+and 8-column tiles, which padded every map's W = 7 * 2^k columns by 1/8). Tiles (``backward_tile``):
+rows of ``[WT, BC] = 256`` values that pad neither W nor C, e.g. [8, 32] at 56 x 56 x 96, each
+thread one 4-channel vector per row and 16 values per step: R = 4 rows and 2 warps for k = 3, 5
+(but 2 rows, 1 warp on 7 x 7 maps), R = 2 and 1 warp for k = 3, 5, 7 (4 rows of 3 levels spill).
+Occupancy: ptxas's own register choice (144-192), no spills, no stack; registers allow 5 CTAs of 2
+warps (10-14 CTAs of 1 warp) per SM, but FocalNet-T at B = 128 launches 384 programs (3 per SM):
+about 6 warps per SM for k = 3, 5 and 3 for k = 3, 5, 7, against 8 (1 CTA of 8 warps, 3 waves)
+with the wide tiles; each thread keeps 4-16 independent FMA chains. A program sweeps its rows in
+W / WT tiles, so fewer, longer programs: per-step costs (stage set-up, barriers) spread over the
+whole row. Per tap and
 value: an FMA plus a load per 4 values and (R + K - 1) / (R K) rows for the recompute; for the
 transposed conv with the weight gradient, two FMAs, a quarter load and the slot's load and store
 per 4 values and R rows. At k = 7 the last level recomputes tap by tap
