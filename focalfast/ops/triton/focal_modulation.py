@@ -128,13 +128,13 @@ def focal_modulation_backward(dout, q, ctx, gates, weights, h_weight, h_bias, me
     h_weight = h_weight.contiguous()
 
     with _on_device(q):
-        d_ctx_all, d_glob_part, v, d_h_bias = context_grad(dout, dout_stride, q, q_stride, h_weight, gates,
+        d_ctx_all, d_mod, d_glob_part, v, d_h_bias = context_grad(dout, dout_stride, q, q_stride, h_weight, gates,
                                                            gates_stride, scale, interpret)
         dctx, dgates, dweights, ctx_local = focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights,
                                                               d_ctx_all, d_glob_part, mean, glob, interpret)
         dq = modulation_gemm(dout, dout_stride, ctx_local, gates, gates_stride, glob, h_weight, h_bias,
                              scale, interpret)
-        d_h_weight = weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale, interpret)
+        d_h_weight = weight_grad(d_mod, ctx_local, glob, v, scale, interpret)
     d_h_bias = d_h_bias.to(h_bias.dtype) if h_bias is not None else None
     return dq, dctx, dgates, dweights, d_h_weight.to(h_weight.dtype), d_h_bias
 

@@ -16,13 +16,16 @@ GEMMs, so ctx_local goes from memory to shared memory untouched in weight_grad. 
 fp32, one per tile or split, reduced afterwards in a fixed order: the gradients are bitwise
 reproducible (no atomics).
 
-Bytes per output element (bf16): context_grad reads dout, q (4) and writes d_ctx_all (2);
-weight_grad reads dout, q, ctx_local (6). Instructions per output element (sm_90 SASS x trip
-counts, FocalNet-T B = 128, bf16, q as a view of stride 2C + L + 1, so loaded 16 bits at a time),
-stages 1 / 2 / 3 / 4: context_grad 0.59 / 0.69 / 1.60 / 2.03 (C a compile-time constant, as in
-``modulation_gemm``: 0.91 / 1.20 / 2.25 / 2.96 with C at run time and 32-channel steps),
-weight_grad 0.49 / 0.98 / 1.16 / 2.37 (1.07 / 1.36 / 2.33 / 2.81 and 1.08 / 2.16 / 2.51 / 5.07
-with the column sums as tl.sum and the global level added to weight_grad's operand in registers).
+dM is formed once, in context_grad (which needs it for its own GEMM), and written in the input
+dtype (what the tensor cores take, so the same rounding as before): weight_grad's operands then go
+from memory to the tensor cores untouched, instead of every (n, k) output block re-forming
+dout * q in registers.
+
+Bytes per output element (bf16): context_grad reads dout, q (4) and writes d_ctx_all, dM (4);
+weight_grad reads dM, ctx_local (4). Instructions per output element (sm_90 SASS x trip counts,
+FocalNet-T B = 128, bf16, q as a view of stride 2C + L + 1, so loaded 16 bits at a time),
+stages 1 / 4: context_grad 0.73 / 2.18, weight_grad 0.22 / 1.14 (0.59 / 2.03 and 0.49 / 2.36 with
+weight_grad forming dout * q itself per output block).
 """
 
 import torch
@@ -36,14 +39,15 @@ from focalfast.ops.triton.modulation_gemm import block, dot_mode
 
 @triton.jit
 def context_grad_kernel(
-    dout, q, h_weight, gates, d_ctx_all, sums_part,
+    dout, q, h_weight, gates, d_ctx_all, d_mod, sums_part,
     HW, dout_stride, q_stride, gates_stride, sums_stride, scale,
     C: tl.constexpr, GATE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """Grid ``(T, B, cdiv(C, BK))`` with T = cdiv(HW, BM): tiles never straddle two images. The
-    programs of the first output block also write the tile's sums of gates[L] * dM and of dM
-    (``sums_part`` [2, B, T, C], ``sums_stride`` = B * T * C)."""
+    programs of the first output block also write dM (``d_mod`` [B*HW, C], the input dtype: what
+    the tensor cores take) and the tile's sums of gates[L] * dM and of dM (``sums_part``
+    [2, B, T, C], ``sums_stride`` = B * T * C)."""
     t = tl.program_id(0)
     b = tl.program_id(1)
     i = t * BM + tl.arange(0, BM)
@@ -57,7 +61,7 @@ def context_grad_kernel(
     # sum of gates[L] * dM and of dM (cross-lane reductions of every step cost more).
     rows = tl.arange(0, 16)
     row_weights = tl.where(rows[:, None] == 0, g_last[None, :], tl.where(rows[:, None] == 1, i_ok.to(tl.float32)[None, :], 0.0))
-    sums_end = tl.where(tl.program_id(2) == 0, C, 0)  # columns of dM whose sums this program writes
+    first_block = tl.program_id(2) == 0  # the programs that write dM and its sums
 
     acc = tl.zeros((BM, BK), dtype=tl.float32)
     for n0 in range(0, C, BN):
@@ -72,8 +76,10 @@ def context_grad_kernel(
         else:
             acc = tl.dot(dm.to(w.dtype), w, acc)
             sums = tl.dot(row_weights.to(w.dtype), dm.to(w.dtype))
-        tl.store(sums_part + rows[:, None] * sums_stride + part + n[None, :], sums,
-                 mask=(rows < 2)[:, None] & (n < sums_end)[None, :])
+        if first_block:
+            tl.store(d_mod + m64[:, None] * C + n[None, :], dm.to(d_mod.dtype.element_ty), mask=mn_ok)
+            tl.store(sums_part + rows[:, None] * sums_stride + part + n[None, :], sums,
+                     mask=(rows < 2)[:, None] & (n < C)[None, :])
 
     tl.store(d_ctx_all + m64[:, None] * C + k[None, :], (acc * scale).to(d_ctx_all.dtype.element_ty),
              mask=i_ok[:, None] & k_ok[None, :])
@@ -81,11 +87,11 @@ def context_grad_kernel(
 
 @triton.jit
 def weight_grad_kernel(
-    dout, q, ctx_local, dw_part,
-    M, C, rows_per_split, dout_stride, q_stride, scale,
+    d_mod, ctx_local, dw_part, M, C, rows_per_split, scale,
     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """Grid ``(cdiv(C, BN), cdiv(C, BK), splits)``; split p sums pixels [p, p + 1) * rows_per_split."""
+    """Grid ``(cdiv(C, BN), cdiv(C, BK), splits)``; split p sums pixels [p, p + 1) * rows_per_split.
+    Both operands (dM and ctx_local, ``[M, C]``) go from memory to the tensor cores untouched."""
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     k = tl.program_id(1) * BK + tl.arange(0, BK)
     split = tl.program_id(2)
@@ -98,22 +104,21 @@ def weight_grad_kernel(
         m = m0 + tl.arange(0, BM)
         m_ok = m < M
         m64 = m.to(tl.int64)
-        mn_ok = m_ok[:, None] & n_ok[None, :]
-        dm = tl.load(dout + m64[:, None] * dout_stride + n[None, :], mask=mn_ok, other=0.0).to(tl.float32)
-        dm *= tl.load(q + m64[:, None] * q_stride + n[None, :], mask=mn_ok, other=0.0).to(tl.float32)
+        dm_t = tl.load(d_mod + m64[None, :] * C + n[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
         a = tl.load(ctx_local + m64[:, None] * C + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         if DOT_F32:
-            acc = tl.dot(tl.trans(dm), a.to(tl.float32), acc, input_precision=PRECISION)
+            acc = tl.dot(dm_t.to(tl.float32), a.to(tl.float32), acc, input_precision=PRECISION)
         else:
-            acc = tl.dot(tl.trans(dm.to(a.dtype)), a, acc)
+            acc = tl.dot(dm_t, a, acc)
 
     tl.store(dw_part + (split * C + n[:, None]) * C + k[None, :], acc * scale, mask=n_ok[:, None] & k_ok[None, :])
 
 
 def context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride, scale: float,
                  interpret: bool):
-    """``(d_ctx_all [B,H,W,C] (input dtype), d_glob [B, 1, C], v [B, C], d_h_bias [C])``, the last
-    three fp32: v[b] = sum over image b of gates[..., L] * dM, d_glob = s * v @ h_weight."""
+    """``(d_ctx_all [B,H,W,C], d_mod [B*H*W, C] (both the input dtype), d_glob [B, 1, C], v [B, C],
+    d_h_bias [C])``, the last three fp32: dM = dout * q, v[b] = sum over image b of gates[..., L] * dM,
+    d_glob = s * v @ h_weight."""
     B, H, W, C = q.shape
     HW = H * W
     # BM pixels x BK output channels, BN the reduction step; no spills in sm_90 builds.
@@ -128,40 +133,39 @@ def context_grad(dout, dout_stride, q, q_stride, h_weight, gates, gates_stride, 
         num_warps = 4 if BK <= 128 else 8
     T = triton.cdiv(HW, BM)
     d_ctx_all = torch.empty((B, H, W, C), device=q.device, dtype=q.dtype)
+    d_mod = torch.empty((B * HW, C), device=q.device, dtype=q.dtype)
     sums_part = torch.empty((2, B, T, C), device=q.device, dtype=torch.float32)
     dot_f32, precision = dot_mode(q.dtype, interpret)
     context_grad_kernel[(T, B, triton.cdiv(C, BK))](
-        dout, q, h_weight, gates, d_ctx_all, sums_part,
+        dout, q, h_weight, gates, d_ctx_all, d_mod, sums_part,
         HW, dout_stride, q_stride, gates_stride, B * T * C, scale,
         C, gates.shape[-1] - 1, dot_f32, precision, BM, BN, BK,
         num_warps=num_warps, num_stages=1 if interpret else 3,
     )
     v = sums_part[0].sum(1)
     d_glob = ((v * scale) @ h_weight.to(torch.float32))[:, None, :]
-    return d_ctx_all, d_glob, v, sums_part[1].sum((0, 1))
+    return d_ctx_all, d_mod, d_glob, v, sums_part[1].sum((0, 1))
 
 
-def weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale: float, interpret: bool):
+def weight_grad(d_mod, ctx_local, glob, v, scale: float, interpret: bool):
     """``d_h_weight`` [C, C] fp32: s * dM^T @ (ctx_local + gates[..., L] * glob), the global level
-    as s * v^T @ glob (v from ``context_grad``)."""
-    B, H, W, C = q.shape
-    M = B * H * W
+    as s * v^T @ glob (d_mod = dM [M, C] and v from ``context_grad``)."""
+    M, C = d_mod.shape
     # BN x BK output tile (all of C = 96 in one: dout * q is formed once per pixel up to C = 128),
     # BM the reduction step; sm_90 builds: no spills, no stack (1 CTA of 8 warps per SM).
     BM, BN, BK, num_warps = 64, block(C, 128), block(C, 128), 8
     tiles = triton.cdiv(C, BN) * triton.cdiv(C, BK)
     # Enough splits for PROGRAMS_PER_SM programs per multiprocessor (the sweeps' target); two under the
     # interpreter (the split reduction still runs); one without a GPU plan (sm_count None).
-    sms = sm_count(q.device)
+    sms = sm_count(d_mod.device)
     target = 2 if interpret else PROGRAMS_PER_SM * sms if sms else 1
     splits = max(1, min(triton.cdiv(target, tiles), triton.cdiv(M, BM)))
     rows_per_split = triton.cdiv(triton.cdiv(M, splits), BM) * BM
     splits = triton.cdiv(M, rows_per_split)
-    dw_part = torch.empty((splits + 1, C, C), device=q.device, dtype=torch.float32)  # last: the global level's
-    dot_f32, precision = dot_mode(q.dtype, interpret)
+    dw_part = torch.empty((splits + 1, C, C), device=d_mod.device, dtype=torch.float32)  # last: the global level's
+    dot_f32, precision = dot_mode(d_mod.dtype, interpret)
     weight_grad_kernel[(triton.cdiv(C, BN), triton.cdiv(C, BK), splits)](
-        dout, q, ctx_local, dw_part,
-        M, C, rows_per_split, dout_stride, q_stride, scale,
+        d_mod, ctx_local, dw_part, M, C, rows_per_split, scale,
         dot_f32, precision, BM, BN, BK,
         num_warps=num_warps, num_stages=1 if interpret else 3,
     )
