@@ -25,13 +25,15 @@ forward, 5 C-tensors (10 C bytes in bf16):
   ctx_local round trip is the price of a chain that runs per channel block while ``h`` needs
   all channels of a pixel, and of the global level, which needs the whole image's pool.
 
-backward, about 13 C-tensors (26 C bytes in bf16); nothing per level is saved or re-read:
-    context_grad        read dout, q                   write d_ctx_all = s * (dout * q) @ h_weight,
-                                                       per-tile partials of v = sum gates[L] * dM, d_h_bias
+backward, about 13 C-tensors (26 C bytes in bf16; 14 for C > 256); nothing per level is saved or re-read:
+    context_grad        read dout, q                   write dM = dout * q, d_ctx_all = s * dM @ h_weight,
+                                                       per-tile partials of s * v = s * sum gates[L] * dM, d_h_bias
+                        (C > 256: dM only, then d_ctx_all as a GEMM that reads dM: the output
+                        blocks of one program would each re-form dM)
     focal_context_bwd   read ctx, gates, d_ctx_all     write dctx, ctx_local; fp32 partials of
                         dgates (per channel block) and of the depthwise weight gradients
     modulation_gemm     read ctx_local, dout, gates    write dq = dout * h(ctx_all)
-    weight_grad         read dout, q, ctx_local        write fp32 split-M partials of d_h_weight
+    weight_grad         read dM, ctx_local             write fp32 split-M partials of d_h_weight
   focal_context_bwd recomputes the levels (ahead) and runs their gradients (behind) in one
   sweep, again through ring buffers of a few rows; these and the small partial buffers are the
   only transient scratch. Every reduction is a fixed-order sum of fp32 partials: two runs give
@@ -61,7 +63,7 @@ from focalfast import backends
 from focalfast.backends.fused_limits import fused_unsupported_reason
 from focalfast.ops.triton.focal_context_bwd import focal_context_bwd
 from focalfast.ops.triton.focal_context_fwd import focal_context_fwd
-from focalfast.ops.triton.modulation_gemm import modulation_gemm
+from focalfast.ops.triton.modulation_gemm import global_term, modulation_gemm
 from focalfast.ops.triton.modulation_gemm_bwd import context_grad, weight_grad
 
 
@@ -110,8 +112,10 @@ def focal_modulation_forward(q, ctx, gates, weights, h_weight, h_bias, normalize
     weights = [w.contiguous() for w in weights]
     with _on_device(q):
         ctx_local, mean, glob = focal_context_fwd(ctx, ctx_stride, gates, gates_stride, weights, interpret)
-        out = modulation_gemm(q, q_stride, ctx_local, gates, gates_stride, glob, h_weight.contiguous(),
-                              h_bias, _scale(len(weights), normalize_modulator), interpret)
+        h_weight = h_weight.contiguous()
+        scale = _scale(len(weights), normalize_modulator)
+        out = modulation_gemm(q, q_stride, ctx_local, gates, gates_stride,
+                              global_term(glob, h_weight.to(torch.float32), scale), h_weight, h_bias, scale, interpret)
     return out, mean, glob
 
 
@@ -126,15 +130,17 @@ def focal_modulation_backward(dout, q, ctx, gates, weights, h_weight, h_bias, me
     gates, gates_stride = _pixel_strided(gates)
     weights = [w.contiguous() for w in weights]
     h_weight = h_weight.contiguous()
+    h_weight_f32 = h_weight.to(torch.float32)  # one fp32 copy for both [B, C] GEMMs of the global level
 
     with _on_device(q):
-        d_ctx_all, d_glob_part, v, d_h_bias = context_grad(dout, dout_stride, q, q_stride, h_weight, gates,
-                                                           gates_stride, scale, interpret)
+        d_ctx_all, d_mod, d_glob_part, sv, d_h_bias = context_grad(dout, dout_stride, q, q_stride, h_weight,
+                                                                   h_weight_f32, gates, gates_stride, scale,
+                                                                   interpret)
         dctx, dgates, dweights, ctx_local = focal_context_bwd(ctx, ctx_stride, gates, gates_stride, weights,
                                                               d_ctx_all, d_glob_part, mean, glob, interpret)
-        dq = modulation_gemm(dout, dout_stride, ctx_local, gates, gates_stride, glob, h_weight, h_bias,
-                             scale, interpret)
-        d_h_weight = weight_grad(dout, dout_stride, q, q_stride, ctx_local, glob, v, scale, interpret)
+        dq = modulation_gemm(dout, dout_stride, ctx_local, gates, gates_stride, global_term(glob, h_weight_f32, scale),
+                             h_weight, h_bias, scale, interpret)
+        d_h_weight = weight_grad(d_mod, ctx_local, glob, sv, scale, interpret)
     d_h_bias = d_h_bias.to(h_bias.dtype) if h_bias is not None else None
     return dq, dctx, dgates, dweights, d_h_weight.to(h_weight.dtype), d_h_bias
 

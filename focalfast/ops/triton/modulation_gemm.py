@@ -78,13 +78,18 @@ def dot_mode(dtype: torch.dtype, interpret: bool):
     return (dtype == torch.float32 or interpret), ("ieee" if interpret else "tf32x3")
 
 
-def modulation_gemm(x, x_stride, ctx_local, gates, gates_stride, glob, h_weight, h_bias, scale: float,
+def global_term(glob, h_weight_f32, scale: float):
+    """``h_glob`` = s * glob @ h_weight.T, ``[B, C]`` fp32 (``h_weight_f32``: h_weight in fp32)."""
+    return (glob * scale) @ h_weight_f32.T
+
+
+def modulation_gemm(x, x_stride, ctx_local, gates, gates_stride, h_glob, h_weight, h_bias, scale: float,
                     interpret: bool):
-    """``x * (scale * (ctx_local + gates[..., L] * glob) @ h_weight.T + h_bias)``, ``[B, H, W, C]``."""
+    """``x * (scale * ctx_local @ h_weight.T + gates[..., L] * h_glob[b] + h_bias)``, ``[B, H, W, C]``
+    (``h_glob`` from ``global_term``)."""
     B, H, W, C = ctx_local.shape
     M = B * H * W
     out = torch.empty((B, H, W, C), device=x.device, dtype=x.dtype)
-    h_glob = (glob * scale) @ h_weight.to(torch.float32).T
     if interpret:
         BM, BN, BK, num_warps = 32, block(C, 64), block(C, 64), 4
     else:
