@@ -61,7 +61,7 @@ struct ContextBwdLayout {
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
 // channel) unless said otherwise:
-//   load          ctx row (lag 0) into z_0, an item per (column, 8 channels); its gates, an item per (level, column)
+//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (level, strip)
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
 //                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
@@ -124,7 +124,7 @@ FF_UNROLL
       float z[kStrip] = {}, dg[kStrip] = {};
       if (inside) {
         float pre[kStrip] = {};
-        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, weights + c, chunk, pre);
+        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, StridedTaps{weights + c, chunk}, pre);
 FF_UNROLL
         for (int u = 0; u < kStrip; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
         if (x0 + kStrip > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
@@ -161,7 +161,8 @@ FF_UNROLL
 FF_UNROLL
           for (int u = 0; u < kStrip; ++u) grad_pre[u] = grad_mean;
         } else {
-          conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, weights_next + c, chunk, grad_pre);
+          conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, StridedTaps{weights_next + c, chunk},
+                                   grad_pre);
         }
         float dg[kStrip], gate[kStrip], grad_ctx_all[kStrip];
         load_run(dg_row + dg_ring.channel(c) + x0, dg);
@@ -208,7 +209,7 @@ FF_UNROLL
     FF_FOR_EACH(item, s.width / kStrip * p.chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
       float grad[kStrip] = {};
-      conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, smem + s.weights + c, p.chunk, grad);
+      conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, StridedTaps{smem + s.weights + c, p.chunk}, grad);
       store_strip<T>(p.grad_ctx, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, 1.f, grad);
     }
   }
@@ -244,12 +245,14 @@ FF_UNROLL
     const ContextBwdLayout& s = args.s;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), group_shift = s.chunk_shift - 3;
+    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk));
     const SweepBand band(block, geo, p.band_rows, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const float* weights = static_cast<const float*>(p.weights.ptr);
+    const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
+    const View gate_view = gates_as_view(p.gates);
 
     FF_FOR_EACH(i, s.total) {
       float v = 0.f;
@@ -263,13 +266,15 @@ FF_UNROLL
       const RowRing& z0 = s.z[0];
       float* z0_row = z0.row(smem, z0.slot(y_top)) + z0.pad;
       float* gates_row = s.gates.row(smem, s.gates.slot(y_top));
-      const int ctx_items = s.width << group_shift;
-      FF_FOR_EACH(item, ctx_items + L * s.width) {
+      FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
-          load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, y_top, H, W, c_begin, cn);
+          load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, y_top, H, W,
+                            c_begin, cn);
         } else if (y_top >= 0) {  // rows above the image: nothing reads their gates
-          const int l = (item - ctx_items) / s.width, x = (item - ctx_items) % s.width;
-          gates_row[s.gates.channel(l) + x] = x < W ? load_gate<T>(p.gates, b, y_top, x, l) : 0.f;
+          const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
+          float gate[kStrip];
+          load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
+          store_run(gates_row + s.gates.channel(l) + x0, gate);
         }
       }
       FF_BARRIER();

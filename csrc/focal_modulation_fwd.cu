@@ -102,7 +102,7 @@ struct ContextFwd {
     if constexpr (in_registers<Level>()) {
       return taps.template level<Chain::taps_before(Level::value)>();
     } else {
-      return SharedTaps<true>{smem + s.weights + c * s.weight_pitch + s.level_taps[l], 1};
+      return SharedTaps{smem + s.weights + c * s.weight_pitch + s.level_taps[l]};
     }
   }
 
