@@ -129,7 +129,7 @@ FF_UNROLL
 // SharedTaps: the channel's taps in a row of shared memory (w[i]: one load at a constant offset per tap);
 // StridedTaps: a [taps][chunk] array in shared memory (w[i * chunk]); RegisterTaps: kCount weights in
 // registers, a level's taps from `first` on (a thread whose channel is fixed loads them once per sweep; every
-// index is a compile-time constant once the tap loops unroll).
+// index is a compile-time constant once the tap loops unroll); NoThreadTaps: none in registers.
 struct SharedTaps {
   const float* w;  // the channel's tap 0
   FF_HD float operator()(int tap) const { return w[tap]; }
@@ -139,6 +139,10 @@ struct StridedTaps {
   const float* w;  // the channel's tap 0
   int chunk;       // floats from one tap to the next
   FF_HD float operator()(int tap) const { return w[tap * chunk]; }
+};
+
+struct NoThreadTaps {
+  FF_HD void load(const View&, int, bool) {}
 };
 
 template <int kCount>
@@ -163,8 +167,8 @@ FF_UNROLL
 
 // acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < kStrip, r = K / 2: the depthwise conv
 // of one channel at a strip. z's rows y - r .. y + r are in the ring's slots slot0, slot0 + 1, ... (wrapping);
-// chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses w[K-1-i, K-1-j]:
-// the adjoint conv (the gradient of a conv's input from the gradient of its output).
+// chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses
+// w[K-1-i, K-1-j]: the adjoint conv (the gradient of a conv's input from the gradient of its output).
 // Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight reads, K * kStrip FMAs.
 template <int K, bool kFlip, class Taps>
 FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
@@ -266,6 +270,7 @@ struct LevelIndex {
 template <int K0, int kLevels>
 struct FixedChain {
   static constexpr bool kFixed = true;
+  static constexpr int kLevelCount = kLevels;
   static FF_HD constexpr int levels(const SweepLevels&) { return kLevels; }
   static FF_HD constexpr int size(int l) { return l < kLevels ? K0 + 2 * l : 1; }
   static FF_HD constexpr int taps_before(int l) { return l == 0 ? 0 : taps_before(l - 1) + size(l - 1) * size(l - 1); }
