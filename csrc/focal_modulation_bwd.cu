@@ -57,20 +57,14 @@ struct ContextBwdLayout {
   }
 };
 
-// The taps a thread keeps in registers for its channel (the conv phases' items run channel fastest on a
-// multiple of chunk threads, so a thread's channel is the same in every phase): all of a FixedChain of at
-// most two levels (FocalNet srf: 34), none otherwise; the other levels read [taps][chunk] in shared memory.
+// How many taps a thread keeps in registers for its channel (the conv phases' items run channel fastest on a
+// multiple of chunk threads, so a thread's channel is the same in every phase): all of a FixedChain of at most
+// two levels (FocalNet srf: 34), none otherwise (those read [taps][chunk] in shared memory).
 template <class Chain>
-struct BwdThreadTapsOf {
-  using type = NoThreadTaps;
-  static constexpr int kLevels = 0;
-};
-template <int K0, int kChainLevels>
-struct BwdThreadTapsOf<FixedChain<K0, kChainLevels>> {
-  static constexpr int kLevels = kChainLevels <= 2 ? kChainLevels : 0;
-  using type = std::conditional_t<kLevels == 0, NoThreadTaps,
-                                  RegisterTaps<FixedChain<K0, kChainLevels>::taps_before(kLevels)>>;
-};
+constexpr int kBwdRegisterTaps = 0;
+template <int K0, int kLevels>
+constexpr int kBwdRegisterTaps<FixedChain<K0, kLevels>> =
+    kLevels <= 2 ? FixedChain<K0, kLevels>::taps_before(kLevels) : 0;
 
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
@@ -93,12 +87,12 @@ struct BwdThreadTapsOf<FixedChain<K0, kChainLevels>> {
 // load (grad_ctx_all) and 1/4 16-byte shared gate load; weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32
 // + K / 16 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level; ctx_local an
 // FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
-// shared load each, none where the thread holds them (BwdThreadTapsOf).
+// shared load each, none where the thread holds them (kBwdRegisterTaps).
 template <typename T, class Chain>
 struct ContextBwd {
   using Params = ContextBwdParams;
-  using ThreadTaps = typename BwdThreadTapsOf<Chain>::type;
-  static constexpr int kRegisterLevels = BwdThreadTapsOf<Chain>::kLevels;
+  static constexpr int kRegisterTaps = kBwdRegisterTaps<Chain>;
+  using ThreadTaps = std::conditional_t<kRegisterTaps == 0, NoThreadTaps, RegisterTaps<kRegisterTaps>>;
   struct Args {
     Params p;
     ContextBwdLayout s;
@@ -113,7 +107,7 @@ struct ContextBwd {
   template <int I>
   static FF_HD auto level_taps(const ThreadTaps& taps, const float* smem, const ContextBwdLayout& s, LevelIndex<I> l,
                                int c, int chunk) {
-    if constexpr (I < kRegisterLevels) {
+    if constexpr (kRegisterTaps > 0) {  // all levels
       return taps.template level<Chain::taps_before(I)>();
     } else {
       return level_taps(taps, smem, s, int(l), c, chunk);
