@@ -57,11 +57,20 @@ struct ContextBwdLayout {
   }
 };
 
+// How many taps a thread keeps in registers for its channel (the conv phases' items run channel fastest on a
+// multiple of chunk threads, so a thread's channel is the same in every phase): all of a FixedChain of at most
+// two levels (FocalNet srf: 34), none otherwise (those read [taps][chunk] in shared memory).
+template <class Chain>
+constexpr int kBwdRegisterTaps = 0;
+template <int K0, int kLevels>
+constexpr int kBwdRegisterTaps<FixedChain<K0, kLevels>> =
+    kLevels <= 2 ? FixedChain<K0, kLevels>::taps_before(kLevels) : 0;
+
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
 // channel) unless said otherwise:
-//   load          ctx row (lag 0) into z_0, an item per (column, 8 channels); its gates, an item per (level, column)
+//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (level, strip)
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
 //                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
@@ -77,15 +86,45 @@ struct ContextBwdLayout {
 // recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level), a 2-byte global
 // load (grad_ctx_all) and 1/4 16-byte shared gate load; weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32
 // + K / 16 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level; ctx_local an
-// FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store.
+// FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
+// shared load each, none where the thread holds them (kBwdRegisterTaps).
 template <typename T, class Chain>
 struct ContextBwd {
   using Params = ContextBwdParams;
+  static constexpr int kRegisterTaps = kBwdRegisterTaps<Chain>;
+  using ThreadTaps = std::conditional_t<kRegisterTaps == 0, NoThreadTaps, RegisterTaps<kRegisterTaps>>;
   struct Args {
     Params p;
     ContextBwdLayout s;
   };
   static constexpr const char* kName = "context_bwd";
+
+  // Level l's taps for channel c: the thread's registers or the [taps][chunk] weights in shared memory.
+  static FF_HD StridedTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c,
+                                      int chunk) {
+    return StridedTaps{smem + s.weights + s.level_taps[l] + c, chunk};
+  }
+  template <int I>
+  static FF_HD auto level_taps(const ThreadTaps& taps, const float* smem, const ContextBwdLayout& s, LevelIndex<I> l,
+                               int c, int chunk) {
+    if constexpr (kRegisterTaps > 0) {  // all levels
+      return taps.template level<Chain::taps_before(I)>();
+    } else {
+      return level_taps(taps, smem, s, int(l), c, chunk);
+    }
+  }
+  // The level whose grad_pre level l's adjoint reads: l + 1, or l itself at the last level (which reads none).
+  static FF_HD int next_level(int l, int L) { return l + 1 < L ? l + 1 : l; }
+  template <int I>
+  static FF_HD auto next_level(LevelIndex<I>, int) {
+    return LevelIndex<(I + 1 < Chain::kLevelCount ? I + 1 : I)>{};
+  }
+  // The host runs a phase's items in order, each loading its channel's taps; a GPU thread loads its own once.
+  static FF_HD void load_item_taps(ThreadTaps& taps, const Params& p, const SweepBand& band, int c) {
+#ifndef __CUDA_ARCH__
+    taps.load(p.weights, band.c_begin + c, c < band.cn);
+#endif
+  }
 
   // ctx_local = scale * sum_l gates_l z_{l+1} at the strip x0 of channel c of row y (of the band), summed in level
   // order as context_fwd does: z_1 .. z_{L-1} from their rings, z_L the last level's fresh strip.
@@ -109,22 +148,22 @@ FF_UNROLL
     store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, p.scale, acc);
   }
 
-  template <int K>
-  static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int l,
-                              int y) {
+  template <int K, class Level>
+  static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
+                              ThreadTaps& taps, Level l, int y) {
     const int W = p.geo.W, chunk = p.chunk;
     const bool inside = y >= 0 && y < p.geo.H, local = l == Chain::levels(p.levels) - 1 && band.owns(y);
     const RowRing &in = s.z[l], &out = s.z[l + 1], &dg_ring = s.gelu_grad[l];
     const int slot0 = in.slot(y - K / 2);
-    const float* weights = smem + s.weights + s.level_taps[l];
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
     float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      load_item_taps(taps, p, band, c);
       float z[kStrip] = {}, dg[kStrip] = {};
       if (inside) {
         float pre[kStrip] = {};
-        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, weights + c, chunk, pre);
+        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c, chunk), pre);
 FF_UNROLL
         for (int u = 0; u < kStrip; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
         if (x0 + kStrip > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
@@ -141,19 +180,20 @@ FF_UNROLL
     }
   }
 
-  template <int K_next>
-  static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int l,
-                            int y) {
-    const int W = p.geo.W, chunk = p.chunk;
-    const bool inside = y >= 0 && y < p.geo.H, last = l == Chain::levels(p.levels) - 1;
-    const RowRing &out = s.grad_pre[l], &dg_ring = s.gelu_grad[l], &next = s.grad_pre[last ? l : l + 1];
+  template <int K_next, class Level>
+  static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
+                            ThreadTaps& taps, Level l, int y) {
+    const int W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
+    const bool inside = y >= 0 && y < p.geo.H, last = l == L - 1;
+    const auto l_next = next_level(l, L);
+    const RowRing &out = s.grad_pre[l], &dg_ring = s.gelu_grad[l], &next = s.grad_pre[l_next];
     const int slot0 = next.slot(y - K_next / 2);
-    const float* weights_next = smem + s.weights + s.level_taps[last ? l : l + 1];
     const float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
     const float* gate_run = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      load_item_taps(taps, p, band, c);
       float grad_pre[kStrip] = {};  // zero past W, where dg is
       if (inside && c < band.cn) {
         if (last) {
@@ -161,7 +201,8 @@ FF_UNROLL
 FF_UNROLL
           for (int u = 0; u < kStrip; ++u) grad_pre[u] = grad_mean;
         } else {
-          conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, weights_next + c, chunk, grad_pre);
+          conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, level_taps(taps, smem, s, l_next, c, chunk),
+                                   grad_pre);
         }
         float dg[kStrip], gate[kStrip], grad_ctx_all[kStrip];
         load_run(dg_row + dg_ring.channel(c) + x0, dg);
@@ -202,13 +243,15 @@ FF_UNROLL
   // grad_ctx of row y (in the band): the adjoint conv of level 0 on grad_pre_0's rows, an item per strip and channel.
   template <int K0>
   static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                                 int y) {
+                                 ThreadTaps& taps, int y) {
     const RowRing& g = s.grad_pre[0];
     const int slot0 = g.slot(y - K0 / 2);
     FF_FOR_EACH(item, s.width / kStrip * p.chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
+      load_item_taps(taps, p, band, c);
       float grad[kStrip] = {};
-      conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, smem + s.weights + c, p.chunk, grad);
+      conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, level_taps(taps, smem, s, LevelIndex<0>{}, c, p.chunk),
+                           grad);
       store_strip<T>(p.grad_ctx, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, 1.f, grad);
     }
   }
@@ -244,18 +287,25 @@ FF_UNROLL
     const ContextBwdLayout& s = args.s;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk)), group_shift = s.chunk_shift - 3;
+    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk));
     const SweepBand band(block, geo, p.band_rows, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const float* weights = static_cast<const float*>(p.weights.ptr);
+    const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
+    const View gate_view = gates_as_view(p.gates);
 
     FF_FOR_EACH(i, s.total) {
       float v = 0.f;
       if (i < taps * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
       smem[i] = v;
     }
+    ThreadTaps thread_taps;
+#ifdef __CUDA_ARCH__
+    const int thread_channel = int(threadIdx.x) & (chunk - 1);
+    thread_taps.load(p.weights, c_begin + thread_channel, thread_channel < cn);
+#endif
     FF_BARRIER();
 
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
@@ -263,29 +313,33 @@ FF_UNROLL
       const RowRing& z0 = s.z[0];
       float* z0_row = z0.row(smem, z0.slot(y_top)) + z0.pad;
       float* gates_row = s.gates.row(smem, s.gates.slot(y_top));
-      const int ctx_items = s.width << group_shift;
-      FF_FOR_EACH(item, ctx_items + L * s.width) {
+      FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
-          load_ctx_item<T>(p.ctx, z0, z0_row, item, group_shift, b, y_top, H, W, c_begin, cn);
+          load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, y_top, H, W,
+                            c_begin, cn);
         } else if (y_top >= 0) {  // rows above the image: nothing reads their gates
-          const int l = (item - ctx_items) / s.width, x = (item - ctx_items) % s.width;
-          gates_row[s.gates.channel(l) + x] = x < W ? load_gate<T>(p.gates, b, y_top, x, l) : 0.f;
+          const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
+          float gate[kStrip];
+          load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
+          store_run(gates_row + s.gates.channel(l) + x0, gate);
         }
       }
       FF_BARRIER();
 
-      Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
-        recompute<decltype(k)::value>(p, s, band, smem, l, y_top + s.lag_fwd[l]);
+      Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
+        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, l, y_top + s.lag_fwd[l]);
         FF_BARRIER();
       });
-      Chain::template for_each_level<1, true>(lv, [&](int l, auto k_next) {
-        adjoint<decltype(k_next)::value>(p, s, band, smem, l, y_top + s.lag_bwd[l]);
+      Chain::template for_each_level<1, true>(lv, [&](auto l, auto k_next) {
+        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, l, y_top + s.lag_bwd[l]);
         FF_BARRIER();
       });
 
       // Reduce (one phase): grad_ctx, the weight gradients, the gate partials of the rows in the band.
       if (band.owns(y_top + 2 * R)) {
-        Chain::with_first_size(lv, [&](auto k0) { grad_ctx_row<decltype(k0)::value>(p, s, band, smem, y_top + 2 * R); });
+        Chain::with_first_size(lv, [&](auto k0) {
+          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top + 2 * R);
+        });
       }
       Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
         constexpr int K = decltype(k)::value;

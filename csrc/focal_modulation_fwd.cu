@@ -43,9 +43,6 @@ struct ContextFwdLayout {
 // GenericChain; the other levels read the channel's weight row in shared memory. As many as fit without a
 // spill on sm_80 and sm_90 (ptxas -v): L <= 2 all (FocalNet srf: 34 taps), L = 3 the first level's 9 (lrf:
 // with 34 ptxas spills to reach its 80-register target), L = 4 none.
-struct NoThreadTaps {
-  FF_HD void load(const View&, int, bool) {}
-};
 template <class Chain>
 struct ThreadTapsOf {
   using type = NoThreadTaps;
@@ -102,7 +99,7 @@ struct ContextFwd {
     if constexpr (in_registers<Level>()) {
       return taps.template level<Chain::taps_before(Level::value)>();
     } else {
-      return SharedTaps<true>{smem + s.weights + c * s.weight_pitch + s.level_taps[l], 1};
+      return SharedTaps{smem + s.weights + c * s.weight_pitch + s.level_taps[l]};
     }
   }
 

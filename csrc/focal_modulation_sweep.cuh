@@ -126,15 +126,23 @@ FF_UNROLL
 }
 
 // The K * K weights of one channel's conv, as conv_strip reads them: taps(i) is tap i = row * K + column.
-// SharedTaps: w[i * stride] in shared memory ([taps][chunk]: stride chunk; a channel's taps in a row: 1, one
-// load at a constant offset per tap); RegisterTaps: kCount weights in registers, a level's taps from `first` on
-// (a thread whose channel is fixed loads them once per sweep; every index is a compile-time constant once the
-// tap loops unroll).
-template <bool kContiguous>
+// SharedTaps: the channel's taps in a row of shared memory (w[i]: one load at a constant offset per tap);
+// StridedTaps: a [taps][chunk] array in shared memory (w[i * chunk]); RegisterTaps: kCount weights in
+// registers, a level's taps from `first` on (a thread whose channel is fixed loads them once per sweep; every
+// index is a compile-time constant once the tap loops unroll); NoThreadTaps: none in registers.
 struct SharedTaps {
   const float* w;  // the channel's tap 0
-  int stride;      // ignored where kContiguous (1)
-  FF_HD float operator()(int tap) const { return w[kContiguous ? tap : tap * stride]; }
+  FF_HD float operator()(int tap) const { return w[tap]; }
+};
+
+struct StridedTaps {
+  const float* w;  // the channel's tap 0
+  int chunk;       // floats from one tap to the next
+  FF_HD float operator()(int tap) const { return w[tap * chunk]; }
+};
+
+struct NoThreadTaps {
+  FF_HD void load(const View&, int, bool) {}
 };
 
 template <int kCount>
@@ -159,8 +167,8 @@ FF_UNROLL
 
 // acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < kStrip, r = K / 2: the depthwise conv
 // of one channel at a strip. z's rows y - r .. y + r are in the ring's slots slot0, slot0 + 1, ... (wrapping);
-// chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, RegisterTaps). kFlip uses w[K-1-i, K-1-j]:
-// the adjoint conv (the gradient of a conv's input from the gradient of its output).
+// chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses
+// w[K-1-i, K-1-j]: the adjoint conv (the gradient of a conv's input from the gradient of its output).
 // Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight reads, K * kStrip FMAs.
 template <int K, bool kFlip, class Taps>
 FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
@@ -177,13 +185,6 @@ FF_UNROLL
       for (int p = 0; p < kStrip; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
     }
   }
-}
-
-// conv_strip with the channel's taps w[tap * chunk] (w: its tap (0, 0) of [K * K][chunk] in shared memory).
-template <int K, bool kFlip>
-FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const float* w,
-                      int chunk, float (&acc)[kStrip]) {
-  conv_strip<K, kFlip>(smem, ring, slot0, chan, x0, SharedTaps<false>{w, chunk}, acc);
 }
 
 // v[u] = t[b, y, x0 + u, c] for u < min(valid, kStrip), else 0: one channel of a strip from global memory
@@ -223,20 +224,6 @@ FF_UNROLL
       if (u < valid) out[u * t.sx] = from_float<T>(scale * v[u]);
     }
   }
-}
-
-// Item `item` of loading image row y of ctx (T, [B, H, W, C]) into a ring row (`row` points at its column
-// 0, after the padding): column x = item >> group_shift, channels c .. c + 7 of the block's chunk, c =
-// (item mod 2^group_shift) * 8; zeros outside the image and past cn. One 2-byte (or 16-byte) global load,
-// a convert and a shared store per element.
-template <typename T>
-FF_HD void load_ctx_item(const View& ctx, const RowRing& ring, float* row, int item, int group_shift, int b, int y,
-                         int H, int W, int c_begin, int cn) {
-  const int x = item >> group_shift, c = (item & ((1 << group_shift) - 1)) * kGroup, n = min_int(kGroup, cn - c);
-  const Group v = y >= 0 && y < H && x < W && n > 0 ? load_at<T>(ctx, b, y, x, c_begin + c, n) : Group{};
-  float* dst = row + ring.channel(c) + x;
-FF_UNROLL
-  for (int e = 0; e < kGroup; ++e) dst[e * ring.pitch] = v.v[e];
 }
 
 // Image row y of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (`row` points at its column
@@ -283,6 +270,7 @@ struct LevelIndex {
 template <int K0, int kLevels>
 struct FixedChain {
   static constexpr bool kFixed = true;
+  static constexpr int kLevelCount = kLevels;
   static FF_HD constexpr int levels(const SweepLevels&) { return kLevels; }
   static FF_HD constexpr int size(int l) { return l < kLevels ? K0 + 2 * l : 1; }
   static FF_HD constexpr int taps_before(int l) { return l == 0 ? 0 : taps_before(l - 1) + size(l - 1) * size(l - 1); }
