@@ -104,19 +104,19 @@ def aligned_lags(lags, P, R: int) -> list:
     return out
 
 
-FORWARD_VECTOR = 4  # fp32 channels per thread and row of a tile: one 128-bit ring load
-FORWARD_ROW_VALUES = 2 * 32 * FORWARD_VECTOR  # [WT, BC] of one tile row: two warps
+ROW_VECTOR = 4  # fp32 channels per thread and row of a tile: one 128-bit ring load
+ROW_VALUES = 2 * 32 * ROW_VECTOR  # [WT, BC] of one tile row: two warps
 
 
 def row_shape(W: int, C: int) -> Tuple[int, int]:
-    """``(WT, BC)``: the powers of two with ``WT x BC = FORWARD_ROW_VALUES`` (each thread of two
+    """``(WT, BC)``: the powers of two with ``WT x BC = ROW_VALUES`` (each thread of two
     warps one 128-bit vector of channels of one column) that pad ``W x C`` least, the larger BC on a
     tie (FocalNet's 7 * 2^k maps: none, e.g. 8 x 32 at 56 x 56 x 96, 1 x 256 at 7 x 7 x 768)."""
     np2 = triton.next_power_of_2
     best = None
-    BC = FORWARD_VECTOR
-    while BC <= min(FORWARD_ROW_VALUES, max(np2(C), FORWARD_VECTOR)):
-        WT = FORWARD_ROW_VALUES // BC
+    BC = ROW_VECTOR
+    while BC <= min(ROW_VALUES, max(np2(C), ROW_VECTOR)):
+        WT = ROW_VALUES // BC
         padded = triton.cdiv(W, WT) * WT * triton.cdiv(C, BC) * BC
         if best is None or padded <= best[0]:
             best = (padded, WT, BC)
@@ -175,7 +175,7 @@ def chain_schedule(H: int, W: int, C: int, kernel_sizes, backward: bool, interpr
     else:
         R, WT, BC = forward_tile(H, W, C)
     if num_warps is None:
-        num_warps = max(1, min(8, (R * WT * BC // 512) if backward else (WT * BC // (32 * FORWARD_VECTOR))))
+        num_warps = max(1, min(8, (R * WT * BC // 512) if backward else (WT * BC // (32 * ROW_VECTOR))))
 
     D0 = [-P[0]] + list(D)  # D0[l] = D_l with D_0 = -P_1 (z_0 enters P_1 rows ahead of level 1)
     lags = [P[0] + d for d in D]

@@ -24,7 +24,7 @@ fixed order: the gradients are bitwise reproducible (no atomics).
 Bytes per output element (bf16): context_grad reads dout, q (4) and writes dM, d_ctx_all (4; for
 C > 256 the GEMM reads dM again: 6); weight_grad reads dM, ctx_local (4). Instructions per output
 element (sm_90 SASS x trip counts, FocalNet-T B = 128, bf16, q as a view of stride 2C + L + 1, so
-loaded 16 bits at a time), stages 1 / 2 / 3 / 4: context gradient 0.73 / 0.83 / 0.36 + 0.47 /
+loaded 16 bits at a time), stages 1 / 2 / 3 / 4: context gradient 0.61 / 0.70 / 0.36 + 0.47 /
 0.33 + 0.74 (dM kernel + d_ctx_all GEMM at stages 3-4), weight_grad 0.16 / 0.32 / 0.39 / 0.78.
 Before dM was written once (context_grad fused at every width, weight_grad re-forming dout * q
 per output block): 0.59 / 0.69 / 1.60 / 2.03 and 0.49 / 0.98 / 1.16 / 2.36.
@@ -48,15 +48,15 @@ def context_grad_kernel(
     C: tl.constexpr, GATE: tl.constexpr, FUSED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """Grid ``(T, B, cdiv(C, BK))`` with T = cdiv(HW, BM): tiles never straddle two images. The
-    programs of the first output block write dM (``d_mod`` [B*HW, C], the input dtype: what the
+    """Grid ``(T, B)`` with T = cdiv(HW, BM): tiles never straddle two images; ``FUSED``: BK >= C,
+    all output channels of the tile in one program. Every program writes dM (``d_mod`` [B*HW, C], the input dtype: what the
     tensor cores take) and the tile's sums of s * gates[L] * dM and of dM (``sums_part``
     [2, B, T, C], ``sums_stride`` = B * T * C). Without ``FUSED`` (grid ``(T, B, 1)``) that is
     all it does: d_ctx_all is then ``scaled_gemm`` of dM and h_weight."""
     t = tl.program_id(0)
     b = tl.program_id(1)
     i = t * BM + tl.arange(0, BM)
-    k = tl.program_id(2) * BK + tl.arange(0, BK)
+    k = tl.arange(0, BK)
     i_ok = i < HW
     k_ok = k < C
     m64 = b.to(tl.int64) * HW + i
@@ -67,7 +67,6 @@ def context_grad_kernel(
     rows = tl.arange(0, 16)
     row_weights = tl.where(rows[:, None] == 0, scale * g_last[None, :],
                            tl.where(rows[:, None] == 1, i_ok.to(tl.float32)[None, :], 0.0))
-    first_block = tl.program_id(2) == 0  # the programs that write dM and its sums
 
     acc = tl.zeros((BM, BK), dtype=tl.float32)
     for n0 in range(0, C, BN):
@@ -85,10 +84,9 @@ def context_grad_kernel(
                 acc = tl.dot(dm, w.to(tl.float32), acc, input_precision=PRECISION)
             else:
                 acc = tl.dot(dm.to(w.dtype), w, acc)
-        if first_block:
-            tl.store(d_mod + m64[:, None] * C + n[None, :], dm.to(d_mod.dtype.element_ty), mask=mn_ok)
-            tl.store(sums_part + rows[:, None] * sums_stride + part + n[None, :], sums,
-                     mask=(rows < 2)[:, None] & (n < C)[None, :])
+        tl.store(d_mod + m64[:, None] * C + n[None, :], dm.to(d_mod.dtype.element_ty), mask=mn_ok)
+        tl.store(sums_part + rows[:, None] * sums_stride + part + n[None, :], sums,
+                 mask=(rows < 2)[:, None] & (n < C)[None, :])
 
     if FUSED:
         tl.store(d_ctx_all + m64[:, None] * C + k[None, :], (acc * scale).to(d_ctx_all.dtype.element_ty),
@@ -167,13 +165,13 @@ def context_grad(dout, dout_stride, q, q_stride, h_weight, h_weight_f32, gates, 
     # kernel then only writes dM and its sums (4 warps, 104 registers: 4 CTAs per SM), and
     # d_ctx_all is a GEMM of untouched operands (128 x 128 tiles, steps of 64 channels, 8 warps:
     # 100 registers, 2 CTAs per SM; 64 x 128 tiles on 4 warps load a third more per output).
-    fused = triton.cdiv(C, BK) == 1
+    fused = BK >= C
     T = triton.cdiv(HW, BM)
     d_ctx_all = torch.empty((B, H, W, C), device=q.device, dtype=q.dtype)
     d_mod = torch.empty((M, C), device=q.device, dtype=q.dtype)
     sums_part = torch.empty((2, B, T, C), device=q.device, dtype=torch.float32)
     dot_f32, precision = dot_mode(q.dtype, interpret)
-    context_grad_kernel[(T, B, 1 if not fused else triton.cdiv(C, BK))](
+    context_grad_kernel[(T, B)](
         dout, q, h_weight, gates, d_ctx_all, d_mod, sums_part,
         HW, dout_stride, q_stride, gates_stride, B * T * C, scale,
         C, gates.shape[-1] - 1, fused, dot_f32, precision, BM, BN, BK,
