@@ -75,10 +75,13 @@ def _op_table(args, device: torch.device, dtype: torch.dtype) -> list:
         out, grads = run(name)
         err_out = rel_err(out, ref_out)
         err_grad = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
+        ms = peak = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        ms = _time_ms(lambda: run(name), device, repeats=10 if device.type == "cuda" else 3)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+            ms = _time_ms(lambda: run(name), device, repeats=10)
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        elif name == "reference":  # on CPU only the baseline: interpreters and the host path are not kernels
+            ms = _time_ms(lambda: run(name), device, repeats=3)
         rows.append((name, err_out, err_grad, ms, peak, ""))
     return rows
 
@@ -91,8 +94,9 @@ def _print_op_table(rows, args, dtype) -> None:
         if err_out is None:
             print(f"  {name:<10} not available: {reason}")
             continue
+        ms_text = f"{ms:9.2f}" if ms is not None else f"{'-':>9}"
         peak_text = f"{peak:9.0f}" if peak is not None else f"{'-':>9}"
-        print(f"  {name:<10} {err_out:12.2e} {err_grad:14.2e} {ms:9.2f} {peak_text}")
+        print(f"  {name:<10} {err_out:12.2e} {err_grad:14.2e} {ms_text} {peak_text}")
 
 
 def _model_step(device: torch.device, dtype: torch.dtype, batch: int, image: int) -> None:

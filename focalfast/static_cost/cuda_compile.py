@@ -9,9 +9,10 @@ is the ``grid_kernel<Op>`` / ``sweep_kernel<Op>`` instantiation whose demangled 
 from __future__ import annotations
 
 import functools
-import hashlib
+import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
@@ -30,20 +31,21 @@ def cuda_cubins() -> List[Path]:
     sources = extension.SOURCE_DIR
     digest = extension.source_hash(sources, ["90"])
     flags = [*extension.COMMON_FLAGS, *extension.CUDA_FLAGS, f"-I{sources}", "-cubin", f"-arch={ARCH}"]
-    cubins = []
-    for name in extension.CUDA_SOURCES:
-        key = " ".join([digest, name, *flags, str(versions().get("nvcc"))])
+    nvcc_version = str(versions().get("nvcc"))
 
-        def build(cubin: Path, name=name) -> dict:
+    def cubin_of(name: str) -> Path:
+        def build(cubin: Path) -> dict:
             done = subprocess.run([nvcc, *flags, str(sources / name), "-o", str(cubin)], capture_output=True,
                                   text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"nvcc -cubin {name} failed:\n{done.stderr[-4000:]}")
             return {"source": name}
 
-        folder, _ = cached_cubin("cuda", name, key, build)
-        cubins.append(folder / "kernel.cubin")
-    return cubins
+        folder, _ = cached_cubin("cuda", name, " ".join([digest, name, *flags, nvcc_version]), build)
+        return folder / "kernel.cubin"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one nvcc per source, side by side
+        return list(pool.map(cubin_of, extension.CUDA_SOURCES))
 
 
 @functools.lru_cache(maxsize=None)

@@ -210,11 +210,8 @@ def build(
     archs: Optional[Sequence[str]] = None,
     nvcc: Optional[str] = None,
 ) -> str:
-    """Compile ``csrc/`` and link the module to ``output``; returns the build log.
-
-    Runs ninja (parallel, incremental) when it is on PATH, else the steps one by one. Raises
-    BuildError with the end of the log if a step fails, ExtensionUnavailableError without nvcc.
-    """
+    """Compile ``csrc/`` and link the module to ``output``; returns the build log (``run_steps``).
+    Raises BuildError if a step fails, ExtensionUnavailableError without nvcc."""
     archs = cuda_archs() if archs is None else list(archs)
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
@@ -224,14 +221,23 @@ def build(
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = build_dir / output.name  # linked here, then moved: a reader never sees half a file
     steps = build_steps(staged, build_dir, Path(source_dir).resolve(), archs, nvcc)
+    print(f"focalfast: building the CUDA extension for sm_{', sm_'.join(archs)} in {len(steps)} steps "
+          f"(nvcc, a few minutes)", file=sys.stderr, flush=True)
+    text = run_steps(steps, build_dir)
+    os.replace(staged, output)
+    return text
+
+
+def run_steps(steps: Sequence[Step], build_dir: Path) -> str:
+    """Run ``steps`` (from ``build_steps``, possibly with changed flags) and return the log, also kept in
+    ``build_dir/build.log``. Runs ninja (parallel, incremental) when it is on PATH, else the steps one by
+    one; raises BuildError with the end of the log if a step fails."""
     ninja = shutil.which("ninja")
     if ninja:
         _write_ninja_file(build_dir, steps)
         runs = [[ninja, "-C", str(build_dir), "-v"]]
     else:
         runs = [step.argv for step in steps]
-    print(f"focalfast: building the CUDA extension for sm_{', sm_'.join(archs)} in {len(steps)} steps "
-          f"(nvcc, a few minutes)", file=sys.stderr, flush=True)
     log = []
     for index, argv in enumerate(runs):
         if not ninja:
@@ -244,7 +250,6 @@ def build(
                              + "\n".join(text.splitlines()[-40:]))
     text = "".join(log)
     (build_dir / "build.log").write_text(text)
-    os.replace(staged, output)
     return text
 
 
