@@ -59,6 +59,17 @@ struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
                                   RegisterTaps<FixedChain<K0, kChainLevels>::taps_before(kLevels)>>;
 };
 
+// Calls f(v) for the rows v = 0 .. kRowsPerStep - 1 of a step (v a LevelIndex: a compile-time int). A fold, not a
+// loop: the static cost report attributes the branches inside f to the loop around it (the items).
+template <class F, int... V>
+FF_HD void visit_rows(F& f, std::integer_sequence<int, V...>) {
+  (f(LevelIndex<V>{}), ...);
+}
+template <class F>
+FF_HD void for_each_row(F&& f) {
+  visit_rows(f, std::make_integer_sequence<int, kRowsPerStep>{});
+}
+
 // The depthwise conv of one channel at one strip of kRowsPerStep consecutive output rows y, y + 1, ...:
 // acc[v][p] += sum_{i,j < K} w[i, j] z[y + v + i - r, x0 + p + j - r], r = K / 2. z's rows y - r .. y + r +
 // kRowsPerStep - 1 are in the ring's slots slot0, slot0 + 1, ... (wrapping); chan = ring.channel(c). Each of the
@@ -86,6 +97,16 @@ FF_UNROLL
         for (int p = 0; p < kStrip; ++p) acc[v][p] = fmaf(wv, window[pad - r + p + j], acc[v][p]);
       }
     }
+  }
+}
+
+// z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last).
+FF_HD void gelu_strip(float (&z)[kStrip], int x0, int W) {
+FF_UNROLL
+  for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+  if (x0 + kStrip > W) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
   }
 }
 
@@ -163,19 +184,21 @@ struct ContextFwd {
 #endif
       float z[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
       conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), z, centre);
-FF_UNROLL
-      for (int v = 0; v < kRowsPerStep; ++v) {
+      for_each_row([&](auto v) {
         const int row = y + v;
         const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
         if (!last) {
           const bool inside = row >= 0 && row < H;
+          if (inside) {
+            gelu_strip(z[v], x0, W);
+          } else {
 FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) z[v][u] = inside && x0 + u < W ? gelu(z[v][u]) : 0.f;
+            for (int u = 0; u < kStrip; ++u) z[v][u] = 0.f;
+          }
           const RowRing& next = s.z[l + 1];
           store_run(next.row(smem, next.slot(row)) + next.channel(c) + next.pad + x0, z[v]);
         } else if (band.owns(row)) {
-FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) z[v][u] = x0 + u < W ? gelu(z[v][u]) : 0.f;
+          gelu_strip(z[v], x0, W);
           float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {};
 FF_UNROLL
           for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
@@ -200,7 +223,7 @@ FF_UNROLL
           }
           if (c < band.cn) store_strip<T>(p.ctx_local, band.b, row, x0, band.c_begin + c, W - x0, p.scale, acc);
         }
-      }
+      });
     }
   }
 
@@ -246,19 +269,17 @@ FF_UNROLL
       FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
           const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip;
-FF_UNROLL
-          for (int v = 0; v < kRowsPerStep; ++v) {
+          for_each_row([&](auto v) {
             load_ctx_strip<T>(p.ctx, z0, z0.row(smem, wrap(z0_slot + v, z0.depth)) + z0.pad, c, x0, b, t + v, H, W,
                               c_begin, cn);
-          }
+          });
         } else {
           const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
-FF_UNROLL
-          for (int v = 0; v < kRowsPerStep; ++v) {
+          for_each_row([&](auto v) {
             float gate[kStrip];
             load_strip<T>(gate_view, b, t + v, x0, l * p.gates.sl, t + v < H ? W - x0 : 0, gate);
             store_run(s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + s.gates.channel(l) + x0, gate);
-          }
+          });
         }
       }
       FF_BARRIER();
