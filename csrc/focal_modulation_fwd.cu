@@ -59,15 +59,17 @@ struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
                                   RegisterTaps<FixedChain<K0, kChainLevels>::taps_before(kLevels)>>;
 };
 
-// Calls f(v) for the rows v = 0 .. kRowsPerStep - 1 of a step (v a LevelIndex: a compile-time int). A fold, not a
-// loop: the static cost report attributes the branches inside f to the loop around it (the items).
-template <class F, int... V>
-FF_HD void visit_rows(F& f, std::integer_sequence<int, V...>) {
-  (f(LevelIndex<V>{}), ...);
-}
-template <class F>
-FF_HD void for_each_row(F&& f) {
-  visit_rows(f, std::make_integer_sequence<int, kRowsPerStep>{});
+// rows[v] for a run-time row v < kRowsPerStep of a step, as selects: the rows stay in registers. The steps' rows
+// run as real loops (FF_NO_UNROLL, one copy of the body): the static cost report counts the branches of a row by
+// the loop's host-path counts.
+FF_HD void pick_row(const float (&rows)[kRowsPerStep][kStrip], int v, float (&out)[kStrip]) {
+FF_UNROLL
+  for (int u = 0; u < kStrip; ++u) out[u] = rows[0][u];
+FF_UNROLL
+  for (int w = 1; w < kRowsPerStep; ++w) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) out[u] = v == w ? rows[w][u] : out[u];
+  }
 }
 
 // The depthwise conv of one channel at one strip of kRowsPerStep consecutive output rows y, y + 1, ...:
@@ -166,8 +168,8 @@ struct ContextFwd {
                           ThreadTaps& taps, Level l, int t) {
     const int L = Chain::levels(p.levels), y = t - s.lag[l];
     const bool last = l == L - 1;
-    if (!last || band.owns(y) || band.owns(y + kRowsPerStep - 1)) {  // the last level's rows outside the band
-      level_items<K>(p, s, band, smem, taps, l, y, last);           // feed nothing
+    if (!last || (y < band.y1 && y + kRowsPerStep > band.y0)) {  // the last level's rows outside the band
+      level_items<K>(p, s, band, smem, taps, l, y, last);       // feed nothing
     }
   }
 
@@ -182,24 +184,28 @@ struct ContextFwd {
 #ifndef __CUDA_ARCH__
       taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
 #endif
-      float z[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
-      conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), z, centre);
-      for_each_row([&](auto v) {
+      float conv[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
+      conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
+      float pooled = 0.f;
+FF_NO_UNROLL
+      for (int v = 0; v < kRowsPerStep; ++v) {
         const int row = y + v;
-        const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
+        float z[kStrip];
+        pick_row(conv, v, z);
         if (!last) {
-          const bool inside = row >= 0 && row < H;
-          if (inside) {
-            gelu_strip(z[v], x0, W);
+          if (unsigned(row) < unsigned(H)) {
+            gelu_strip(z, x0, W);
           } else {
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) z[v][u] = 0.f;
+            for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
           }
           const RowRing& next = s.z[l + 1];
-          store_run(next.row(smem, next.slot(row)) + next.channel(c) + next.pad + x0, z[v]);
+          store_run(next.row(smem, next.slot(row)) + next.channel(c) + next.pad + x0, z);
         } else if (band.owns(row)) {
-          gelu_strip(z[v], x0, W);
-          float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {};
+          gelu_strip(z, x0, W);
+          const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
+          float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {}, below[kStrip];
+          pick_row(centre, v, below);
 FF_UNROLL
           for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
             if (m < L) {
@@ -210,20 +216,17 @@ FF_UNROLL
               load_run(gates + s.gates.channel(m), gate);
 FF_UNROLL
               for (int u = 0; u < kStrip; ++u) {
-                const float z_next = m == L - 1 ? z[v][u] : m == L - 2 ? centre[v][u] : term[u];
+                const float z_next = m == L - 1 ? z[u] : m == L - 2 ? below[u] : term[u];
                 acc[u] = m == 0 ? gate[u] * z_next : fmaf(gate[u], z_next, acc[u]);
               }
             }
           }
-          if (p.pooled_sum.ptr) {
-            float sum = 0.f;
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) sum += z[v][u];
-            smem[s.pool + item] += sum;
-          }
+          for (int u = 0; u < kStrip; ++u) pooled += z[u];
           if (c < band.cn) store_strip<T>(p.ctx_local, band.b, row, x0, band.c_begin + c, W - x0, p.scale, acc);
         }
-      });
+      }
+      if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
     }
   }
 
@@ -269,17 +272,19 @@ FF_UNROLL
       FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
           const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip;
-          for_each_row([&](auto v) {
+FF_NO_UNROLL
+          for (int v = 0; v < kRowsPerStep; ++v) {
             load_ctx_strip<T>(p.ctx, z0, z0.row(smem, wrap(z0_slot + v, z0.depth)) + z0.pad, c, x0, b, t + v, H, W,
                               c_begin, cn);
-          });
+          }
         } else {
           const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
-          for_each_row([&](auto v) {
+FF_NO_UNROLL
+          for (int v = 0; v < kRowsPerStep; ++v) {
             float gate[kStrip];
             load_strip<T>(gate_view, b, t + v, x0, l * p.gates.sl, t + v < H ? W - x0 : 0, gate);
             store_run(s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + s.gates.channel(l) + x0, gate);
-          });
+          }
         }
       }
       FF_BARRIER();
@@ -414,7 +419,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
   // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 94 KB, 7 warps; lrf: 16 channels, 93 KB, 4 warps), the
   // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
-  // (ptxas sm_90a: 124 srf, 102 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
+  // (ptxas sm_90a: 123 srf, 102 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
   const int threads = sweep_threads(p.geo.W, p.chunk);
   const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
   dispatch_dtype(p.dtype, [&](auto t_tag) {
