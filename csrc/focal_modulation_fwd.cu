@@ -102,6 +102,16 @@ FF_UNROLL
   }
 }
 
+// t's elements (b, y + dy, x0 + dx) + c as a View over (0, dy, dx): an item's global addresses formed once, each
+// row of a step one stride on (load_strip / store_strip at b = 0, x0 = 0, c = 0).
+template <typename T>
+FF_HD View item_view(const View& t, int b, int y, int x0, int64_t c) {
+  View v = t;
+  v.ptr = const_cast<T*>(static_cast<const T*>(t.ptr) + t.at(b, y, x0) + c);
+  v.sb = 0;
+  return v;
+}
+
 // z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last).
 FF_HD void gelu_strip(float (&z)[kStrip], int x0, int W) {
 FF_UNROLL
@@ -117,7 +127,8 @@ FF_UNROLL
 // .. y + kRowsPerStep - 1 (their k_l + kRowsPerStep - 1 input rows are in the ring by then), one item per (strip
 // of kStrip pixels, channel):
 //   z_{l+1} = GELU(dwconv_l(z_l));  at the last level (rows t - R ..., of the band only)
-//   ctx_local = scale * acc,  acc = g_0 z_1, then acc = fma(g_l, z_{l+1}, acc) for l = 1 .. L - 1;  pool += z_L.
+//   ctx_local = acc,  acc = g'_0 z_1, then acc = fma(g'_l, z_{l+1}, acc) for l = 1 .. L - 1;  pool += z_L,
+// with g' = scale * g (the gates enter their ring scaled).
 // The last level reads z_1 .. z_{L-2} of its rows from their rings (kept deep enough) and z_{L-1} from the
 // centre row of its own input window: no accumulator in shared memory.
 // Rows outside the image enter the rings as zeros (each conv zero-pads its own input), and so do columns
@@ -131,7 +142,7 @@ FF_UNROLL
 //   K^2 FMAs, (K + 1) (8 + 2 ring_pad(K)) / 64 16-byte window loads, one GELU,
 //   1/4 16-byte z stores; at the last level 1/4 16-byte gate loads per level and 1/4 16-byte loads of each of
 //   z_1 .. z_{L-2}; once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store)
-//   and the ctx_local store.
+//   and the ctx_local store. Global addresses are formed once per item and stepped by a row stride per row.
 template <typename T, class Chain>
 struct ContextFwd {
   using Params = ContextFwdParams;
@@ -177,13 +188,14 @@ struct ContextFwd {
   static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                                 ThreadTaps& taps, Level l, int y, bool last) {
     const int W = p.geo.W, H = p.geo.H, chunk = p.chunk, L = Chain::levels(p.levels);
-    const RowRing& in = s.z[l];
-    const int slot0 = in.slot(y - K / 2), gate_slot = s.gates.slot(y);
+    const RowRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
+    const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
 #ifndef __CUDA_ARCH__
       taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
 #endif
+      const View out = item_view<T>(p.ctx_local, band.b, y, x0, band.c_begin + c);  // the last level's row y
       float conv[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
       conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
       float pooled = 0.f;
@@ -199,8 +211,7 @@ FF_NO_UNROLL
 FF_UNROLL
             for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
           }
-          const RowRing& next = s.z[l + 1];
-          store_run(next.row(smem, next.slot(row)) + next.channel(c) + next.pad + x0, z);
+          store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, z);
         } else if (band.owns(row)) {
           gelu_strip(z, x0, W);
           const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
@@ -223,7 +234,7 @@ FF_UNROLL
           }
 FF_UNROLL
           for (int u = 0; u < kStrip; ++u) pooled += z[u];
-          if (c < band.cn) store_strip<T>(p.ctx_local, band.b, row, x0, band.c_begin + c, W - x0, p.scale, acc);
+          if (c < band.cn) store_strip<T>(out, 0, v, 0, 0, W - x0, 1.f, acc);
         }
       }
       if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
@@ -272,18 +283,26 @@ FF_UNROLL
       FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
           const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip;
+          const View in = item_view<T>(p.ctx, b, t, x0, c_begin + c);
+          const int valid = c < cn ? W - x0 : 0;
+          float* run = z0.row(smem, 0) + z0.channel(c) + z0.pad + x0;  // slot 0 of the ring
 FF_NO_UNROLL
           for (int v = 0; v < kRowsPerStep; ++v) {
-            load_ctx_strip<T>(p.ctx, z0, z0.row(smem, wrap(z0_slot + v, z0.depth)) + z0.pad, c, x0, b, t + v, H, W,
-                              c_begin, cn);
+            float z[kStrip];
+            load_strip<T>(in, 0, v, 0, 0, t + v < H ? valid : 0, z);
+            store_run(run + wrap(z0_slot + v, z0.depth) * z0.row_floats, z);
           }
         } else {
           const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
+          const View in = item_view<T>(gate_view, b, t, x0, l * p.gates.sl);
+          float* run = s.gates.row(smem, 0) + s.gates.channel(l) + x0;
 FF_NO_UNROLL
           for (int v = 0; v < kRowsPerStep; ++v) {
             float gate[kStrip];
-            load_strip<T>(gate_view, b, t + v, x0, l * p.gates.sl, t + v < H ? W - x0 : 0, gate);
-            store_run(s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + s.gates.channel(l) + x0, gate);
+            load_strip<T>(in, 0, v, 0, 0, t + v < H ? W - x0 : 0, gate);
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;  // the last level's sum comes out scaled
+            store_run(run + wrap(gate_slot + v, s.gates.depth) * s.gates.row_floats, gate);
           }
         }
       }
@@ -417,10 +436,12 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
-  // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 94 KB, 7 warps; lrf: 16 channels, 93 KB, 4 warps), the
+  // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the
   // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
-  // (ptxas sm_90a: 123 srf, 102 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
-  const int threads = sweep_threads(p.geo.W, p.chunk);
+  // (ptxas sm_90a: 122 srf, 104 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
+  // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
+  const int items = strip_width(p.geo.W) / kStrip * p.chunk;
+  const int threads = items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
   const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
