@@ -7,18 +7,22 @@
 namespace focalfast {
 namespace {
 
+// Output rows of every level per sweep step: each window row a conv item loads feeds both rows' FMAs, and the
+// per-row set-up (slots, addresses, item decomposition, barriers) is paid once per kRowsPerStep rows.
+constexpr int kRowsPerStep = 2;
+
 // Shared memory of context_fwd (fp32): the block's weights, a row of weight_pitch (odd: the lanes' channels hit
 // distinct banks) per channel, the levels' taps concatenated (only those not in registers are loaded: see
-// ThreadTapsOf); a ring of the last R + 1 rows of gates [L][strip_width(W)]; per level input z_l a ring of
-// k_l rows (RowRing, padded by ring_pad(k_l)); the gated sums of the rows between level 0 and the last level
-// (R - o_1 + 1 rows); per-item pooling sums. Everything from `zeroed` on starts as zeros.
+// ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a
+// ring of k_l + kRowsPerStep - 1 rows (RowRing, padded by ring_pad(k_l)), deep enough for l >= 1 to still hold
+// the rows the last level outputs (R - o_l + kRowsPerStep: the last level gates them, see ContextFwd); per-item
+// pooling sums. Everything from `zeroed` on starts as zeros.
 struct ContextFwdLayout {
   int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, total = 0, width = 0, chunk_shift = 0;
   int lag[kMaxFocalLevel] = {};        // o_{l+1}: level l's output row trails the ctx row by this much
   int level_taps[kMaxFocalLevel] = {};  // level l's tap 0 in a channel's weight row
   RowRing gates;  // a "channel" per level
   RowRing z[kMaxFocalLevel + 1];  // z[L] unused: the last level's output goes out
-  RowRing acc;
 
   ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
@@ -27,13 +31,13 @@ struct ContextFwdLayout {
     weight_pitch = lv.taps() | 1;
     weights = int(a.take(int64_t(weight_pitch) * chunk));
     zeroed = int(a.used);
-    gates = row_ring(a, lv.offset(lv.L) + 1, W, lv.L, 0);
+    gates = row_ring(a, lv.offset(lv.L) + kRowsPerStep, W, lv.L, 0);
     for (int l = 0; l < lv.L; ++l) {
-      z[l] = row_ring(a, lv.k[l], W, chunk, ring_pad(lv.k[l]));
+      const int held = l == 0 ? 0 : lv.offset(lv.L) - lv.offset(l) + kRowsPerStep;
+      z[l] = row_ring(a, max_int(lv.k[l] + kRowsPerStep - 1, held), W, chunk, ring_pad(lv.k[l]));
       lag[l] = lv.offset(l + 1);
       level_taps[l] = lv.taps_before(l);
     }
-    acc = row_ring(a, lv.offset(lv.L) - lv.offset(1) + 1, W, chunk, 0);
     pool = int(a.take(int64_t(width / kStrip) * chunk));
     total = int(a.used);
   }
@@ -55,11 +59,78 @@ struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
                                   RegisterTaps<FixedChain<K0, kChainLevels>::taps_before(kLevels)>>;
 };
 
-// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx row t
-// and gates row t, then level l turns z_l's rows into z_{l+1}'s row y = t - o_{l+1} (its k_l input rows are
-// in the ring by then), one item per (strip of kStrip pixels, channel):
-//   z_{l+1} = GELU(dwconv_l(z_l)),  acc = (l > 0 ? acc : 0) + gates_l * z_{l+1};  at the last level
-//   ctx_local = scale * acc (row t - R), pool += z_L   (rows of the band only).
+// rows[v] for a run-time row v < kRowsPerStep of a step, as selects: the rows stay in registers. The steps' rows
+// run as real loops (FF_NO_UNROLL, one copy of the body): the static cost report counts the branches of a row by
+// the loop's host-path counts.
+FF_HD void pick_row(const float (&rows)[kRowsPerStep][kStrip], int v, float (&out)[kStrip]) {
+FF_UNROLL
+  for (int u = 0; u < kStrip; ++u) out[u] = rows[0][u];
+FF_UNROLL
+  for (int w = 1; w < kRowsPerStep; ++w) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) out[u] = v == w ? rows[w][u] : out[u];
+  }
+}
+
+// The depthwise conv of one channel at one strip of kRowsPerStep consecutive output rows y, y + 1, ...:
+// acc[v][p] += sum_{i,j < K} w[i, j] z[y + v + i - r, x0 + p + j - r], r = K / 2. z's rows y - r .. y + r +
+// kRowsPerStep - 1 are in the ring's slots slot0, slot0 + 1, ... (wrapping); chan = ring.channel(c). Each of the
+// K + kRowsPerStep - 1 window rows is loaded once and feeds every output row it touches. centre[v] = z[y + v,
+// x0 .. x0 + kStrip - 1] (the windows' centre columns: the input itself).
+template <int K, class Taps>
+FF_HD void conv_rows(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
+                     float (&acc)[kRowsPerStep][kStrip], float (&centre)[kRowsPerStep][kStrip]) {
+  constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+FF_UNROLL
+  for (int i = 0; i < K + kRowsPerStep - 1; ++i) {
+    float window[n];
+    load_run(ring.row(smem, wrap(slot0 + i, ring.depth)) + chan + x0, window);
+FF_UNROLL
+    for (int v = 0; v < kRowsPerStep; ++v) {
+      if (i - v == r) {
+FF_UNROLL
+        for (int p = 0; p < kStrip; ++p) centre[v][p] = window[pad + p];
+      }
+      if (i - v < 0 || i - v >= K) continue;
+FF_UNROLL
+      for (int j = 0; j < K; ++j) {
+        const float wv = taps((i - v) * K + j);
+FF_UNROLL
+        for (int p = 0; p < kStrip; ++p) acc[v][p] = fmaf(wv, window[pad - r + p + j], acc[v][p]);
+      }
+    }
+  }
+}
+
+// t's elements (b, y + dy, x0 + dx) + c as a View over (0, dy, dx): an item's global addresses formed once, each
+// row of a step one stride on (load_strip / store_strip at b = 0, x0 = 0, c = 0).
+template <typename T>
+FF_HD View item_view(const View& t, int b, int y, int x0, int64_t c) {
+  View v = t;
+  v.ptr = const_cast<T*>(static_cast<const T*>(t.ptr) + t.at(b, y, x0) + c);
+  v.sb = 0;
+  return v;
+}
+
+// z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last).
+FF_HD void gelu_strip(float (&z)[kStrip], int x0, int W) {
+FF_UNROLL
+  for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+  if (x0 + kStrip > W) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
+  }
+}
+
+// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk). Step t of the sweep loads ctx rows t ..
+// t + kRowsPerStep - 1 and those gates rows, then level l turns z_l's rows into z_{l+1}'s rows y = t - o_{l+1}
+// .. y + kRowsPerStep - 1 (their k_l + kRowsPerStep - 1 input rows are in the ring by then), one item per (strip
+// of kStrip pixels, channel):
+//   z_{l+1} = GELU(dwconv_l(z_l));  at the last level (rows t - R ..., of the band only)
+//   ctx_local = acc,  acc = g'_0 z_1, then acc = fma(g'_l, z_{l+1}, acc) for l = 1 .. L - 1;  pool += z_L,
+// with g' = scale * g (the gates enter their ring scaled).
+// The last level reads z_1 .. z_{L-2} of its rows from their rings (kept deep enough) and z_{L-1} from the
+// centre row of its own input window: no accumulator in shared memory.
 // Rows outside the image enter the rings as zeros (each conv zero-pads its own input), and so do columns
 // past W. The sweep starts at t = y0 - R (the halo; 0 for the first band) and ends when row y1 - 1 is out.
 // Items run channel fastest and the block's threads are a multiple of chunk, so a thread's channel is the
@@ -68,10 +139,10 @@ struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
 //
 // Cost per output element (one item's strip, one level of size K, fp32 FMAs and shared-memory accesses;
 // the counted SASS is in the module docstring of focalfast/ops/cuda/focal_modulation.py):
-//   K^2 FMAs, K (8 + 2 ring_pad(K)) / 32 16-byte window loads, one GELU,
-//   1/4 16-byte gate loads, 1/4 (1/2 for 0 < l < L - 1) 16-byte accumulator accesses, 1/4 16-byte z stores;
-//   once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store) and the
-//   ctx_local store.
+//   K^2 FMAs, (K + 1) (8 + 2 ring_pad(K)) / 64 16-byte window loads, one GELU,
+//   1/4 16-byte z stores; at the last level 1/4 16-byte gate loads per level and 1/4 16-byte loads of each of
+//   z_1 .. z_{L-2}; once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store)
+//   and the ctx_local store. Global addresses are formed once per item and stepped by a row stride per row.
 template <typename T, class Chain>
 struct ContextFwd {
   using Params = ContextFwdParams;
@@ -106,60 +177,67 @@ struct ContextFwd {
   template <int K, class Level>
   static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                           ThreadTaps& taps, Level l, int t) {
-    const int L = Chain::levels(p.levels), H = p.geo.H, y = t - s.lag[l];
-    const bool last = l == L - 1, inside = y >= 0 && y < H;
-    if (!last || band.owns(y)) level_items<K>(p, s, band, smem, taps, l, y, last, inside);  // the last level's rows
-  }                                                                                       // outside the band feed nothing
+    const int L = Chain::levels(p.levels), y = t - s.lag[l];
+    const bool last = l == L - 1;
+    if (!last || (y < band.y1 && y + kRowsPerStep > band.y0)) {  // the last level's rows outside the band
+      level_items<K>(p, s, band, smem, taps, l, y, last);       // feed nothing
+    }
+  }
 
   template <int K, class Level>
   static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
-                                ThreadTaps& taps, Level l, int y, bool last, bool inside) {
-    const int W = p.geo.W, chunk = p.chunk;
-    const RowRing& in = s.z[l];
-    const int slot0 = in.slot(y - K / 2);
-    const float* gates = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
-    float* acc_row = s.acc.row(smem, s.acc.slot(y));
+                                ThreadTaps& taps, Level l, int y, bool last) {
+    const int W = p.geo.W, H = p.geo.H, chunk = p.chunk, L = Chain::levels(p.levels);
+    const RowRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
+    const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
 #ifndef __CUDA_ARCH__
       taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
 #endif
-      float z[kStrip] = {};
-      if (inside) {
-        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), z);
-FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
-        if (x0 + kStrip > W) {
-FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
-        }
-        float gate[kStrip], acc[kStrip];
-        load_run(gates + x0, gate);
-        float* acc_run = acc_row + s.acc.channel(c) + x0;
-        if (l == 0) {
-FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) acc[u] = gate[u] * z[u];
-        } else {
-          load_run(acc_run, acc);
-FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
-        }
+      const View out = item_view<T>(p.ctx_local, band.b, y, x0, band.c_begin + c);  // the last level's row y
+      float conv[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
+      conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
+      float pooled = 0.f;
+FF_NO_UNROLL
+      for (int v = 0; v < kRowsPerStep; ++v) {
+        const int row = y + v;
+        float z[kStrip];
+        pick_row(conv, v, z);
         if (!last) {
-          store_run(acc_run, acc);
-        } else {
-          if (p.pooled_sum.ptr) {
-            float sum = 0.f;
+          if (unsigned(row) < unsigned(H)) {
+            gelu_strip(z, x0, W);
+          } else {
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) sum += z[u];
-            smem[s.pool + item] += sum;
+            for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
           }
-          if (c < band.cn) store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, W - x0, p.scale, acc);
+          store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, z);
+        } else if (band.owns(row)) {
+          gelu_strip(z, x0, W);
+          const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
+          float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {}, below[kStrip];
+          pick_row(centre, v, below);
+FF_UNROLL
+          for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
+            if (m < L) {
+              if (m < L - 2) {
+                const RowRing& ring = s.z[m + 1];
+                load_run(ring.row(smem, ring.slot(row)) + ring.channel(c) + ring.pad + x0, term);
+              }
+              load_run(gates + s.gates.channel(m), gate);
+FF_UNROLL
+              for (int u = 0; u < kStrip; ++u) {
+                const float z_next = m == L - 1 ? z[u] : m == L - 2 ? below[u] : term[u];
+                acc[u] = m == 0 ? gate[u] * z_next : fmaf(gate[u], z_next, acc[u]);
+              }
+            }
+          }
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) pooled += z[u];
+          if (c < band.cn) store_strip<T>(out, 0, v, 0, 0, W - x0, 1.f, acc);
         }
       }
-      if (!last) {
-        const RowRing& next = s.z[l + 1];
-        store_run(next.row(smem, next.slot(y)) + next.channel(c) + next.pad + x0, z);
-      }
+      if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
     }
   }
 
@@ -197,21 +275,35 @@ FF_UNROLL
 
     const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
     const View gate_view = gates_as_view(p.gates);
-    for (int t = max_int(0, band.y0 - R); t < band.y1 + R; ++t) {
-      // ctx row t (zeros past the image) into ring 0, an item per (strip, channel) as in the levels; gates row t,
-      // an item per (level, strip).
+    for (int t = max_int(0, band.y0 - R); t < band.y1 + R; t += kRowsPerStep) {
+      // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image) into ring 0, an item per (strip, channel) as in
+      // the levels; those gates rows, an item per (level, strip).
       const RowRing& z0 = s.z[0];
-      float* z0_row = z0.row(smem, z0.slot(t)) + z0.pad;
-      float* gate_row = s.gates.row(smem, s.gates.slot(t));
+      const int z0_slot = z0.slot(t), gate_slot = s.gates.slot(t);
       FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
-          load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, t, H, W,
-                            c_begin, cn);
+          const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip;
+          const View in = item_view<T>(p.ctx, b, t, x0, c_begin + c);
+          const int valid = c < cn ? W - x0 : 0;
+          float* run = z0.row(smem, 0) + z0.channel(c) + z0.pad + x0;  // slot 0 of the ring
+FF_NO_UNROLL
+          for (int v = 0; v < kRowsPerStep; ++v) {
+            float z[kStrip];
+            load_strip<T>(in, 0, v, 0, 0, t + v < H ? valid : 0, z);
+            store_run(run + wrap(z0_slot + v, z0.depth) * z0.row_floats, z);
+          }
         } else {
           const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
-          float gate[kStrip];
-          load_strip<T>(gate_view, b, t, x0, l * p.gates.sl, t < H ? W - x0 : 0, gate);
-          store_run(gate_row + s.gates.channel(l) + x0, gate);
+          const View in = item_view<T>(gate_view, b, t, x0, l * p.gates.sl);
+          float* run = s.gates.row(smem, 0) + s.gates.channel(l) + x0;
+FF_NO_UNROLL
+          for (int v = 0; v < kRowsPerStep; ++v) {
+            float gate[kStrip];
+            load_strip<T>(in, 0, v, 0, 0, t + v < H ? W - x0 : 0, gate);
+FF_UNROLL
+            for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;  // the last level's sum comes out scaled
+            store_run(run + wrap(gate_slot + v, s.gates.depth) * s.gates.row_floats, gate);
+          }
         }
       }
       FF_BARRIER();
@@ -343,11 +435,13 @@ int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
 void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
-  // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory, not registers, sets
-  // the occupancy: 2 blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 100 KB, 7 warps each; lrf: 16
-  // channels, 4 warps each), since the launch code picks the chunk for two blocks per SM (a block's barrier
-  // waits hide behind the other's work); the tap registers of a FixedChain stay within that occupancy.
-  const int threads = sweep_threads(p.geo.W, p.chunk);
+  // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
+  // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the
+  // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
+  // (ptxas sm_90a: 122 srf, 104 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
+  // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
+  const int items = strip_width(p.geo.W) / kStrip * p.chunk;
+  const int threads = items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
   const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);

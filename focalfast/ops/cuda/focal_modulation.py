@@ -32,17 +32,22 @@ ctx_local, grad_ctx), linear 4, output_fwd 6 (read grad_out, linear; write grad_
 are bound by instruction issue: they are written for few instructions per output element (pixel x
 channel). An item of a conv phase is one channel of an 8-pixel strip: its window rows come in 16-byte
 shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
-GELU / GELU' share one 17-instruction Phi (csrc/focal_modulation_common.cuh).
+GELU / GELU' share one 17-instruction Phi (csrc/focal_modulation_common.cuh). context_fwd advances two output
+rows per step: an item's K + 1 window rows feed both rows' FMAs, and the per-row bookkeeping (ring slots, global
+addresses, barriers, the load phase) is paid once per two rows; the two rows run as a one-copy row loop, so
+the static cost report counts their branches exactly.
 
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   5.69 / 11.48 (the forward 6.03 / 11.82); FMA floor 1.06 / 2.59
+    context_fwd   4.25 / 8.44 (the forward 4.59 / 8.78; stages 2-4: 5.62 / 9.85, 6.46 / 12.49, 7.93 / 22.47);
+                  FMA floor 1.06 / 2.59
     context_bwd   15.69 / 27.16 (the backward 16.54 / 28.07, was 21.34 / 38.65 with a context_fwd in it)
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 48 / 64 registers, context_bwd
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 122 / 104 registers, context_bwd
 118 / 76 (srf keeps all 34 taps in registers), no stack, no spills (the host-computed layout is a
 __grid_constant__ argument). The chunk is the largest whose blocks fill the GPU twice with two blocks per SM
-(``_sweep_chunk``): context_fwd takes 32 channels for srf (100 KB, 2 blocks of 7 warps per SM) and 16 for lrf;
+(``_sweep_chunk``): context_fwd takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf
+(94 KB, 2 blocks of 4 warps), one warp per block where a level's items fit one (7x7 maps);
 context_bwd's rings are deeper (the adjoint trails the recompute by up to 2R rows) and take 8 channels at stage 1
 (62 KB srf: 3 blocks of 2 warps per SM; 152 KB lrf: one). Shared memory, not registers, sets the occupancy.
 
