@@ -81,11 +81,12 @@ constexpr int kBwdRegisterTaps<FixedChain<K0, kLevels>> =
 //   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R);
 //                 weight gradients dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l),
 //                 an item per (level, kernel row i, channel), summed over x in order strip by strip;
-//                 gate partials over the chunk's channels (lag_l), an item per (level, column)
+//                 gate partials over the chunk's channels (lag_l), an item per (column, level l < L); the item of level
+//                 L - 1 also gives the global level's (same row)
 // Cost per output element and level of size K (FMAs and shared-memory accesses, as context_fwd's):
 // recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level), a 2-byte global
 // load (grad_ctx_all) and 1/4 16-byte shared gate load; weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32
-// + K / 16 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level; ctx_local an
+// + K / 16 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level (the global level: a global load); ctx_local an
 // FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
 // shared load each, none where the thread holds them (kBwdRegisterTaps).
 template <typename T, class Chain>
@@ -98,6 +99,9 @@ struct ContextBwd {
     ContextBwdLayout s;
   };
   static constexpr const char* kName = "context_bwd";
+  // ptxas plans registers for one block per SM: shared memory, not registers, limits context_bwd's blocks (at most
+  // 8 warps), and without it ptxas squeezes the lrf chain into 64 registers with a stack frame (a spill).
+  static constexpr int kMinBlocksPerSm = 1;
 
   // Level l's taps for channel c: the thread's registers or the [taps][chunk] weights in shared memory.
   static FF_HD StridedTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c,
@@ -256,29 +260,33 @@ FF_UNROLL
     }
   }
 
-  // The gate partials of row y: level < L from z_{level+1}, level L (the global level) from G; an item per column.
-  static FF_HD void gate_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem, int level,
-                             int L, int chunks, int y) {
-    const int W = p.geo.W, cn = band.cn, b = band.b;
-    const RowRing& zr = s.z[level < L ? level + 1 : L];
-    FF_FOR_EACH(x, W) {
-      const float* z = zr.row(smem, zr.slot(y)) + zr.pad + x;
-      float sum = 0.f;
-      for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * (z_{level+1} or G)
-        const int n = min_int(kGroup, cn - c);
-        const Group g = load_at<T>(p.grad_ctx_all, b, y, x, band.c_begin + c, n);
-        Group v;
-        if (level < L) {
+  // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: level l from z_{l+1} at
+  // lag_bwd[l]; the item of level L - 1 also gives the global level's (L) from G, on the same row of grad_ctx_all.
+  static FF_HD void gate_partials(const Params& p, const ContextBwdLayout& s, const SweepBand& band, const float* smem,
+                                  int chunks, int y_top) {
+    const int W = p.geo.W, cn = band.cn, b = band.b, L = Chain::levels(p.levels);
+    FF_FOR_EACH(item, L * W) {
+      const int x = item / L, l = item - x * L, y = y_top + s.lag_bwd[l];
+      if (band.owns(y)) {
+        const RowRing& zr = s.z[l + 1];
+        const float* z = zr.row(smem, zr.slot(y)) + zr.pad + x;
+        const bool global = l == L - 1;
+        float sum = 0.f, global_sum = 0.f;
+        for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * z_{l+1} (and * G)
+          const int n = min_int(kGroup, cn - c);
+          const Group g = load_at<T>(p.grad_ctx_all, b, y, x, band.c_begin + c, n);
 FF_UNROLL
-          for (int e = 0; e < kGroup; ++e) v.v[e] = z[zr.channel(c + e)];
-        } else {
-          v = load_at<float>(p.pooled, b, 0, 0, band.c_begin + c, n);
+          for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], z[zr.channel(c + e)], sum);
+          if (global) {
+            const Group pooled = load_at<float>(p.pooled, b, 0, 0, band.c_begin + c, n);
+FF_UNROLL
+            for (int e = 0; e < kGroup; ++e) global_sum = fmaf(g.v[e], pooled.v[e], global_sum);
+          }
         }
-FF_UNROLL
-        for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], v.v[e], sum);
+        float* out = p.gate_partial + ((int64_t(b) * p.geo.H + y) * W + x) * (L + 1) * chunks + band.chunk_index;
+        out[l * chunks] = p.scale * sum;
+        if (global) out[L * chunks] = p.scale * global_sum;
       }
-      const int64_t pixel = (int64_t(b) * p.geo.H + y) * W + x;
-      p.gate_partial[(pixel * (L + 1) + level) * chunks + band.chunk_index] = p.scale * sum;
     }
   }
 
@@ -296,10 +304,14 @@ FF_UNROLL
     const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
     const View gate_view = gates_as_view(p.gates);
 
-    FF_FOR_EACH(i, s.total) {
-      float v = 0.f;
-      if (i < taps * chunk && i % chunk < cn) v = weights[p.weights.at(i / chunk, 0, 0) + c_begin + i % chunk];
-      smem[i] = v;
+    // The weights [taps][chunk] (zero past cn), everything after them zero (16-byte stores; regions are 4-float aligned).
+    FF_FOR_EACH(i, taps * chunk) {
+      const int tap = i >> s.chunk_shift, c = i & (chunk - 1);
+      smem[s.weights + i] = c < cn ? weights[p.weights.at(tap, 0, 0) + c_begin + c] : 0.f;
+    }
+    FF_FOR_EACH(i, (s.total - s.weight_grad) / 4) {
+      const float zero[4] = {};
+      store_run(smem + s.weight_grad + 4 * i, zero);
     }
     ThreadTaps thread_taps;
 #ifdef __CUDA_ARCH__
@@ -349,10 +361,9 @@ FF_UNROLL
             const int i = item >> s.chunk_shift, c = item & (chunk - 1);
             weight_grad_row<K>(s, smem, l, i, y, c, chunk);
           }
-          gate_row(p, s, band, smem, l, L, chunks, y);
         }
       });
-      if (band.owns(y_top + s.lag_bwd[L - 1])) gate_row(p, s, band, smem, L, L, chunks, y_top + s.lag_bwd[L - 1]);
+      gate_partials(p, s, band, smem, chunks, y_top);
       FF_BARRIER();
     }
 
@@ -542,6 +553,14 @@ void dispatch_kernel_size(int k, F&& f) {
                               std::to_string(k));
 }
 
+// Threads of a context_bwd block: the warps its conv phases' items (strips x chunk) fill, 1 to kSweepThreads / 32. Unlike
+// context_fwd's blocks (sweep_threads: at least 2 warps), no warp idles through the conv phases of a small map (7x7:
+// 32 items) while paying every step's bookkeeping; the weight-gradient and gate phases spread over the same warps.
+int context_bwd_threads(int W, int chunk) {
+  const int warps = (strip_width(W) / kStrip * chunk + 31) / 32;
+  return 32 * min_int(kSweepThreads / 32, warps);
+}
+
 }  // namespace
 
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
@@ -554,7 +573,7 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
     dispatch_chain(p.levels, [&](auto chain) {
-      launch_sweep<ContextBwd<T, decltype(chain)>>({p, layout}, blocks, sweep_threads(p.geo.W, p.chunk),
+      launch_sweep<ContextBwd<T, decltype(chain)>>({p, layout}, blocks, context_bwd_threads(p.geo.W, p.chunk),
                                                    int64_t(layout.total) * int64_t(sizeof(float)), stream);
     });
   });

@@ -358,8 +358,15 @@ inline int sweep_threads(int W, int chunk) {
 // copy on the stack.
 extern __shared__ float4 sweep_smem[];
 
+// The blocks per SM an Op asks ptxas to plan registers for: Op::kMinBlocksPerSm where it declares one, else 0 (no
+// request: ptxas' own choice, the same code as __launch_bounds__(kSweepThreads)).
+template <class Op, class = void>
+constexpr int kSweepMinBlocks = 0;
 template <class Op>
-__global__ void __launch_bounds__(kSweepThreads) sweep_kernel(const __grid_constant__ typename Op::Args args) {
+constexpr int kSweepMinBlocks<Op, std::void_t<decltype(Op::kMinBlocksPerSm)>> = Op::kMinBlocksPerSm;
+
+template <class Op>
+__global__ void __launch_bounds__(kSweepThreads, kSweepMinBlocks<Op>) sweep_kernel(const __grid_constant__ typename Op::Args args) {
   Op::run(args, int(blockIdx.x), reinterpret_cast<float*>(sweep_smem));
 }
 
