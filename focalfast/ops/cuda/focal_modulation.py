@@ -32,7 +32,8 @@ ctx_local, grad_ctx), linear 4, output_fwd 6 (read grad_out, linear; write grad_
 are bound by instruction issue: they are written for few instructions per output element (pixel x
 channel). An item of a conv phase is one channel of an 8-pixel strip: its window rows come in 16-byte
 shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
-GELU / GELU' share one 17-instruction Phi (csrc/focal_modulation_common.cuh). context_fwd advances two output
+GELU is 13 instructions (max(x, 0) - |x| Phi(-|x|), Phi's tail from one exp2 of a polynomial) and GELU' shares
+its Phi (csrc/focal_modulation_common.cuh). context_fwd advances two output
 rows per step: an item's K + 1 window rows feed both rows' FMAs, and the per-row bookkeeping (ring slots, global
 addresses, barriers, the load phase) is paid once per two rows; the two rows run as a one-copy row loop, so
 the static cost report counts their branches exactly.
