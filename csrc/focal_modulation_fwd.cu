@@ -178,9 +178,28 @@ struct ContextFwd {
   static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                           ThreadTaps& taps, Level l, int t) {
     const int L = Chain::levels(p.levels), y = t - s.lag[l];
-    const bool last = l == L - 1;
-    if (!last || (y < band.y1 && y + kRowsPerStep > band.y0)) {  // the last level's rows outside the band
-      level_items<K>(p, s, band, smem, taps, l, y, last);       // feed nothing
+    if (l == L - 1) {
+      if (y < band.y1 && y + kRowsPerStep > band.y0) level_items<K>(p, s, band, smem, taps, l, y, true);
+    } else if (y < p.geo.H) {
+      // Rows above the image are zero: their slots are still zero from the block's start (no row was
+      // written before them). Rows below it only need zeros for the next level's padding: zero_rows.
+      if (y + kRowsPerStep > 0) level_items<K>(p, s, band, smem, taps, l, y, false);
+    } else {
+      zero_rows(s, s.z[l + 1], smem, p.chunk, y);
+    }
+  }
+
+  // The step's rows y, y + 1, ... of ring `next` set to zero, an item per (strip, channel) as in level_items: rows
+  // past the image, which the next level reads as its padding.
+  static FF_HD void zero_rows(const ContextFwdLayout& s, const RowRing& next, float* smem, int chunk, int y) {
+    const int next_slot = next.slot(y);
+    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      const float zero[kStrip] = {};
+FF_NO_UNROLL
+      for (int v = 0; v < kRowsPerStep; ++v) {
+        store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, zero);
+      }
     }
   }
 
@@ -262,13 +281,12 @@ FF_UNROLL
     taps.load(p.weights, c_begin + thread_channel, thread_channel < cn);
 #endif
     if (kRegisterLevels < L) {
-      const float* weights = static_cast<const float*>(p.weights.ptr);
       const int first = lv.taps_before(kRegisterLevels);
+      const float* weights = static_cast<const float*>(p.weights.ptr) + p.weights.at(first, 0, 0) + c_begin;
+      const int tap_stride = int(p.weights.sb);  // C: the binding's tap-major copy
       FF_FOR_EACH(i, (lv.taps() - first) << s.chunk_shift) {
-        const int tap = first + (i >> s.chunk_shift), c = i & (chunk - 1);
-        float v = 0.f;
-        if (c < cn) v = weights[p.weights.at(tap, 0, 0) + c_begin + c];
-        smem[s.weights + c * s.weight_pitch + tap] = v;
+        const int tap = i >> s.chunk_shift, c = i & (chunk - 1);
+        smem[s.weights + c * s.weight_pitch + first + tap] = c < cn ? weights[tap * tap_stride + c] : 0.f;
       }
     }
     FF_BARRIER();

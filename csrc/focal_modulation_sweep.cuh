@@ -21,10 +21,11 @@
 #include "focal_modulation_common.cuh"
 
 #ifdef __CUDA_ARCH__
-#define FF_FOR_EACH(item, count) for (int item = int(threadIdx.x); item < (count); item += int(blockDim.x))
+#define FF_FOR_EACH(item, count) \
+  for (int item = int(threadIdx.x), item##_end = (count); item < item##_end; item += int(blockDim.x))
 #define FF_BARRIER() __syncthreads()
 #else
-#define FF_FOR_EACH(item, count) for (int item = 0; item < (count); ++item)
+#define FF_FOR_EACH(item, count) for (int item = 0, item##_end = (count); item < item##_end; ++item)
 #define FF_BARRIER() ((void)0)
 #endif
 
