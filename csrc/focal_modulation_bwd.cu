@@ -38,7 +38,8 @@ int context_bwd_threads(int W, int chunk) {
 // (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
 // offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
-  int weights = 0, sums = 0, total = 0, width = 0, chunk_shift = 0, threads = 0;
+  int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
+  int strips = 0, items = 0;               // strips of kStrip pixels in a row; conv-phase items: strips x chunk
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights
@@ -48,7 +49,8 @@ struct ContextBwdLayout {
   ContextBwdLayout(const SweepLevels& lv, int W, int chunk, bool sums_in_smem) {
     SmemAllocator a;
     const int R = lv.offset(lv.L);
-    width = strip_width(W);
+    strips = strip_width(W) / kStrip;
+    items = strips * chunk;
     threads = context_bwd_threads(W, chunk);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
     weights = int(a.take(int64_t(lv.taps()) * chunk));
@@ -122,7 +124,7 @@ FF_UNROLL
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
 // channel) unless said otherwise:
-//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (level, strip)
+//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (strip, level), level fastest
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
 //                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
@@ -238,7 +240,7 @@ FF_UNROLL
     const int slot0 = in.slot(y - K / 2);
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
     float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
-    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
       float z[kStrip] = {}, dg[kStrip] = {};
@@ -272,7 +274,7 @@ FF_UNROLL
     const float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
     const float* gate_run = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
-    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
       float grad_pre[kStrip] = {};  // zero past W, where dg is
@@ -327,7 +329,7 @@ FF_UNROLL
                                  ThreadTaps& taps, int y) {
     const RowRing& g = s.grad_pre[0];
     const int slot0 = g.slot(y - K0 / 2);
-    FF_FOR_EACH(item, s.width / kStrip * p.chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
       load_item_taps(taps, p, band, c);
       float grad[kStrip] = {};
@@ -378,7 +380,7 @@ FF_UNROLL
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const float* weights = static_cast<const float*>(p.weights.ptr);
-    const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
+    const int strips = s.strips, ctx_items = s.items;
     const View gate_view = gates_as_view(p.gates);
 
     // The weights [taps][chunk] (zero past cn), everything after them zero (16-byte stores; regions are 4-float aligned).
@@ -412,7 +414,7 @@ FF_UNROLL
           load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, y_top, H, W,
                             c_begin, cn);
         } else if (y_top >= 0) {  // rows above the image: nothing reads their gates
-          const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
+          const int strip = (item - ctx_items) / L, l = item - ctx_items - strip * L, x0 = strip * kStrip;
           float gate[kStrip];
           load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
           store_run(gates_row + s.gates.channel(l) + x0, gate);
