@@ -15,6 +15,15 @@
 namespace focalfast {
 namespace {
 
+// Threads of a context_bwd block: the warps its conv phases' items (strips x chunk) fill, 1 to kSweepThreads / 32. Unlike
+// context_fwd's blocks (sweep_threads: at least 2 warps), no warp idles through the conv phases of a small map (7x7:
+// 32 items) while paying every step's bookkeeping. A multiple of chunk (chunk <= 256): a thread's channel is the
+// same in every conv phase.
+int context_bwd_threads(int W, int chunk) {
+  const int warps = (strip_width(W) / kStrip * chunk + 31) / 32;
+  return 32 * min_int(kSweepThreads / 32, warps);
+}
+
 // Shared memory of context_bwd (fp32), computed on the host. With lag_l = 2R - o_{l+1} (the adjoint of level l
 // runs that many rows behind the ctx row being loaded) the rings (RowRing) are as deep as their readers need:
 //   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1), padded by ring_pad(k_l): read by the recompute,
@@ -25,22 +34,27 @@ namespace {
 //                and by level l's weight gradient
 //   gates        gates_0 .. gates_{L-1} (a "channel" per level), 2R - r_0 + 1 rows: loaded at lag 0 (once per
 //                pixel, not once per channel), read by ctx_local (lag R) and the adjoints (up to lag_0 = 2R - r_0)
-// plus the block's weights and its weight-gradient sums [taps][chunk].
+// plus the block's weights [taps][chunk] and, where a thread's weight-gradient sums are not in its registers
+// (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
+// offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
-  int weights = 0, weight_grad = 0, total = 0, width = 0, chunk_shift = 0;
+  int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
+  int strips = 0, items = 0;               // strips of kStrip pixels in a row; conv-phase items: strips x chunk
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
-  int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights (and their gradients)
-  int row_items = 0;                       // kernel-row items of the weight gradient: sum_l k_l
+  int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights
+  int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
 
-  ContextBwdLayout(const SweepLevels& lv, int W, int chunk) {
+  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, bool sums_in_smem) {
     SmemAllocator a;
     const int R = lv.offset(lv.L);
-    width = strip_width(W);
+    strips = strip_width(W) / kStrip;
+    items = strips * chunk;
+    threads = context_bwd_threads(W, chunk);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
     weights = int(a.take(int64_t(lv.taps()) * chunk));
-    weight_grad = int(a.take(int64_t(lv.taps()) * chunk));
+    sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
     for (int l = 0; l <= lv.L; ++l) {
       z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, l < lv.L ? ring_pad(lv.k[l]) : 0);
     }
@@ -50,10 +64,11 @@ struct ContextBwdLayout {
       lag_fwd[l] = lv.offset(l + 1);
       lag_bwd[l] = 2 * R - lv.offset(l + 1);
       level_taps[l] = lv.taps_before(l) * chunk;
-      row_items += lv.k[l];
+      level_sums[l] = lv.taps_before(l) * threads;
     }
     gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, 0);
     total = int(a.used);
+    if (total < lv.taps() * threads) total = lv.taps() * threads;
   }
 };
 
@@ -66,11 +81,50 @@ template <int K0, int kLevels>
 constexpr int kBwdRegisterTaps<FixedChain<K0, kLevels>> =
     kLevels <= 2 ? FixedChain<K0, kLevels>::taps_before(kLevels) : 0;
 
+// How many weight-gradient sums a thread keeps in registers for its channel: all of a FixedChain of at most three levels
+// (FocalNet srf: 34, lrf: 83), none otherwise (those add to a column of [taps][threads] in shared memory).
+template <class Chain>
+constexpr int kBwdRegisterSums = 0;
+template <int K0, int kLevels>
+constexpr int kBwdRegisterSums<FixedChain<K0, kLevels>> =
+    kLevels <= 3 ? FixedChain<K0, kLevels>::taps_before(kLevels) : 0;
+
+// A thread's weight-gradient sums for its channel, as weight_grad_strip adds to them: sums(tap) of one level.
+// ColumnSums: the thread's column of a [taps][threads] array (shared memory, or host memory on the host, where a
+// column stands for the GPU thread that runs the item); RegisterSums: all taps of the chain in registers (a GPU
+// thread, kBwdRegisterSums), level(): a level's from `first` on; NoThreadSums: none.
+struct ColumnSums {
+  float* w;    // the level's tap 0 in the thread's column
+  int stride;  // threads: floats from one tap to the next
+  FF_HD float& operator()(int tap) const { return w[tap * stride]; }
+};
+
+struct NoThreadSums {};
+
+template <int kCount>
+struct RegisterSums {
+  float w[kCount] = {};
+  template <int kFirst>
+  struct Level {
+    float (&w)[kCount];
+    FF_HD float& operator()(int tap) const { return w[kFirst + tap]; }
+  };
+  template <int kFirst>
+  FF_HD Level<kFirst> level() {
+    return {w};
+  }
+  // dst[i * stride] = w[i] for every tap i.
+  FF_HD void store(float* dst, int stride) const {
+FF_UNROLL
+    for (int i = 0; i < kCount; ++i) dst[i * stride] = w[i];
+  }
+};
+
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
 // channel) unless said otherwise:
-//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (level, strip)
+//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (strip, level), level fastest
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
 //                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
@@ -79,14 +133,15 @@ constexpr int kBwdRegisterTaps<FixedChain<K0, kLevels>> =
 //                        the adjoint conv of grad_pre_{l+1}, whose rows y +- r_{l+1} are in by now)
 //                   grad_pre_l = dz * GELU'(pre_l)
 //   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R);
-//                 weight gradients dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l),
-//                 an item per (level, kernel row i, channel), summed over x in order strip by strip;
+//                 weight gradients dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l), an item
+//                 per strip and channel into its thread's sums (ThreadSums); at the end of the sweep the sums of a
+//                 channel's threads are added in thread order;
 //                 gate partials over the chunk's channels (lag_l), an item per (column, level l < L); the item of level
 //                 L - 1 also gives the global level's (same row)
 // Cost per output element and level of size K (FMAs and shared-memory accesses, as context_fwd's):
 // recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level), a 2-byte global
 // load (grad_ctx_all) and 1/4 16-byte shared gate load; weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32
-// + K / 16 16-byte loads; grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level (the global level: a global load); ctx_local an
+// + 1/4 16-byte loads (and a shared load and store per tap and 8 FMAs where the sums are not in registers); grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level (the global level: a global load); ctx_local an
 // FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
 // shared load each, none where the thread holds them (kBwdRegisterTaps).
 template <typename T, class Chain>
@@ -94,6 +149,11 @@ struct ContextBwd {
   using Params = ContextBwdParams;
   static constexpr int kRegisterTaps = kBwdRegisterTaps<Chain>;
   using ThreadTaps = std::conditional_t<kRegisterTaps == 0, NoThreadTaps, RegisterTaps<kRegisterTaps>>;
+#ifdef __CUDA_ARCH__
+  using ThreadSums = std::conditional_t<kBwdRegisterSums<Chain> == 0, NoThreadSums, RegisterSums<kBwdRegisterSums<Chain>>>;
+#else
+  using ThreadSums = NoThreadSums;  // the host keeps every thread's column in host memory
+#endif
   struct Args {
     Params p;
     ContextBwdLayout s;
@@ -115,6 +175,25 @@ struct ContextBwd {
       return taps.template level<Chain::taps_before(I)>();
     } else {
       return level_taps(taps, smem, s, int(l), c, chunk);
+    }
+  }
+  // A level's weight-gradient sums of the thread that runs `item`: its registers, or its column of `columns`.
+  static FF_HD int sums_column(const ContextBwdLayout& s, int item) {
+#ifdef __CUDA_ARCH__
+    return int(threadIdx.x);
+#else
+    return item % s.threads;
+#endif
+  }
+  static FF_HD ColumnSums level_sums(NoThreadSums&, float* columns, const ContextBwdLayout& s, int l, int item) {
+    return ColumnSums{columns + s.level_sums[l] + sums_column(s, item), s.threads};
+  }
+  template <int I, class Sums>
+  static FF_HD auto level_sums(Sums& sums, float* columns, const ContextBwdLayout& s, LevelIndex<I> l, int item) {
+    if constexpr (std::is_same_v<Sums, NoThreadSums>) {
+      return level_sums(sums, columns, s, int(l), item);
+    } else {
+      return sums.template level<Chain::taps_before(I)>();
     }
   }
   // The level whose grad_pre level l's adjoint reads: l + 1, or l itself at the last level (which reads none).
@@ -161,7 +240,7 @@ FF_UNROLL
     const int slot0 = in.slot(y - K / 2);
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
     float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
-    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
       float z[kStrip] = {}, dg[kStrip] = {};
@@ -195,7 +274,7 @@ FF_UNROLL
     const float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
     float* out_row = out.row(smem, out.slot(y)) + out.pad;
     const float* gate_run = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
-    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
       float grad_pre[kStrip] = {};  // zero past W, where dg is
@@ -219,29 +298,29 @@ FF_UNROLL
     }
   }
 
-  // dw_l[i, j, c] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] for every j < K: strip by strip, a window
-  // of z_l's row and kStrip values of grad_pre_l in registers feed K * kStrip FMAs.
-  template <int K>
-  static FF_HD void weight_grad_row(const ContextBwdLayout& s, float* smem, int l, int i, int y, int c, int chunk) {
+  // dw_l[i, j, c] += sum_u grad_pre_l[y, x0 + u] z_l[y + i - r, x0 + u + j - r] for every i, j < K into the thread's
+  // sums of level l (sums(i * K + j)): a window of each of z_l's K rows and the strip of grad_pre_l in registers
+  // feed K^2 kStrip FMAs.
+  template <int K, class Sums>
+  static FF_HD void weight_grad_strip(const ContextBwdLayout& s, const float* smem, int l, int y, int x0, int c,
+                                      const Sums& sums) {
     constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
     const RowRing &z = s.z[l], &g = s.grad_pre[l];
-    const float* z_row = z.row(smem, z.slot(y + i - r)) + z.channel(c);
-    const float* g_row = g.row(smem, g.slot(y)) + g.channel(c) + g.pad;
-    float acc[K] = {};
-FF_NO_UNROLL
-    for (int x0 = 0; x0 < s.width; x0 += kStrip) {
-      float window[n], grad[kStrip];
-      load_run(z_row + x0, window);
-      load_run(g_row + x0, grad);
+    float grad[kStrip];
+    load_run(g.row(smem, g.slot(y)) + g.pad + g.channel(c) + x0, grad);
+    const int slot0 = z.slot(y - r), chan = z.channel(c);
+FF_UNROLL
+    for (int i = 0; i < K; ++i) {
+      float window[n];
+      load_run(z.row(smem, wrap(slot0 + i, z.depth)) + chan + x0, window);
 FF_UNROLL
       for (int j = 0; j < K; ++j) {
+        float acc = sums(i * K + j);
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) acc[j] = fmaf(grad[u], window[pad - r + u + j], acc[j]);
+        for (int u = 0; u < kStrip; ++u) acc = fmaf(grad[u], window[pad - r + u + j], acc);
+        sums(i * K + j) = acc;
       }
     }
-    float* dw = smem + s.weight_grad + s.level_taps[l] + i * K * chunk + c;
-FF_UNROLL
-    for (int j = 0; j < K; ++j) dw[j * chunk] += acc[j];
   }
 
   // grad_ctx of row y (in the band): the adjoint conv of level 0 on grad_pre_0's rows, an item per strip and channel.
@@ -250,7 +329,7 @@ FF_UNROLL
                                  ThreadTaps& taps, int y) {
     const RowRing& g = s.grad_pre[0];
     const int slot0 = g.slot(y - K0 / 2);
-    FF_FOR_EACH(item, s.width / kStrip * p.chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
       load_item_taps(taps, p, band, c);
       float grad[kStrip] = {};
@@ -301,7 +380,7 @@ FF_UNROLL
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const float* weights = static_cast<const float*>(p.weights.ptr);
-    const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
+    const int strips = s.strips, ctx_items = s.items;
     const View gate_view = gates_as_view(p.gates);
 
     // The weights [taps][chunk] (zero past cn), everything after them zero (16-byte stores; regions are 4-float aligned).
@@ -309,14 +388,19 @@ FF_UNROLL
       const int tap = i >> s.chunk_shift, c = i & (chunk - 1);
       smem[s.weights + i] = c < cn ? weights[p.weights.at(tap, 0, 0) + c_begin + c] : 0.f;
     }
-    FF_FOR_EACH(i, (s.total - s.weight_grad) / 4) {
+    FF_FOR_EACH(i, (s.total - s.sums) / 4) {
       const float zero[4] = {};
-      store_run(smem + s.weight_grad + 4 * i, zero);
+      store_run(smem + s.sums + 4 * i, zero);
     }
     ThreadTaps thread_taps;
+    ThreadSums thread_sums;
 #ifdef __CUDA_ARCH__
     const int thread_channel = int(threadIdx.x) & (chunk - 1);
     thread_taps.load(p.weights, c_begin + thread_channel, thread_channel < cn);
+    float* const sum_columns = smem + s.sums;
+#else
+    std::vector<float> host_sums(size_t(taps) * size_t(s.threads));
+    float* const sum_columns = host_sums.data();
 #endif
     FF_BARRIER();
 
@@ -330,7 +414,7 @@ FF_UNROLL
           load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, y_top, H, W,
                             c_begin, cn);
         } else if (y_top >= 0) {  // rows above the image: nothing reads their gates
-          const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
+          const int strip = (item - ctx_items) / L, l = item - ctx_items - strip * L, x0 = strip * kStrip;
           float gate[kStrip];
           load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
           store_run(gates_row + s.gates.channel(l) + x0, gate);
@@ -347,19 +431,19 @@ FF_UNROLL
         FF_BARRIER();
       });
 
-      // Reduce (one phase): grad_ctx, the weight gradients, the gate partials of the rows in the band.
+      // Reduce (one phase): grad_ctx, the weight gradients (an item per strip and channel), the gate partials of the
+      // rows in the band.
       if (band.owns(y_top + 2 * R)) {
         Chain::with_first_size(lv, [&](auto k0) {
           grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top + 2 * R);
         });
       }
-      Chain::template for_each_level<0, false>(lv, [&](int l, auto k) {
-        constexpr int K = decltype(k)::value;
+      Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
         const int y = y_top + s.lag_bwd[l];
         if (band.owns(y)) {
-          FF_FOR_EACH(item, K * chunk) {  // kernel row i, channel c
-            const int i = item >> s.chunk_shift, c = item & (chunk - 1);
-            weight_grad_row<K>(s, smem, l, i, y, c, chunk);
+          FF_FOR_EACH(item, ctx_items) {
+            weight_grad_strip<decltype(k)::value>(s, smem, l, y, (item >> s.chunk_shift) * kStrip, item & (chunk - 1),
+                                                  level_sums(thread_sums, sum_columns, s, l, item));
           }
         }
       });
@@ -367,11 +451,22 @@ FF_UNROLL
       FF_BARRIER();
     }
 
+    // The weight gradients: per channel, the sums of its threads in thread order. Register sums first meet in
+    // [taps][threads] at offset 0 (the rings are done).
+    const float* columns = sum_columns;
+    if constexpr (!std::is_same_v<ThreadSums, NoThreadSums>) {
+#ifdef __CUDA_ARCH__
+      thread_sums.store(smem + threadIdx.x, s.threads);
+#endif
+      columns = smem;
+      FF_BARRIER();
+    }
     FF_FOR_EACH(item, taps * chunk) {
-      const int tap = item / chunk, c = item % chunk;
+      const int tap = item >> s.chunk_shift, c = item & (chunk - 1);
       if (c < cn) {
-        static_cast<float*>(p.weight_partial.ptr)[p.weight_partial.at(band.partial_row(), tap, 0) + c_begin + c] =
-            smem[s.weight_grad + item];
+        float sum = 0.f;
+        for (int t = c; t < s.threads; t += chunk) sum += columns[tap * s.threads + t];
+        static_cast<float*>(p.weight_partial.ptr)[p.weight_partial.at(band.partial_row(), tap, 0) + c_begin + c] = sum;
       }
     }
   }
@@ -553,28 +648,28 @@ void dispatch_kernel_size(int k, F&& f) {
                               std::to_string(k));
 }
 
-// Threads of a context_bwd block: the warps its conv phases' items (strips x chunk) fill, 1 to kSweepThreads / 32. Unlike
-// context_fwd's blocks (sweep_threads: at least 2 warps), no warp idles through the conv phases of a small map (7x7:
-// 32 items) while paying every step's bookkeeping; the weight-gradient and gate phases spread over the same warps.
-int context_bwd_threads(int W, int chunk) {
-  const int warps = (strip_width(W) / kStrip * chunk + 31) / 32;
-  return 32 * min_int(kSweepThreads / 32, warps);
-}
-
 }  // namespace
 
+// The layout of a Chain's blocks: sums in shared memory unless its threads hold them in registers.
+template <class Chain>
+ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk) {
+  return ContextBwdLayout(levels, W, chunk, kBwdRegisterSums<Chain> == 0);
+}
+
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
-  return int64_t(ContextBwdLayout(levels, W, chunk).total) * int64_t(sizeof(float));
+  int64_t floats = 0;
+  dispatch_chain(levels, [&](auto chain) { floats = context_bwd_layout<decltype(chain)>(levels, W, chunk).total; });
+  return floats * int64_t(sizeof(float));
 }
 
 void context_bwd(const ContextBwdParams& p, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
-  const ContextBwdLayout layout(p.levels, p.geo.W, p.chunk);
-  dispatch_dtype(p.dtype, [&](auto t_tag) {
-    using T = decltype(t_tag);
-    dispatch_chain(p.levels, [&](auto chain) {
-      launch_sweep<ContextBwd<T, decltype(chain)>>({p, layout}, blocks, context_bwd_threads(p.geo.W, p.chunk),
-                                                   int64_t(layout.total) * int64_t(sizeof(float)), stream);
+  dispatch_chain(p.levels, [&](auto chain) {
+    using Chain = decltype(chain);
+    const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk);
+    dispatch_dtype(p.dtype, [&](auto t_tag) {
+      launch_sweep<ContextBwd<decltype(t_tag), Chain>>({p, layout}, blocks, layout.threads,
+                                                       int64_t(layout.total) * int64_t(sizeof(float)), stream);
     });
   });
 }

@@ -43,18 +43,18 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   4.25 / 8.44 (the forward 4.59 / 8.78; stages 2-4: 5.62 / 9.85, 6.46 / 12.49, 7.93 / 22.47);
                   FMA floor 1.06 / 2.59
-    context_bwd   14.28 / 25.80 (the backward 15.13 / 26.71); stages 2-4 14.84 / 28.91, 15.95 / 54.15, 21.52 / 64.87
+    context_bwd   13.52 / 24.77 (the backward 14.38 / 25.68); stages 2-4 13.99 / 26.59, 15.18 / 54.42, 19.96 / 63.80
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 122 / 104 registers, context_bwd
-138 / 118 (srf keeps all 34 taps in registers; ptxas is told one block per SM, else it squeezes lrf into 64
-registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
+168 / 244 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
+per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
 warp per block where a level's items fit one (7x7 maps);
 context_bwd's rings are deeper (the adjoint trails the recompute by up to 2R rows) and take 8 channels at stage 1
-(62 KB srf: 3 blocks of 2 warps per SM; 152 KB lrf: one). Shared memory, not registers, sets the occupancy.
+(61 KB srf: 3 blocks of 2 warps per SM; 149 KB lrf: one). Shared memory, not registers, sets the occupancy.
 A context_bwd block has as many warps as its conv items (strips x chunk) fill, one at small maps (stage 2 lrf,
 stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. Larger chunks
-would fill the warps of stage 3-4 lrf (16 items now: 55.6 / 67.3 -> 33.8 / 41.8 at chunk 16 / 32) but leave one
+would fill the warps of stage 3-4 lrf (16 items now, half a warp) but leave one
 warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
