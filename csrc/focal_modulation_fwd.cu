@@ -19,6 +19,7 @@ constexpr int kRowsPerStep = 2;
 // pooling sums. Everything from `zeroed` on starts as zeros.
 struct ContextFwdLayout {
   int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, total = 0, width = 0, chunk_shift = 0;
+  int strip_shift = 0;  // 2^strip_shift >= width / kStrip: the gate load's items (level, strip) without a division
   int lag[kMaxFocalLevel] = {};        // o_{l+1}: level l's output row trails the ctx row by this much
   int level_taps[kMaxFocalLevel] = {};  // level l's tap 0 in a channel's weight row
   RowRing gates;  // a "channel" per level
@@ -28,6 +29,7 @@ struct ContextFwdLayout {
     SmemAllocator a;
     width = strip_width(W);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
+    while ((1 << strip_shift) * kStrip < width) ++strip_shift;
     weight_pitch = lv.taps() | 1;
     weights = int(a.take(int64_t(weight_pitch) * chunk));
     zeroed = int(a.used);
@@ -59,9 +61,9 @@ struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
                                   RegisterTaps<FixedChain<K0, kChainLevels>::taps_before(kLevels)>>;
 };
 
-// rows[v] for a run-time row v < kRowsPerStep of a step, as selects: the rows stay in registers. The steps' rows
-// run as real loops (FF_NO_UNROLL, one copy of the body): the static cost report counts the branches of a row by
-// the loop's host-path counts.
+// rows[v] for a run-time row v < kRowsPerStep of a step, as selects: the rows stay in registers. The rows of an
+// item at the image's or band's edge run as a real loop (FF_NO_UNROLL, one copy of the body): the static cost
+// report counts the branches of such a row by the loop's host-path counts.
 FF_HD void pick_row(const float (&rows)[kRowsPerStep][kStrip], int v, float (&out)[kStrip]) {
 FF_UNROLL
   for (int u = 0; u < kStrip; ++u) out[u] = rows[0][u];
@@ -102,14 +104,36 @@ FF_UNROLL
   }
 }
 
-// t's elements (b, y + dy, x0 + dx) + c as a View over (0, dy, dx): an item's global addresses formed once, each
-// row of a step one stride on (load_strip / store_strip at b = 0, x0 = 0, c = 0).
+// Element (b, y, 0, 0) of t: a row's start, formed once per step; items and pixels step on from it by strides.
 template <typename T>
-FF_HD View item_view(const View& t, int b, int y, int x0, int64_t c) {
-  View v = t;
-  v.ptr = const_cast<T*>(static_cast<const T*>(t.ptr) + t.at(b, y, x0) + c);
-  v.sb = 0;
-  return v;
+FF_HD T* row_start(const View& t, int b, int y) {
+  return const_cast<T*>(static_cast<const T*>(t.ptr)) + t.at(b, y, 0);
+}
+
+// v[u] = in[u * sx] for u < min(valid, kStrip), else 0: one channel of a strip (a pointer step and a load a value).
+template <typename T>
+FF_HD void load_pixels(const T* in, int64_t sx, int valid, float (&v)[kStrip]) {
+  if (valid >= kStrip) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u, in += sx) v[u] = to_float(*in);
+  } else {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u, in += sx) v[u] = u < valid ? to_float(*in) : 0.f;
+  }
+}
+
+// out[u * sx] = v[u] for u < min(valid, kStrip).
+template <typename T>
+FF_HD void store_pixels(T* out, int64_t sx, int valid, const float (&v)[kStrip]) {
+  if (valid >= kStrip) {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u, out += sx) *out = from_float<T>(v[u]);
+  } else {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u, out += sx) {
+      if (u < valid) *out = from_float<T>(v[u]);
+    }
+  }
 }
 
 // z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last).
@@ -142,7 +166,10 @@ FF_UNROLL
 //   K^2 FMAs, (K + 1) (8 + 2 ring_pad(K)) / 64 16-byte window loads, one GELU,
 //   1/4 16-byte z stores; at the last level 1/4 16-byte gate loads per level and 1/4 16-byte loads of each of
 //   z_1 .. z_{L-2}; once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store)
-//   and the ctx_local store. Global addresses are formed once per item and stepped by a row stride per row.
+//   and the ctx_local store (a convert, a 2-byte global store). A global row's start is formed once per step, an
+//   item's pixels are a pixel stride apart (a 64-bit add, two integer instructions, a value). An item whose rows
+//   and columns are all inside (the image for inner levels, the band for the last; no strip past W, no channel past
+//   cn) takes the rows unrolled, without tests or row selects (item_row<false>); the others a loop of tested rows.
 template <typename T, class Chain>
 struct ContextFwd {
   using Params = ContextFwdParams;
@@ -171,6 +198,64 @@ struct ContextFwd {
       return taps.template level<Chain::taps_before(Level::value)>();
     } else {
       return SharedTaps{smem + s.weights + c * s.weight_pitch + s.level_taps[l]};
+    }
+  }
+
+  // Row y + v of an item from its conv sums z (at the last level also below: z_{L-1} of that row, the centre of
+  // its window): GELU, then the next ring's row (inner levels) or the gated sum, the pooling and ctx_local (the
+  // last level). kChecked: rows outside the image (inner levels) or the band (the last level), columns past W and
+  // channels past cn are tested; else the caller has checked that none is.
+  template <bool kChecked, class Level>
+  static FF_HD void item_row(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, Level l,
+                             int y, int v, int x0, int c, int next_slot, int gate_slot, T* out, float (&z)[kStrip],
+                             const float (&below)[kStrip], float& pooled) {
+    const int W = p.geo.W, L = Chain::levels(p.levels), row = y + v;
+    if (l != L - 1) {
+      const RowRing& next = s.z[l + 1];
+      if constexpr (kChecked) {
+        if (unsigned(row) < unsigned(p.geo.H)) {
+          gelu_strip(z, x0, W);
+        } else {
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
+        }
+      } else {
+FF_UNROLL
+        for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+      }
+      store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, z);
+      return;
+    }
+    if constexpr (kChecked) {
+      if (!band.owns(row)) return;
+      gelu_strip(z, x0, W);
+    } else {
+FF_UNROLL
+      for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+    }
+    const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
+    float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {};
+FF_UNROLL
+    for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
+      if (m < L) {
+        if (m < L - 2) {
+          const RowRing& ring = s.z[m + 1];
+          load_run(ring.row(smem, ring.slot(row)) + ring.channel(c) + ring.pad + x0, term);
+        }
+        load_run(gates + s.gates.channel(m), gate);
+FF_UNROLL
+        for (int u = 0; u < kStrip; ++u) {
+          const float z_next = m == L - 1 ? z[u] : m == L - 2 ? below[u] : term[u];
+          acc[u] = m == 0 ? gate[u] * z_next : fmaf(gate[u], z_next, acc[u]);
+        }
+      }
+    }
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u) pooled += z[u];
+    if constexpr (kChecked) {
+      if (c < band.cn) store_pixels(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
+    } else {
+      store_pixels(out + v * p.ctx_local.sy, p.ctx_local.sx, kStrip, acc);
     }
   }
 
@@ -209,52 +294,36 @@ FF_NO_UNROLL
     const int W = p.geo.W, H = p.geo.H, chunk = p.chunk, L = Chain::levels(p.levels);
     const RowRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
     const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
+    const int64_t out_sx = p.ctx_local.sx;
+    T* const out_row = row_start<T>(p.ctx_local, band.b, y) + band.c_begin;  // the last level's row y
+    // The step's rows all inside the image (inner levels: their outputs are the next level's input) or the band
+    // (the last level: the rows it writes).
+    const bool inside = last ? y >= band.y0 && y + kRowsPerStep <= band.y1 : y >= 0 && y + kRowsPerStep <= H;
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
 #ifndef __CUDA_ARCH__
       taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
 #endif
-      const View out = item_view<T>(p.ctx_local, band.b, y, x0, band.c_begin + c);  // the last level's row y
+      T* const out = out_row + (x0 * out_sx + c);
       float conv[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
       conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
       float pooled = 0.f;
-FF_NO_UNROLL
-      for (int v = 0; v < kRowsPerStep; ++v) {
-        const int row = y + v;
-        float z[kStrip];
-        pick_row(conv, v, z);
-        if (!last) {
-          if (unsigned(row) < unsigned(H)) {
-            gelu_strip(z, x0, W);
-          } else {
+      // Every row and column of the item inside: its rows unrolled, without tests; else a loop of tested rows. The
+      // loop's statement runs for every item (no rows for the first kind): the static cost report counts its body by
+      // its host-path trips, which it could not map if no item of a case ran it.
+      const bool untested = inside && x0 + kStrip <= W && c < band.cn;
+      if (untested) {
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
-          }
-          store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, z);
-        } else if (band.owns(row)) {
-          gelu_strip(z, x0, W);
-          const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
-          float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {}, below[kStrip];
-          pick_row(centre, v, below);
-FF_UNROLL
-          for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
-            if (m < L) {
-              if (m < L - 2) {
-                const RowRing& ring = s.z[m + 1];
-                load_run(ring.row(smem, ring.slot(row)) + ring.channel(c) + ring.pad + x0, term);
-              }
-              load_run(gates + s.gates.channel(m), gate);
-FF_UNROLL
-              for (int u = 0; u < kStrip; ++u) {
-                const float z_next = m == L - 1 ? z[u] : m == L - 2 ? below[u] : term[u];
-                acc[u] = m == 0 ? gate[u] * z_next : fmaf(gate[u], z_next, acc[u]);
-              }
-            }
-          }
-FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) pooled += z[u];
-          if (c < band.cn) store_strip<T>(out, 0, v, 0, 0, W - x0, 1.f, acc);
+        for (int v = 0; v < kRowsPerStep; ++v) {
+          item_row<false>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, conv[v], centre[v], pooled);
         }
+      }
+FF_NO_UNROLL
+      for (int v = 0; v < (untested ? 0 : kRowsPerStep); ++v) {
+        float z[kStrip], below[kStrip];
+        pick_row(conv, v, z);
+        pick_row(centre, v, below);
+        item_row<true>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, z, below, pooled);
       }
       if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
     }
@@ -291,35 +360,38 @@ FF_UNROLL
     }
     FF_BARRIER();
 
-    const int strips = s.width / kStrip, ctx_items = strips << s.chunk_shift;
-    const View gate_view = gates_as_view(p.gates);
+    const int strips = s.width / kStrip;
+    const int64_t ctx_sx = p.ctx.sx, gate_sx = p.gates.sx;
+    const RowRing& z0 = s.z[0];
     for (int t = max_int(0, band.y0 - R); t < band.y1 + R; t += kRowsPerStep) {
-      // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image) into ring 0, an item per (strip, channel) as in
-      // the levels; those gates rows, an item per (level, strip).
-      const RowRing& z0 = s.z[0];
+      // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image and past cn) into ring 0, an item per (strip,
+      // channel) as in the levels; those gates rows (scaled: the last level's sum comes out scaled), an item per
+      // (level, strip).
+      const T* const ctx_row = row_start<const T>(p.ctx, b, t) + c_begin;
       const int z0_slot = z0.slot(t), gate_slot = s.gates.slot(t);
-      FF_FOR_EACH(item, ctx_items + L * strips) {
-        if (item < ctx_items) {
-          const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip;
-          const View in = item_view<T>(p.ctx, b, t, x0, c_begin + c);
-          const int valid = c < cn ? W - x0 : 0;
-          float* run = z0.row(smem, 0) + z0.channel(c) + z0.pad + x0;  // slot 0 of the ring
+      FF_FOR_EACH(item, strips << s.chunk_shift) {
+        const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip, valid = c < cn ? W - x0 : 0;
+        const T* in = ctx_row + (x0 * ctx_sx + c);
+        float* run = z0.row(smem, 0) + z0.channel(c) + z0.pad + x0;  // slot 0 of the ring
 FF_NO_UNROLL
-          for (int v = 0; v < kRowsPerStep; ++v) {
-            float z[kStrip];
-            load_strip<T>(in, 0, v, 0, 0, t + v < H ? valid : 0, z);
-            store_run(run + wrap(z0_slot + v, z0.depth) * z0.row_floats, z);
-          }
-        } else {
-          const int l = (item - ctx_items) / strips, x0 = (item - ctx_items) % strips * kStrip;
-          const View in = item_view<T>(gate_view, b, t, x0, l * p.gates.sl);
+        for (int v = 0; v < kRowsPerStep; ++v, in += p.ctx.sy) {
+          float z[kStrip];
+          load_pixels(in, ctx_sx, t + v < H ? valid : 0, z);
+          store_run(run + wrap(z0_slot + v, z0.depth) * z0.row_floats, z);
+        }
+      }
+      const T* const gate_row = static_cast<const T*>(p.gates.ptr) + (b * p.gates.sb + t * p.gates.sy);
+      FF_FOR_EACH(item, L << s.strip_shift) {  // level l, strip: item = l * 2^strip_shift + strip
+        const int l = item >> s.strip_shift, x0 = (item & ((1 << s.strip_shift) - 1)) * kStrip;
+        if (x0 < s.width) {
+          const T* in = gate_row + (x0 * gate_sx + l * p.gates.sl);
           float* run = s.gates.row(smem, 0) + s.gates.channel(l) + x0;
 FF_NO_UNROLL
-          for (int v = 0; v < kRowsPerStep; ++v) {
+          for (int v = 0; v < kRowsPerStep; ++v, in += p.gates.sy) {
             float gate[kStrip];
-            load_strip<T>(in, 0, v, 0, 0, t + v < H ? W - x0 : 0, gate);
+            load_pixels(in, gate_sx, t + v < H ? W - x0 : 0, gate);
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;  // the last level's sum comes out scaled
+            for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;
             store_run(run + wrap(gate_slot + v, s.gates.depth) * s.gates.row_floats, gate);
           }
         }
@@ -456,7 +528,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
   // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the
   // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
-  // (ptxas sm_90a: 122 srf, 104 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
+  // (ptxas sm_90a: 121 srf, 126 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
   // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
   const int items = strip_width(p.geo.W) / kStrip * p.chunk;
   const int threads = items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);

@@ -35,16 +35,18 @@ shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a temp
 GELU is 13 instructions (max(x, 0) - |x| Phi(-|x|), Phi's tail from one exp2 of a polynomial) and GELU' shares
 its Phi (csrc/focal_modulation_common.cuh). context_fwd advances two output
 rows per step: an item's K + 1 window rows feed both rows' FMAs, and the per-row bookkeeping (ring slots, global
-addresses, barriers, the load phase) is paid once per two rows; the two rows run as a one-copy row loop, so
-the static cost report counts their branches exactly.
+addresses, barriers, the load phase) is paid once per two rows. An item whose rows and columns are all inside
+runs its two rows unrolled without tests; the others (image and band edges, the strip past W) run them as a
+one-copy row loop, so the static cost report counts their branches exactly. Global addresses: a row's start
+once per step, a pixel stride (a 64-bit add) per value.
 
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   4.25 / 8.44 (the forward 4.59 / 8.78; stages 2-4: 5.62 / 9.85, 6.46 / 12.49, 7.93 / 22.47);
+    context_fwd   3.69 / 7.64 (the forward 4.03 / 7.98; stages 2-4: 5.13 / 9.30, 6.14 / 12.21, 7.93 / 22.68);
                   FMA floor 1.06 / 2.59
     context_bwd   13.52 / 24.77 (the backward 14.38 / 25.68); stages 2-4 13.99 / 26.59, 15.18 / 54.42, 19.96 / 63.80
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 122 / 104 registers, context_bwd
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 121 / 126 registers, context_bwd
 168 / 244 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
