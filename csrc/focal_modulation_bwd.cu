@@ -120,6 +120,35 @@ FF_UNROLL
   }
 };
 
+// The rings' depths and the levels' lags (as ContextBwdLayout sets them) where the chain fixes them at compile time, so
+// that a step's slots are multiplies by constants, not reloads of depth, magic and lag from the kernel argument;
+// 0 (depths) where it does not: GenericChain, or a level known only at run time (level -1).
+template <class Chain>
+struct BwdRingShape {
+  static FF_HD constexpr int z_depth(int) { return 0; }
+  static FF_HD constexpr int gelu_grad_depth(int) { return 0; }
+  static FF_HD constexpr int grad_pre_depth(int) { return 0; }
+  static FF_HD constexpr int gates_depth() { return 0; }
+};
+template <int K0, int kLevels>
+struct BwdRingShape<FixedChain<K0, kLevels>> {
+  using Chain = FixedChain<K0, kLevels>;
+  static FF_HD constexpr int offset(int l) { return l <= 0 ? 0 : offset(l - 1) + Chain::size(l - 1) / 2; }
+  static constexpr int R = offset(kLevels);
+  static FF_HD constexpr int lag_fwd(int l) { return offset(l + 1); }
+  static FF_HD constexpr int lag_bwd(int l) { return 2 * R - offset(l + 1); }
+  static FF_HD constexpr int z_depth(int l) { return l < 0 ? 0 : 2 * (R - offset(l)) + 1; }
+  static FF_HD constexpr int gelu_grad_depth(int l) { return l < 0 ? 0 : 2 * (R - offset(l + 1)) + 1; }
+  static FF_HD constexpr int grad_pre_depth(int l) { return l < 0 ? 0 : Chain::size(l); }
+  static FF_HD constexpr int gates_depth() { return lag_bwd(0) + 1; }
+};
+
+// The level of a LevelIndex, -1 for a run-time level (int).
+template <class Level>
+constexpr int kStaticLevel = -1;
+template <int I>
+constexpr int kStaticLevel<LevelIndex<I>> = I;
+
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
 // behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
@@ -159,9 +188,36 @@ struct ContextBwd {
     ContextBwdLayout s;
   };
   static constexpr const char* kName = "context_bwd";
+  using Shape = BwdRingShape<Chain>;
   // ptxas plans registers for one block per SM: shared memory, not registers, limits context_bwd's blocks (at most
   // 8 warps), and without it ptxas squeezes the lrf chain into 64 registers with a stack frame (a spill).
   static constexpr int kMinBlocksPerSm = 1;
+
+  // Ring r's depth: kDepth where the chain fixes it (BwdRingShape), else r.depth; slot(r, y): row y's slot, as
+  // r.slot(y).
+  template <int kDepth>
+  static FF_HD int depth(const RowRing& r) {
+    return kDepth > 0 ? kDepth : r.depth;
+  }
+  template <int kDepth>
+  static FF_HD int slot(const RowRing& r, int y) {
+    if constexpr (kDepth > 0) {
+      return int(unsigned(y + kSlotBias * kDepth) % unsigned(kDepth));
+    } else {
+      return r.slot(y);
+    }
+  }
+  // Level l's lag, of its recompute (lag_fwd) or of its adjoint and gradients (kAdjoint: lag_bwd): BwdRingShape's where
+  // the chain fixes it, else the layout's.
+  template <bool kAdjoint, class Level>
+  static FF_HD int lag(const ContextBwdLayout& s, Level l) {
+    constexpr int I = kStaticLevel<Level>;
+    if constexpr (Chain::kFixed && I >= 0) {
+      return kAdjoint ? Shape::lag_bwd(I) : Shape::lag_fwd(I);
+    } else {
+      return kAdjoint ? s.lag_bwd[l] : s.lag_fwd[l];
+    }
+  }
 
   // Level l's taps for channel c: the thread's registers or the [taps][chunk] weights in shared memory.
   static FF_HD StridedTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c,
@@ -214,7 +270,7 @@ struct ContextBwd {
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
                                         const float* smem, int y, int x0, int c, const float (&z_last)[kStrip]) {
     const int L = Chain::levels(p.levels);
-    const float* gates = s.gates.row(smem, s.gates.slot(y)) + x0;
+    const float* gates = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y)) + x0;
     float acc[kStrip] = {}, gate[kStrip];
 FF_UNROLL
     for (int l = 0; l + 1 < L; ++l) {
@@ -236,10 +292,11 @@ FF_UNROLL
                               ThreadTaps& taps, Level l, int y) {
     const int W = p.geo.W, chunk = p.chunk;
     const bool inside = y >= 0 && y < p.geo.H, local = l == Chain::levels(p.levels) - 1 && band.owns(y);
+    constexpr int I = kStaticLevel<Level>;
     const RowRing &in = s.z[l], &out = s.z[l + 1], &dg_ring = s.gelu_grad[l];
-    const int slot0 = in.slot(y - K / 2);
-    float* out_row = out.row(smem, out.slot(y)) + out.pad;
-    float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
+    const int slot0 = slot<Shape::z_depth(I)>(in, y - K / 2);
+    float* out_row = out.row(smem, slot<Shape::z_depth(I < 0 ? -1 : I + 1)>(out, y)) + out.pad;
+    float* dg_row = dg_ring.row(smem, slot<Shape::gelu_grad_depth(I)>(dg_ring, y));
     FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
@@ -269,11 +326,12 @@ FF_UNROLL
     const int W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
     const bool inside = y >= 0 && y < p.geo.H, last = l == L - 1;
     const auto l_next = next_level(l, L);
+    constexpr int I = kStaticLevel<Level>, I_next = kStaticLevel<std::decay_t<decltype(l_next)>>;
     const RowRing &out = s.grad_pre[l], &dg_ring = s.gelu_grad[l], &next = s.grad_pre[l_next];
-    const int slot0 = next.slot(y - K_next / 2);
-    const float* dg_row = dg_ring.row(smem, dg_ring.slot(y));
-    float* out_row = out.row(smem, out.slot(y)) + out.pad;
-    const float* gate_run = s.gates.row(smem, s.gates.slot(y)) + s.gates.channel(l);
+    const int slot0 = slot<Shape::grad_pre_depth(I_next)>(next, y - K_next / 2);
+    const float* dg_row = dg_ring.row(smem, slot<Shape::gelu_grad_depth(I)>(dg_ring, y));
+    float* out_row = out.row(smem, slot<Shape::grad_pre_depth(I)>(out, y)) + out.pad;
+    const float* gate_run = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y)) + s.gates.channel(l);
     FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
@@ -301,18 +359,18 @@ FF_UNROLL
   // dw_l[i, j, c] += sum_u grad_pre_l[y, x0 + u] z_l[y + i - r, x0 + u + j - r] for every i, j < K into the thread's
   // sums of level l (sums(i * K + j)): a window of each of z_l's K rows and the strip of grad_pre_l in registers
   // feed K^2 kStrip FMAs.
-  template <int K, class Sums>
-  static FF_HD void weight_grad_strip(const ContextBwdLayout& s, const float* smem, int l, int y, int x0, int c,
+  template <int K, class Level, class Sums>
+  static FF_HD void weight_grad_strip(const ContextBwdLayout& s, const float* smem, Level l, int y, int x0, int c,
                                       const Sums& sums) {
-    constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+    constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad, z_depth = Shape::z_depth(kStaticLevel<Level>);
     const RowRing &z = s.z[l], &g = s.grad_pre[l];
     float grad[kStrip];
-    load_run(g.row(smem, g.slot(y)) + g.pad + g.channel(c) + x0, grad);
-    const int slot0 = z.slot(y - r), chan = z.channel(c);
+    load_run(g.row(smem, slot<Shape::grad_pre_depth(kStaticLevel<Level>)>(g, y)) + g.pad + g.channel(c) + x0, grad);
+    const int slot0 = slot<z_depth>(z, y - r), chan = z.channel(c);
 FF_UNROLL
     for (int i = 0; i < K; ++i) {
       float window[n];
-      load_run(z.row(smem, wrap(slot0 + i, z.depth)) + chan + x0, window);
+      load_run(z.row(smem, wrap(slot0 + i, depth<z_depth>(z))) + chan + x0, window);
 FF_UNROLL
       for (int j = 0; j < K; ++j) {
         float acc = sums(i * K + j);
@@ -328,7 +386,7 @@ FF_UNROLL
   static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
                                  ThreadTaps& taps, int y) {
     const RowRing& g = s.grad_pre[0];
-    const int slot0 = g.slot(y - K0 / 2);
+    const int slot0 = slot<Shape::grad_pre_depth(0)>(g, y - K0 / 2);
     FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
       load_item_taps(taps, p, band, c);
@@ -407,8 +465,8 @@ FF_UNROLL
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
       const int y_top = y_start - t;  // the row at lag 0
       const RowRing& z0 = s.z[0];
-      float* z0_row = z0.row(smem, z0.slot(y_top)) + z0.pad;
-      float* gates_row = s.gates.row(smem, s.gates.slot(y_top));
+      float* z0_row = z0.row(smem, slot<Shape::z_depth(0)>(z0, y_top)) + z0.pad;
+      float* gates_row = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y_top));
       FF_FOR_EACH(item, ctx_items + L * strips) {
         if (item < ctx_items) {
           load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, y_top, H, W,
@@ -423,11 +481,11 @@ FF_UNROLL
       FF_BARRIER();
 
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, l, y_top + s.lag_fwd[l]);
+        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, l, y_top + lag<false>(s, l));
         FF_BARRIER();
       });
       Chain::template for_each_level<1, true>(lv, [&](auto l, auto k_next) {
-        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, l, y_top + s.lag_bwd[l]);
+        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, l, y_top + lag<true>(s, l));
         FF_BARRIER();
       });
 
@@ -439,7 +497,7 @@ FF_UNROLL
         });
       }
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        const int y = y_top + s.lag_bwd[l];
+        const int y = y_top + lag<true>(s, l);
         if (band.owns(y)) {
           FF_FOR_EACH(item, ctx_items) {
             weight_grad_strip<decltype(k)::value>(s, smem, l, y, (item >> s.chunk_shift) * kStrip, item & (chunk - 1),

@@ -45,9 +45,9 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   3.69 / 7.64 (the forward 4.03 / 7.98; stages 2-4: 5.13 / 9.30, 6.14 / 12.21, 7.93 / 22.68);
                   FMA floor 1.06 / 2.59
-    context_bwd   13.52 / 24.77 (the backward 14.38 / 25.68); stages 2-4 13.99 / 26.59, 15.18 / 54.42, 19.96 / 63.80
+    context_bwd   13.12 / 24.14 (the backward 13.97 / 25.05); stages 2-4 13.53 / 25.89, 14.62 / 52.74, 19.23 / 61.54
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 121 / 126 registers, context_bwd
-168 / 244 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
+168 / 232 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
