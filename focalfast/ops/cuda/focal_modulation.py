@@ -43,10 +43,10 @@ once per step, a pixel stride (a 64-bit add) per value.
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.69 / 7.64 (the forward 4.03 / 7.98; stages 2-4: 5.13 / 9.30, 6.14 / 12.21, 7.93 / 22.68);
+    context_fwd   3.36 / 6.81 (the forward 3.70 / 7.15; stages 2-4: 4.71 / 7.74, 5.60 / 8.34, 6.92 / 9.49);
                   FMA floor 1.06 / 2.59
-    context_bwd   13.12 / 24.14 (the backward 13.97 / 25.05); stages 2-4 13.53 / 25.89, 14.62 / 52.74, 19.23 / 61.54
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 121 / 126 registers, context_bwd
+    context_bwd   12.90 / 23.80 (the backward 13.75 / 24.72); stages 2-4 13.31 / 25.55, 14.40 / 52.07, 19.01 / 60.87
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 127 / 127 registers, context_bwd
 168 / 232 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
