@@ -9,8 +9,10 @@
 # failing or timed-out stage does not stop the next, and a stage summary ends the output.
 # GPU_ALL_STAGES selects stages (default: all of environment build tests memcheck racecheck bench
 # pytest-benchmark; "tune", the Triton schedule search, runs only when named, e.g.
-# GPU_ALL_STAGES="environment tune"); GPU_ALL_TESTS (space-separated pytest arguments, e.g.
-# "tests/test_triton_backend.py -m gpu") overrides the selection of the tests stage.
+# GPU_ALL_STAGES="environment tune", after the bench); GPU_ALL_BENCH_ARGS replaces the bench's
+# default "--suite full" (e.g. "--suite default --kinds op,module --dtypes bf16"); GPU_ALL_TESTS
+# (space-separated pytest arguments, e.g. "-n 8 tests/test_triton_backend.py -m gpu") overrides the
+# selection of the tests stage, which stops after GPU_ALL_TESTS_SECONDS (default 180).
 # Files in $OUT (flat, 7 of the 8 allowed):
 #   results.md             device, versions, commit, date, stages, the bench table, test and sanitizer summaries
 #   gpu_all.log            environment, build, bench and pytest-benchmark output
@@ -90,9 +92,9 @@ print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'
 
 # 3. GPU tests
 if [ -n "${GPU_ALL_TESTS:-}" ]; then read -r -a TEST_ARGS <<<"$GPU_ALL_TESTS"; else TEST_ARGS=(tests/test_backend_contract.py tests/test_triton_backend.py tests/test_cuda_backend.py
-    tests/test_dwconv_layernorm_triton.py tests/test_train.py tests/test_module.py
-    tests/test_models.py::test_timm_parity_and_patch tests/test_patch.py::test_patch_timm_model); fi
-stage tests 180 190 "$OUT/tests.log" \
+    tests/test_dwconv_layernorm_triton.py tests/test_cuda_epilogue.py tests/test_gelu.py tests/test_train.py tests/test_module.py
+    tests/test_timm_dropin.py); fi
+stage tests "${GPU_ALL_TESTS_SECONDS:-180}" 190 "$OUT/tests.log" \
     $PY -m pytest "${TEST_ARGS[@]}" -q --maxfail=10 -rfEs --durations=15 -p no:cacheprovider
 
 # 4. compute-sanitizer on the CUDA kernels (no caching allocator, so out-of-bounds is seen)
@@ -106,21 +108,25 @@ else
     SUMMARY+=("sanitizer: skipped (no focalfast.ops.cuda.sanitize module or no compute-sanitizer)")
 fi
 
-# 4b. only when GPU_ALL_STAGES names it: the search over Triton chain-kernel schedules (tiles, warps,
-# bands) at FocalNet-T stage 1 and 3, bf16; each candidate is checked against the default schedule
-TUNE_TXT=$(mktemp)
-if [[ " $STAGES " == *" tune "* ]]; then
-    stage tune 420 30 "$TUNE_TXT" $PY -m focalfast.ops.triton.tune_chain --shapes T.s1,T.s3 --dtype bf16 \
-        --budget $(($(left) > 400 ? 360 : $(left) - 60)) --out "$OUT/tune.json" --no-progress
-fi
-
 # 5. benchmarks: the bench table first; its own budget stops new rows in time to write its files
 BENCH_DIR=$(mktemp -d)
-bench_limit=$(($(left) - 20))
+TUNE_RESERVE=20
+[[ " $STAGES " == *" tune "* ]] && TUNE_RESERVE=${GPU_ALL_TUNE_SECONDS:-90}
+bench_limit=$(($(left) - TUNE_RESERVE))
 ((bench_limit > 400)) && bench_limit=400
-stage bench 400 20 "$LOG" $PY -m focalfast.bench --suite full --out-dir "$BENCH_DIR" --no-progress \
+read -r -a BENCH_ARGS <<<"${GPU_ALL_BENCH_ARGS:---suite full}"
+stage bench 400 "$TUNE_RESERVE" "$LOG" $PY -m focalfast.bench "${BENCH_ARGS[@]}" --out-dir "$BENCH_DIR" --no-progress \
     --time-budget $((bench_limit > 80 ? bench_limit - 40 : bench_limit / 2))
 cp "$BENCH_DIR/bench.json" "$BENCH_DIR/bench.png" "$OUT/" 2>/dev/null
+
+# 5b. only when GPU_ALL_STAGES names it, in the GPU_ALL_TUNE_SECONDS (default 90) the bench leaves: the
+# search over Triton chain-kernel schedules (tiles, warps, bands) at GPU_ALL_TUNE_SHAPES (default FocalNet-T
+# stages 1 and 3), bf16; each candidate is checked against the default schedule
+TUNE_TXT=$(mktemp)
+if [[ " $STAGES " == *" tune "* ]]; then
+    stage tune 420 10 "$TUNE_TXT" $PY -m focalfast.ops.triton.tune_chain --shapes "${GPU_ALL_TUNE_SHAPES:-T.s1,T.s3}" --dtype bf16 \
+        --budget $(($(left) > 400 ? 360 : $(left) - 30)) --out "$OUT/tune.json" --no-progress
+fi
 
 if (($(left) >= 120)); then
     stage pytest-benchmark 400 10 "$LOG" env FOCALFAST_BENCH_SCOPE=quick $PY -m pytest benchmarks -q \
