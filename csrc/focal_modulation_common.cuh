@@ -66,6 +66,15 @@ FF_HD float bits_to_float(uint32_t bits) {
 #endif
 }
 
+// The high 32 bits of the 64-bit product a * b (one IMAD.HI on the GPU).
+FF_HD unsigned mul_high(unsigned a, unsigned b) {
+#ifdef __CUDA_ARCH__
+  return __umulhi(a, b);
+#else
+  return unsigned((uint64_t(a) * uint64_t(b)) >> 32);
+#endif
+}
+
 // Eight fp32 channel values of one pixel.
 struct Group {
   float v[kGroup];

@@ -62,8 +62,11 @@ FF_HD int wrap(int slot, int depth) { return slot >= depth ? slot - depth : slot
 // floats with image column x at pad + x and zeros around it. Channel c starts at c * pitch + (c / 8) * 8:
 // pitch = 4 (mod 8) puts the 16-byte loads of 8 consecutive channels in distinct banks, and the skew
 // does the same for the scalar stores of (column, group of 8 channels) items.
-// slot(y) is y mod depth by a multiply-high with magic = floor((2^32 - 1) / depth) + 1, exact for
-// 0 <= y + kSlotBias * depth < 2^32 / depth: rows -kSlotBias <= y < kMaxSweepRows (the binding checks H).
+// slot(y) is n mod depth for n = y + kSlotBias * depth by a direct remainder: with magic = ceil(2^32 / depth)
+// mod 2^32 (0 for depth 1), n mod depth = mul_high(magic * n mod 2^32, depth). Exact for 0 <= n < 2^32 / depth:
+// magic * n / 2^32 = n / depth + e with 0 <= e < n / 2^32 < 1 / depth, so its fraction times depth floors to the
+// remainder. That covers rows -kSlotBias <= y < kMaxSweepRows (the binding checks H). Host and GPU run the same
+// arithmetic, so the host path checks it.
 constexpr int kSlotBias = 64;  // more than any lag of a sweep (2R <= 48); kMaxSweepRows: 2^24 + 64 * 49 < 2^32 / 49
 
 struct RowRing {
@@ -73,14 +76,21 @@ struct RowRing {
   FF_HD int channel(int c) const { return c * pitch + (c >> 3) * 8; }
   FF_HD int slot(int y) const {
     const unsigned n = unsigned(y + kSlotBias * depth);
-#ifdef __CUDA_ARCH__
-    return int(n - __umulhi(n, magic) * unsigned(depth));
-#else
-    return int(n % unsigned(depth));
-#endif
+    return int(mul_high(n * magic, unsigned(depth)));
   }
-  FF_HD float* row(float* smem, int slot) const { return smem + base + slot * row_floats; }
-  FF_HD const float* row(const float* smem, int slot) const { return smem + base + slot * row_floats; }
+  FF_HD float* row(float* smem, int slot) const { return smem + base + checked(slot) * row_floats; }
+  FF_HD const float* row(const float* smem, int slot) const { return smem + base + checked(slot) * row_floats; }
+  // The slot itself on the GPU; on the host, a slot outside the ring throws (the GPU would read or write
+  // shared memory out of bounds there).
+  FF_HD int checked(int slot) const {
+#ifndef __CUDA_ARCH__
+    if (slot < 0 || slot >= depth) {
+      throw std::out_of_range("focalfast: ring slot " + std::to_string(slot) + " outside a ring of depth " +
+                              std::to_string(depth));
+    }
+#endif
+    return slot;
+  }
 };
 
 // Row width of the strips: W rounded up to whole strips.
@@ -89,7 +99,7 @@ FF_HD int strip_width(int W) { return (W + kStrip - 1) / kStrip * kStrip; }
 inline RowRing row_ring(SmemAllocator& a, int depth, int W, int chunk, int pad) {
   RowRing r;
   r.depth = depth;
-  r.magic = 0xFFFFFFFFu / unsigned(depth) + 1u;
+  r.magic = 0xFFFFFFFFu / unsigned(depth) + 1u;  // ceil(2^32 / depth), wrapped to 0 for depth 1
   r.pad = pad;
   r.pitch = strip_width(W) + 2 * pad + 4;
   r.row_floats = int((int64_t(chunk) * r.pitch + chunk / kGroup * 8 + 3) / 4 * 4);

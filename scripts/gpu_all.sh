@@ -7,18 +7,24 @@
 # The device copy of the repo has no .git, so pass the commit in. Every stage runs under
 # `timeout` within GPU_ALL_BUDGET seconds (default 500, under the device's 600 s per call); a
 # failing or timed-out stage does not stop the next, and a stage summary ends the output.
-# GPU_ALL_STAGES selects stages (default: all of environment build tests memcheck racecheck bench
-# pytest-benchmark; "tune", the Triton schedule search, runs only when named, e.g.
-# GPU_ALL_STAGES="environment tune", after the bench); GPU_ALL_BENCH_ARGS replaces the bench's
-# default "--suite full" (e.g. "--suite default --kinds op,module --dtypes bf16"); GPU_ALL_TESTS
-# (space-separated pytest arguments, e.g. "-n 8 tests/test_triton_backend.py -m gpu") overrides the
-# selection of the tests stage, which stops after GPU_ALL_TESTS_SECONDS (default 180).
-# Files in $OUT (flat, 7 of the 8 allowed):
+# Stages (GPU_ALL_STAGES selects; default all but tune): environment; build (in the background,
+# at most GPU_ALL_BUILD_SECONDS, default 200, while "tests" runs); tests (pytest -k "not cuda"), then
+# tests-cuda (-k cuda: a faulting CUDA kernel ends its process's CUDA context, so those run last),
+# each at most GPU_ALL_TESTS_SECONDS (default 180), stopping after GPU_ALL_MAXFAIL failures (default
+# 10); memcheck and racecheck (compute-sanitizer); kernel-times (per-kernel GPU time of the op at
+# GPU_ALL_KERNEL_TIMES_SHAPES, default T.s1,T.s1.lrf,T.s3, at most GPU_ALL_KERNEL_TIMES_SECONDS,
+# default 60); bench (GPU_ALL_BENCH_ARGS replaces its default "--suite full", e.g. "--suite default
+# --kinds op,module --dtypes bf16"); tune, only when named (the Triton schedule search, after the
+# bench, in GPU_ALL_TUNE_SECONDS, default 90, at GPU_ALL_TUNE_SHAPES); pytest-benchmark.
+# GPU_ALL_TESTS (space-separated pytest arguments, e.g. "-n 8 tests/test_triton_backend.py")
+# replaces the test selection; the two test stages add their -k.
+# Files in $OUT (flat, at most 8):
 #   results.md             device, versions, commit, date, stages, the bench table, test and sanitizer summaries
-#   gpu_all.log            environment, build, bench and pytest-benchmark output
+#   gpu_all.log            environment, build, kernel-times, bench and pytest-benchmark output
 #   tests.log              python -m pytest on the kernel and training test files (their tests run on
-#                          CUDA tensors there) and the timm parity tests (timm imports only there)
+#                          CUDA tensors there) and the timm drop-in tests (timm imports only there)
 #   sanitizer.log          compute-sanitizer memcheck and racecheck of python -m focalfast.ops.cuda.sanitize
+#   kernel_times.md        python -m focalfast.bench.kernel_times: each kernel's share of the op
 #   bench.json, bench.png  focalfast bench --suite full (cut by its time budget)
 #   pytest_benchmark.json  pytest benchmarks (quick scope, no torch.compile), if time is left
 #   tune.json              the tune stage's rows (its table goes into results.md)
@@ -30,7 +36,7 @@ OUT=${OUT:-$PWD/gpu-out}
 PY=${PYTHON:-python3}
 BUDGET=${GPU_ALL_BUDGET:-500}
 # A later call can redo some stages only, e.g. GPU_ALL_STAGES="build tests".
-STAGES=${GPU_ALL_STAGES:-environment build tests memcheck racecheck bench pytest-benchmark}
+STAGES=${GPU_ALL_STAGES:-environment build tests tests-cuda memcheck racecheck kernel-times bench pytest-benchmark}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_all.log
 START=$SECONDS
@@ -84,29 +90,60 @@ print(sys.version); print(\"torch\", torch.__version__, \"CUDA\", torch.version.
 print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; \
 $PY -m pip list 2>/dev/null | grep -iE '^(torch|triton|timm|transformers|pytest|pytest-benchmark|ninja|pybind11) '"
 
-# 2. the CUDA extension: an editable install builds it where setup.py knows how; then load it
-# (a JIT build happens here if that is the extension's path).
-stage build 200 280 "$LOG" bash -c "$PY -m pip install --no-build-isolation --no-deps -e . ; \
-$PY -c 'from focalfast.ops.cuda import extension; r = extension.unavailable_reason(); \
-print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'"
+# 2. the CUDA extension: an editable install builds it where setup.py knows how; then load it (a JIT
+# build happens here if that is the extension's path). It builds in the background while the tests that
+# do not need it run.
+BUILD_LOG=$(mktemp)
+if [[ " $STAGES " == *" build "* ]]; then
+    echo "== build (background, limit ${GPU_ALL_BUILD_SECONDS:-200}s)" | tee -a "$LOG"
+    BUILD_T0=$SECONDS
+    timeout --kill-after=10 "${GPU_ALL_BUILD_SECONDS:-200}" bash -c "$PY -m pip install --no-build-isolation \
+--no-deps -e . ; $PY -c 'from focalfast.ops.cuda import extension; r = extension.unavailable_reason(); \
+print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'" >"$BUILD_LOG" 2>&1 &
+    BUILD_PID=$!
+else
+    SUMMARY+=("build: not selected (GPU_ALL_STAGES)")
+fi
 
-# 3. GPU tests
+# 3. GPU tests, in two runs: the CUDA backend's last, since a kernel that faults ends the CUDA context of
+# its process and every test after it there fails too
 if [ -n "${GPU_ALL_TESTS:-}" ]; then read -r -a TEST_ARGS <<<"$GPU_ALL_TESTS"; else TEST_ARGS=(tests/test_backend_contract.py tests/test_triton_backend.py tests/test_cuda_backend.py
     tests/test_dwconv_layernorm_triton.py tests/test_cuda_epilogue.py tests/test_gelu.py tests/test_train.py tests/test_module.py
     tests/test_timm_dropin.py); fi
-stage tests "${GPU_ALL_TESTS_SECONDS:-180}" 190 "$OUT/tests.log" \
-    $PY -m pytest "${TEST_ARGS[@]}" -q --maxfail=10 -rfEs --durations=15 -p no:cacheprovider
+PYTEST_TAIL=(-q "--maxfail=${GPU_ALL_MAXFAIL:-10}" -rfEs --durations=15 -p no:cacheprovider)
+stage tests "${GPU_ALL_TESTS_SECONDS:-180}" 200 "$OUT/tests.log" \
+    $PY -m pytest "${TEST_ARGS[@]}" -k "not cuda" "${PYTEST_TAIL[@]}"
+
+if [ -n "${BUILD_PID:-}" ]; then
+    wait "$BUILD_PID"
+    rc=$?
+    cat "$BUILD_LOG" >>"$LOG" && rm -f "$BUILD_LOG"
+    case $rc in
+        0) status="ok" ;;
+        124 | 137) status="TIMEOUT after ${GPU_ALL_BUILD_SECONDS:-200}s" ;;
+        *) status="FAILED (exit $rc)" ;;
+    esac
+    SUMMARY+=("build: $status, $((SECONDS - BUILD_T0))s")
+    echo "== build: $status, $((SECONDS - BUILD_T0))s" | tee -a "$LOG"
+fi
+stage tests-cuda "${GPU_ALL_TESTS_SECONDS:-180}" 150 "$OUT/tests.log" \
+    $PY -m pytest "${TEST_ARGS[@]}" -k "cuda" "${PYTEST_TAIL[@]}"
 
 # 4. compute-sanitizer on the CUDA kernels (no caching allocator, so out-of-bounds is seen)
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 if has_module focalfast.ops.cuda.sanitize && [ -n "$SANITIZER" ]; then
-    stage memcheck 90 170 "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    stage memcheck 90 120 "$OUT/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
         "$SANITIZER" --tool memcheck --error-exitcode 3 $PY -m focalfast.ops.cuda.sanitize
-    stage racecheck 90 150 "$OUT/sanitizer.log" \
+    stage racecheck 90 100 "$OUT/sanitizer.log" \
         "$SANITIZER" --tool racecheck --error-exitcode 3 $PY -m focalfast.ops.cuda.sanitize
 else
     SUMMARY+=("sanitizer: skipped (no focalfast.ops.cuda.sanitize module or no compute-sanitizer)")
 fi
+
+# 4b. where each op's GPU time goes: per-kernel times of the op at FocalNet-T stage shapes
+stage kernel-times "${GPU_ALL_KERNEL_TIMES_SECONDS:-60}" 80 "$LOG" $PY -m focalfast.bench.kernel_times \
+    --shapes "${GPU_ALL_KERNEL_TIMES_SHAPES:-T.s1,T.s1.lrf,T.s3}" --dtype bf16 --variants eager,triton,cuda \
+    --out "$OUT/kernel_times.md"
 
 # 5. benchmarks: the bench table first; its own budget stops new rows in time to write its files
 BENCH_DIR=$(mktemp -d)
@@ -160,7 +197,7 @@ print(json.dumps(bench.environment(bench.default_device()), indent=1))" 2>&1
         echo
         echo '```'
         grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 40
-        tail -n 1 "$OUT/tests.log"
+        grep -E "^== tests|(passed|failed|errors?|no tests ran).* in [0-9.]+s" "$OUT/tests.log"
         echo '```'
     fi
     if [ -f "$OUT/sanitizer.log" ]; then
@@ -172,6 +209,10 @@ print(json.dumps(bench.environment(bench.default_device()), indent=1))" 2>&1
         echo "... last lines:"
         tail -n 10 "$OUT/sanitizer.log"
         echo '```'
+    fi
+    if [ -f "$OUT/kernel_times.md" ]; then
+        echo
+        sed 's/^# /## /' "$OUT/kernel_times.md"
     fi
     if [ -s "$TUNE_TXT" ]; then
         echo

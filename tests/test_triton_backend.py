@@ -154,35 +154,41 @@ from focalfast.ops.focal_modulation import focal_modulation_ref
 from focalfast.ops.triton.focal_modulation import focal_modulation_backward, focal_modulation_forward
 from focalfast.testing import random_focal_inputs, rel_err
 
+path, device = sys.argv[1], sys.argv[2]
 B, H, W, C, ks = 2, 4, 4, 8, (3, 5)
 n = 2 * C + len(ks) + 1
 stride = 2**28 + 64  # pixel stride: one image spans H * W * stride = 2**32 + 1024 elements
-with open(sys.argv[1], "wb") as f:
-    f.truncate(B * H * W * stride * 4)  # sparse: only the pixels' first n elements are ever written
-y = torch.from_file(sys.argv[1], shared=True, size=B * H * W * stride, dtype=torch.float32).view(B, H, W, stride)
+if device == "cpu":  # sparse: only the pixels' first n elements are ever written
+    with open(path, "wb") as f:
+        f.truncate(B * H * W * stride * 4)
+    y = torch.from_file(path, shared=True, size=B * H * W * stride, dtype=torch.float32)
+else:  # 34 GB of GPU memory, left unwritten but for the pixels' first n elements
+    y = torch.empty(B * H * W * stride, dtype=torch.float32, device=device)
+y = y.view(B, H, W, stride)
 inp = random_focal_inputs(B, H, W, C, ks, generator=torch.Generator().manual_seed(0))
-y[..., :C], y[..., C:2 * C], y[..., 2 * C:n] = inp["q"], inp["ctx"], inp["gates"]
-views = dict(inp, q=y[..., :C], ctx=y[..., C:2 * C], gates=y[..., 2 * C:n])
+on_device = {k: [w.to(device) for w in v] if k == "weights" else v.to(device) for k, v in inp.items()}
+y[..., :C], y[..., C:2 * C], y[..., 2 * C:n] = on_device["q"], on_device["ctx"], on_device["gates"]
+views = dict(on_device, q=y[..., :C], ctx=y[..., C:2 * C], gates=y[..., 2 * C:n])
 out, mean, glob = focal_modulation_forward(**views, normalize_modulator=True)
 dout = torch.randn(B, H, W, C, generator=torch.Generator().manual_seed(1))
-grads = focal_modulation_backward(dout, **views, mean=mean, glob=glob, normalize_modulator=True)
+grads = focal_modulation_backward(dout.to(device), **views, mean=mean, glob=glob, normalize_modulator=True)
 
 ref_in = {k: v.double().requires_grad_() for k, v in inp.items() if k != "weights"}
 ref_in["weights"] = [w.double().requires_grad_() for w in inp["weights"]]
 ref = focal_modulation_ref(**ref_in, normalize_modulator=True)
 ref_grads = torch.autograd.grad(ref, [ref_in[k] for k in ("q", "ctx", "gates")] + ref_in["weights"]
                                 + [ref_in["h_weight"], ref_in["h_bias"]], dout.double())
-got = [grads[0], grads[1], grads[2], *grads[3], grads[4], grads[5]]
-print("errors", rel_err(out, ref), max(rel_err(g, r) for g, r in zip(got, ref_grads)))
+got = [g.cpu() for g in (grads[0], grads[1], grads[2], *grads[3], grads[4], grads[5])]
+print("errors", rel_err(out.cpu(), ref), max(rel_err(g, r) for g, r in zip(got, ref_grads)))
 """
 
 
 def test_images_larger_than_2_31_elements(tmp_path):
     """q, ctx, gates as views with a pixel stride so large that one image spans more than 2**31
-    elements (over a sparse memory-mapped file): every offset inside an image must be 64-bit.
-    In a subprocess, since a wrapped 32-bit offset reads or writes anywhere."""
+    elements (over a sparse memory-mapped file on CPU, 34 GB of memory on a GPU): every offset inside
+    an image must be 64-bit. In a subprocess, since a wrapped 32-bit offset reads or writes anywhere."""
     env = dict(os.environ, TRITON_INTERPRET="1") if DEVICE == "cpu" else dict(os.environ)
-    out_err, grad_err = errors_in_subprocess(_HUGE_IMAGE, str(tmp_path / "y.bin"), env=env)
+    out_err, grad_err = errors_in_subprocess(_HUGE_IMAGE, str(tmp_path / "y.bin"), DEVICE, env=env)
     assert out_err < 1e-5 and grad_err < 1e-4, (out_err, grad_err)
 
 
