@@ -2,6 +2,7 @@
 (``scripts/check_readme.py``)."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,34 @@ def test_readme_demo_commands_run():
 @pytest.mark.slow
 def test_readme_training_accuracy_claim_holds():
     assert check_readme.check_training() == []
+
+
+def _markdown_rows(text: str, header_start: str) -> list:
+    """The body rows (cells stripped) of the first markdown table whose header starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_readme_gpu_numbers_are_the_committed_run():
+    """Every time and speed-up in the README's Performance table is the committed GPU run's, cell for cell."""
+    readme = (REPO / "README.md").read_text()
+    performance = readme[readme.index("## Performance"):]
+    results_name = re.search(r"benchmarks/results/([\w.-]+\.md)", performance).group(1)
+    results = (REPO / "benchmarks" / "results" / results_name).read_text()
+    measured = {(case, shape, backend): (ms, speedup)
+                for case, shape, dtype, backend, ms, speedup, *_ in _markdown_rows(results, "| case |")
+                if dtype == "bf16"}
+    rows = _markdown_rows(performance, "| shape | pass |")
+    assert len(rows) >= 4
+    for shape, pass_, eager, *fused in rows:
+        shape, case = shape.split()[0], f"op {pass_}"
+        assert eager == measured[(case, shape, "eager")][0], (shape, pass_)
+        for backend, cell in zip(("triton", "cuda"), fused):
+            ms, speedup = cell.rstrip(")").split(" (")
+            assert (ms, speedup) == measured[(case, shape, backend)], (shape, pass_, backend)

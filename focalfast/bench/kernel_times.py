@@ -107,8 +107,8 @@ def main(argv=None) -> int:
                 failed = True
                 sections.append(f"### {title}\n\nfailed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             print(sections[-1] + "\n", flush=True)
-    if args.out:
-        Path(args.out).write_text("\n\n".join(sections) + "\n")
+            if args.out:  # after every table: a run stopped by a time limit keeps what it measured
+                Path(args.out).write_text("\n\n".join(sections) + "\n")
     return 1 if failed else 0
 
 

@@ -37,8 +37,11 @@ def to_autocast_dtype(*args):
     checks still name them.
     """
     first = next((a for a in args if isinstance(a, Tensor)), None)
-    # autocast has no state for some device types (meta): asking it would raise
-    if first is None or not torch.amp.is_autocast_available(first.device.type):
+    if first is None:
+        return args
+    # autocast has no state for some device types (meta): asking it would raise. Dynamo traces only
+    # tensors of real devices, and cannot trace is_autocast_available before torch 2.13 (a graph break).
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(first.device.type):
         return args
     if not torch.is_autocast_enabled(first.device.type):
         return args
