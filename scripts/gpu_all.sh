@@ -13,8 +13,8 @@
 # each at most GPU_ALL_TESTS_SECONDS (default 180), stopping after GPU_ALL_MAXFAIL failures (default
 # 10); memcheck and racecheck (compute-sanitizer); kernel-times (per-kernel GPU time of the op at
 # GPU_ALL_KERNEL_TIMES_SHAPES, default T.s3,T.s1,T.s1.lrf, at most GPU_ALL_KERNEL_TIMES_SECONDS,
-# default 120; on an H200 each shape takes about 20 s); bench (GPU_ALL_BENCH_ARGS replaces its default "--suite full", e.g. "--suite default
-# --kinds op,module --dtypes bf16"); tune, only when named (the Triton schedule search, after the
+# default 120; on an H200 each shape takes about 20 s); bench (GPU_ALL_BENCH_ARGS replaces its
+# default "--suite full", e.g. "--suite default --kinds op,module --dtypes bf16"); tune, only when named (the Triton schedule search, after the
 # bench, in GPU_ALL_TUNE_SECONDS, default 90, at GPU_ALL_TUNE_SHAPES); pytest-benchmark.
 # GPU_ALL_TESTS (space-separated pytest arguments, e.g. "-n 8 tests/test_triton_backend.py")
 # replaces the test selection; the two test stages add their -k.
@@ -69,17 +69,21 @@ stage() {
     fi
     echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
     [ "$logfile" != "$LOG" ] && echo "== $name (limit ${limit}s): $*" >>"$logfile"
-    local t0=$SECONDS rc
+    local t0=$SECONDS
     timeout --kill-after=10 "$limit" "$@" >>"$logfile" 2>&1
-    rc=$?
-    local took=$((SECONDS - t0)) status
-    case $rc in
+    record "$name" $? "$t0" "$limit"
+}
+
+# record NAME RC T0 LIMIT: a stage's line in the summary and the log, from its exit status under `timeout`.
+record() {
+    local status
+    case $2 in
         0) status="ok" ;;
-        124 | 137) status="TIMEOUT after ${limit}s" ;;
-        *) status="FAILED (exit $rc)" ;;
+        124 | 137) status="TIMEOUT after ${4}s" ;;
+        *) status="FAILED (exit $2)" ;;
     esac
-    SUMMARY+=("$name: $status, ${took}s")
-    echo "== $name: $status, ${took}s" | tee -a "$LOG"
+    SUMMARY+=("$1: $status, $((SECONDS - $3))s")
+    echo "== $1: $status, $((SECONDS - $3))s" | tee -a "$LOG"
 }
 
 has_module() { $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
@@ -93,11 +97,10 @@ $PY -m pip list 2>/dev/null | grep -iE '^(torch|triton|timm|transformers|pytest|
 # 2. the CUDA extension: an editable install builds it where setup.py knows how; then load it (a JIT
 # build happens here if that is the extension's path). It builds in the background while the tests that
 # do not need it run.
-BUILD_LOG=$(mktemp)
 if [[ " $STAGES " == *" build "* ]]; then
-    echo "== build (background, limit ${GPU_ALL_BUILD_SECONDS:-200}s)" | tee -a "$LOG"
-    BUILD_T0=$SECONDS
-    timeout --kill-after=10 "${GPU_ALL_BUILD_SECONDS:-200}" bash -c "$PY -m pip install --no-build-isolation \
+    BUILD_LOG=$(mktemp) BUILD_SECONDS=${GPU_ALL_BUILD_SECONDS:-200} BUILD_T0=$SECONDS
+    echo "== build (background, limit ${BUILD_SECONDS}s)" | tee -a "$LOG"
+    timeout --kill-after=10 "$BUILD_SECONDS" bash -c "$PY -m pip install --no-build-isolation \
 --no-deps -e . ; $PY -c 'from focalfast.ops.cuda import extension; r = extension.unavailable_reason(); \
 print(\"CUDA extension:\", r or \"available\"); raise SystemExit(1 if r else 0)'" >"$BUILD_LOG" 2>&1 &
     BUILD_PID=$!
@@ -118,13 +121,7 @@ if [ -n "${BUILD_PID:-}" ]; then
     wait "$BUILD_PID"
     rc=$?
     cat "$BUILD_LOG" >>"$LOG" && rm -f "$BUILD_LOG"
-    case $rc in
-        0) status="ok" ;;
-        124 | 137) status="TIMEOUT after ${GPU_ALL_BUILD_SECONDS:-200}s" ;;
-        *) status="FAILED (exit $rc)" ;;
-    esac
-    SUMMARY+=("build: $status, $((SECONDS - BUILD_T0))s")
-    echo "== build: $status, $((SECONDS - BUILD_T0))s" | tee -a "$LOG"
+    record build $rc "$BUILD_T0" "$BUILD_SECONDS"
 fi
 stage tests-cuda "${GPU_ALL_TESTS_SECONDS:-180}" 150 "$OUT/tests.log" \
     $PY -m pytest "${TEST_ARGS[@]}" -k "cuda" "${PYTEST_TAIL[@]}"

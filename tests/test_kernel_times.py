@@ -24,3 +24,10 @@ def test_kernel_table_sums_repeated_names_and_divides_by_steps():
 def test_cli_refuses_without_a_gpu(capsys):
     assert kernel_times.main(["--shapes", "T.s1"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_cli_names_a_bad_option_before_asking_for_a_gpu():
+    with pytest.raises(SystemExit, match="--variants: expected a comma-separated subset of eager,triton,cuda"):
+        kernel_times.main(["--variants", "triton,compiled"])
+    with pytest.raises(SystemExit, match="--shapes"):
+        kernel_times.main(["--shapes", "T.s9"])

@@ -57,24 +57,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parse_list(text: str, allowed, what: str) -> list:
+def parse_list(text: str, allowed, what: str, prog: str = "focalfast bench") -> list:
+    """The items of the comma-separated ``text`` of option ``--what``; SystemExit naming the option when one
+    is not in ``allowed`` or there is none."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise SystemExit(f"focalfast bench: --{what}: expected a comma-separated subset of "
+        raise SystemExit(f"{prog}: --{what}: expected a comma-separated subset of "
                          f"{','.join(allowed)}, got {text!r}")
     return items
 
 
 def _settings(args: argparse.Namespace, on_gpu: bool) -> dict:
     suite = args.suite or ("default" if on_gpu else "tiny")
-    kinds = (_parse_list(args.kinds, KINDS, "kinds") if args.kinds
+    kinds = (parse_list(args.kinds, KINDS, "kinds") if args.kinds
              else ["op", "module", "train"] + (["memory"] if suite == "full" else []))
     warmup_given = args.warmup is not None
     return {
         "suite": suite, "model": args.model, "kinds": kinds,
-        "variants": _parse_list(args.variants, TRAIN_VARIANTS, "variants"),
-        "dtypes": _parse_list(args.dtypes or ("fp32,bf16" if on_gpu else "fp32"), tuple(DTYPES), "dtypes"),
+        "variants": parse_list(args.variants, TRAIN_VARIANTS, "variants"),
+        "dtypes": parse_list(args.dtypes or ("fp32,bf16" if on_gpu else "fp32"), tuple(DTYPES), "dtypes"),
         "rounds": args.rounds or (20 if on_gpu else 5),
         "warmup": args.warmup if warmup_given else (3 if on_gpu else 1),
         "rounds_train": args.rounds or (10 if on_gpu else 3),

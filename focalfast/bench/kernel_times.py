@@ -19,6 +19,7 @@ from typing import Iterable, List, Tuple
 
 import torch
 
+from focalfast.bench.cli import parse_list
 from focalfast.bench.shapes import DTYPES, op_shapes
 from focalfast.bench.workloads import op_workload
 
@@ -80,18 +81,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
+    shapes = op_shapes("full")
+    names = parse_list(args.shapes, tuple(shapes), "shapes", prog="kernel_times")
+    variants = parse_list(args.variants, ("eager", "triton", "cuda"), "variants", prog="kernel_times")
     if not torch.cuda.is_available():
         print("kernel_times: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
-    shapes = op_shapes("full")
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = [s for s in names if s not in shapes]
-    if unknown:
-        parser.error(f"--shapes: unknown {unknown}; known: {', '.join(shapes)}")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("eager", "triton", "cuda")]
-    if bad:
-        parser.error(f"--variants: expected a comma-separated subset of eager,triton,cuda, got {bad}")
     dtype, device, backward = DTYPES[args.dtype], torch.device("cuda"), not args.forward_only
     sections, failed = [f"# Kernel times per op call ({'fwd' if args.forward_only else 'fwd+bwd'}, {args.dtype}, "
                         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.steps} profiled calls)"], False
