@@ -19,6 +19,10 @@
 #define FOCALFAST_SOURCE_HASH "unknown"
 #endif
 
+// The source hash as a plain C symbol: the loader reads it with ctypes before importing the module, so that a stale
+// build is never imported (a second extension module of the same name would not replace it in the process).
+extern "C" __attribute__((visibility("default"))) const char* focalfast_source_hash() { return FOCALFAST_SOURCE_HASH; }
+
 namespace py = pybind11;
 
 namespace focalfast {

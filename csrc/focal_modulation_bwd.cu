@@ -19,9 +19,22 @@ namespace {
 // context_fwd's blocks (sweep_threads: at least 2 warps), no warp idles through the conv phases of a small map (7x7:
 // 32 items) while paying every step's bookkeeping. A multiple of chunk (chunk <= 256): a thread's channel is the
 // same in every conv phase.
-int context_bwd_threads(int W, int chunk) {
-  const int warps = (strip_width(W) / kStrip * chunk + 31) / 32;
+int context_bwd_threads(int W, int chunk, int S) {
+  const int warps = (strip_width(W) / S * chunk + 31) / 32;
   return 32 * min_int(kSweepThreads / 32, warps);
+}
+
+// Pixels per strip of a context_bwd block: 4 where kStrip-pixel items (strips x chunk) fill at most half a warp
+// (stages 3-4 lrf: 14x14 with 8 channels, 7x7 with 16), so that the one warp's lanes all work, else kStrip. The
+// rings are the same (strip_width); a 4-pixel item pays 3 (K = 3) to 5 (K = 13) 16-byte loads a window row for
+// 4 K FMAs instead of 4 to 6 for 8 K.
+int context_bwd_strip(int W, int chunk) { return 2 * (strip_width(W) / kStrip * chunk) <= 32 ? 4 : kStrip; }
+
+// Calls f(std::integral_constant<int, S>{}) with context_bwd_strip(W, chunk).
+template <class F>
+void dispatch_bwd_strip(int W, int chunk, F&& f) {
+  if (context_bwd_strip(W, chunk) == 4) return f(std::integral_constant<int, 4>{});
+  f(std::integral_constant<int, kStrip>{});
 }
 
 // Shared memory of context_bwd (fp32), computed on the host. With lag_l = 2R - o_{l+1} (the adjoint of level l
@@ -34,24 +47,29 @@ int context_bwd_threads(int W, int chunk) {
 //                and by level l's weight gradient
 //   gates        gates_0 .. gates_{L-1} (a "channel" per level), 2R - r_0 + 1 rows: loaded at lag 0 (once per
 //                pixel, not once per channel), read by ctx_local (lag R) and the adjoints (up to lag_0 = 2R - r_0)
+//   gate_terms   a row per level l <= L of grad_ctx_all * z_{l+1} (l < L) and grad_ctx_all * G (l = L) at the row
+//                of level l's adjoint (lag_l; the global level at lag_{L-1}): written by the adjoints, summed over
+//                the chunk's channels by gate_partials. Pixel-major (term_offset): a pixel's chunk channels are
+//                consecutive, so a gate item reads them with 16-byte loads
 // plus the block's weights [taps][chunk] and, where a thread's weight-gradient sums are not in its registers
 // (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
 // offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
-  int strips = 0, items = 0;               // strips of kStrip pixels in a row; conv-phase items: strips x chunk
+  int strips = 0, items = 0;               // strips of S pixels in a row (S: the block's strip); conv-phase items: strips x chunk
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
+  int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
 
-  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, bool sums_in_smem) {
+  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int S, bool sums_in_smem) {
     SmemAllocator a;
     const int R = lv.offset(lv.L);
-    strips = strip_width(W) / kStrip;
+    strips = strip_width(W) / S;
     items = strips * chunk;
-    threads = context_bwd_threads(W, chunk);
+    threads = context_bwd_threads(W, chunk, S);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
     weights = int(a.take(int64_t(lv.taps()) * chunk));
     sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
@@ -67,9 +85,15 @@ struct ContextBwdLayout {
       level_sums[l] = lv.taps_before(l) * threads;
     }
     gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, 0);
+    term_pixel = chunk + 4;
+    term_level = (term_offset(strip_width(W)) + 3) / 4 * 4;
+    gate_terms = int(a.take(int64_t(lv.L + 1) * term_level));
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
   }
+  // Pixel x's first channel in a gate_terms row: chunk + 4 floats a pixel (16-byte aligned) and 8 more every 8 pixels,
+  // so that a warp's stores (channels of 1 to 4 strips) fall in distinct banks but for 16-channel chunks (2-way).
+  FF_HD int term_offset(int x) const { return x * term_pixel + (x >> 3) * 8; }
 };
 
 // How many taps a thread keeps in registers for its channel (the conv phases' items run channel fastest on a
@@ -151,9 +175,9 @@ constexpr int kStaticLevel<LevelIndex<I>> = I;
 
 // A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
 // y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
-// behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of kStrip pixels,
+// behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of S pixels,
 // channel) unless said otherwise:
-//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, an item per (strip, level), level fastest
+//   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, (strip, level) of the first items, level fastest
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
 //                 z_1 .. z_{L-1} of that row are still in their rings (written R - o_{l+1} rows ago)
@@ -161,19 +185,22 @@ constexpr int kStaticLevel<LevelIndex<I>> = I;
 //                   dz = scale * gates_l * grad_ctx_all + (grad_mean at the last level, else
 //                        the adjoint conv of grad_pre_{l+1}, whose rows y +- r_{l+1} are in by now)
 //                   grad_pre_l = dz * GELU'(pre_l)
+//                 and level l's gate_terms grad_ctx_all * z_{l+1} (the last level's also grad_ctx_all * G)
 //   reduce        grad_ctx = adjoint conv of grad_pre_0 (lag 2R);
 //                 weight gradients dw_l[i, j] += sum_x grad_pre_l[y, x] z_l[y + i - r, x + j - r] (lag_l), an item
 //                 per strip and channel into its thread's sums (ThreadSums); at the end of the sweep the sums of a
 //                 channel's threads are added in thread order;
-//                 gate partials over the chunk's channels (lag_l), an item per (column, level l < L); the item of level
-//                 L - 1 also gives the global level's (same row)
+//                 gate partials: level l's gate_terms summed over the chunk's channels (lag_l), an item per (column,
+//                 level l < L); the item of level L - 1 also sums the global level's (same row)
 // Cost per output element and level of size K (FMAs and shared-memory accesses, as context_fwd's):
 // recompute K^2 FMAs + one GELU and GELU'; adjoint K_{l+1}^2 FMAs (none at the last level), a 2-byte global
-// load (grad_ctx_all) and 1/4 16-byte shared gate load; weight gradient K^2 FMAs with K (8 + 2 ring_pad(K)) / 32
-// + 1/4 16-byte loads (and a shared load and store per tap and 8 FMAs where the sums are not in registers); grad_ctx k_0^2 FMAs; gate partials a shared load and an FMA per level (the global level: a global load); ctx_local an
+// load (grad_ctx_all), 1/4 16-byte shared gate load, and for the gate terms a multiply, 1/4 16-byte shared load and
+// 1/4 16-byte shared store (two at the last level); weight gradient K^2 FMAs with K (S + 2 ring_pad(K)) / 4 / S
+// 16-byte loads (and a shared load and store per tap and S FMAs where the sums are not in registers); grad_ctx k_0^2
+// FMAs; gate partials a shared load and an add per level (the last level two); ctx_local an
 // FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
 // shared load each, none where the thread holds them (kBwdRegisterTaps).
-template <typename T, class Chain>
+template <typename T, class Chain, int S>
 struct ContextBwd {
   using Params = ContextBwdParams;
   static constexpr int kRegisterTaps = kBwdRegisterTaps<Chain>;
@@ -268,22 +295,22 @@ struct ContextBwd {
   // ctx_local = scale * sum_l gates_l z_{l+1} at the strip x0 of channel c of row y (of the band), summed in level
   // order as context_fwd does: z_1 .. z_{L-1} from their rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
-                                        const float* smem, int y, int x0, int c, const float (&z_last)[kStrip]) {
+                                        const float* smem, int y, int x0, int c, const float (&z_last)[S]) {
     const int L = Chain::levels(p.levels);
     const float* gates = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y)) + x0;
-    float acc[kStrip] = {}, gate[kStrip];
+    float acc[S] = {}, gate[S];
 FF_UNROLL
     for (int l = 0; l + 1 < L; ++l) {
       const RowRing& zr = s.z[l + 1];
-      float z[kStrip];
+      float z[S];
       load_run(zr.row(smem, zr.slot(y)) + zr.pad + zr.channel(c) + x0, z);
       load_run(gates + s.gates.channel(l), gate);
 FF_UNROLL
-      for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
+      for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
     }
     load_run(gates + s.gates.channel(L - 1), gate);
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
+    for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
     store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, p.scale, acc);
   }
 
@@ -298,17 +325,17 @@ FF_UNROLL
     float* out_row = out.row(smem, slot<Shape::z_depth(I < 0 ? -1 : I + 1)>(out, y)) + out.pad;
     float* dg_row = dg_ring.row(smem, slot<Shape::gelu_grad_depth(I)>(dg_ring, y));
     FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      const int x0 = (item >> s.chunk_shift) * S, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
-      float z[kStrip] = {}, dg[kStrip] = {};
+      float z[S] = {}, dg[S] = {};
       if (inside) {
-        float pre[kStrip] = {};
+        float pre[S] = {};
         conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c, chunk), pre);
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
-        if (x0 + kStrip > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
+        for (int u = 0; u < S; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
+        if (x0 + S > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
 FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) {
+          for (int u = 0; u < S; ++u) {
             z[u] = x0 + u < W ? z[u] : 0.f;
             dg[u] = x0 + u < W ? dg[u] : 0.f;
           }
@@ -332,25 +359,41 @@ FF_UNROLL
     const float* dg_row = dg_ring.row(smem, slot<Shape::gelu_grad_depth(I)>(dg_ring, y));
     float* out_row = out.row(smem, slot<Shape::grad_pre_depth(I)>(out, y)) + out.pad;
     const float* gate_run = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y)) + s.gates.channel(l);
+    const RowRing& z_out = s.z[l + 1];
+    const float* z_row = z_out.row(smem, slot<Shape::z_depth(I < 0 ? -1 : I + 1)>(z_out, y)) + z_out.pad;
+    float* terms_row = smem + s.gate_terms + l * s.term_level;
     FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
+      const int x0 = (item >> s.chunk_shift) * S, c = item & (chunk - 1);
       load_item_taps(taps, p, band, c);
-      float grad_pre[kStrip] = {};  // zero past W, where dg is
+      float grad_pre[S] = {};  // zero past W, where dg is
       if (inside && c < band.cn) {
+        const int64_t bc = band.c_begin + c;
         if (last) {
-          const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(band.b, 0, 0) + band.c_begin + c];
+          const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(band.b, 0, 0) + bc];
 FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) grad_pre[u] = grad_mean;
+          for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
         } else {
           conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, level_taps(taps, smem, s, l_next, c, chunk),
                                    grad_pre);
         }
-        float dg[kStrip], gate[kStrip], grad_ctx_all[kStrip];
+        float dg[S], gate[S], grad_ctx_all[S], term[S];
         load_run(dg_row + dg_ring.channel(c) + x0, dg);
-        load_strip<T>(p.grad_ctx_all, band.b, y, x0, band.c_begin + c, W - x0, grad_ctx_all);
+        load_strip<T>(p.grad_ctx_all, band.b, y, x0, bc, W - x0, grad_ctx_all);
         load_run(gate_run + x0, gate);
+        load_run(z_row + z_out.channel(c) + x0, term);
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) grad_pre[u] = fmaf(p.scale * gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];
+        for (int u = 0; u < S; ++u) {
+          grad_pre[u] = fmaf(p.scale * gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];
+          term[u] *= grad_ctx_all[u];  // the gate gradient's term: grad_ctx_all * z_{l+1}
+        }
+        float* terms = terms_row + s.term_offset(x0) + c;  // x0 + u, u < S, are in x0's group of 8 pixels
+FF_UNROLL
+        for (int u = 0; u < S; ++u) terms[u * s.term_pixel] = term[u];
+        if (last) {  // the global level's: grad_ctx_all * G
+          const float pooled = static_cast<const float*>(p.pooled.ptr)[p.pooled.at(band.b, 0, 0) + bc];
+FF_UNROLL
+          for (int u = 0; u < S; ++u) terms[s.term_level + u * s.term_pixel] = grad_ctx_all[u] * pooled;
+        }
       }
       store_run(out_row + out.channel(c) + x0, grad_pre);
     }
@@ -358,13 +401,13 @@ FF_UNROLL
 
   // dw_l[i, j, c] += sum_u grad_pre_l[y, x0 + u] z_l[y + i - r, x0 + u + j - r] for every i, j < K into the thread's
   // sums of level l (sums(i * K + j)): a window of each of z_l's K rows and the strip of grad_pre_l in registers
-  // feed K^2 kStrip FMAs.
+  // feed K^2 S FMAs.
   template <int K, class Level, class Sums>
   static FF_HD void weight_grad_strip(const ContextBwdLayout& s, const float* smem, Level l, int y, int x0, int c,
                                       const Sums& sums) {
-    constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad, z_depth = Shape::z_depth(kStaticLevel<Level>);
+    constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad, z_depth = Shape::z_depth(kStaticLevel<Level>);
     const RowRing &z = s.z[l], &g = s.grad_pre[l];
-    float grad[kStrip];
+    float grad[S];
     load_run(g.row(smem, slot<Shape::grad_pre_depth(kStaticLevel<Level>)>(g, y)) + g.pad + g.channel(c) + x0, grad);
     const int slot0 = slot<z_depth>(z, y - r), chan = z.channel(c);
 FF_UNROLL
@@ -375,7 +418,7 @@ FF_UNROLL
       for (int j = 0; j < K; ++j) {
         float acc = sums(i * K + j);
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) acc = fmaf(grad[u], window[pad - r + u + j], acc);
+        for (int u = 0; u < S; ++u) acc = fmaf(grad[u], window[pad - r + u + j], acc);
         sums(i * K + j) = acc;
       }
     }
@@ -388,41 +431,39 @@ FF_UNROLL
     const RowRing& g = s.grad_pre[0];
     const int slot0 = slot<Shape::grad_pre_depth(0)>(g, y - K0 / 2);
     FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (p.chunk - 1);
+      const int x0 = (item >> s.chunk_shift) * S, c = item & (p.chunk - 1);
       load_item_taps(taps, p, band, c);
-      float grad[kStrip] = {};
+      float grad[S] = {};
       conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, level_taps(taps, smem, s, LevelIndex<0>{}, c, p.chunk),
                            grad);
       store_strip<T>(p.grad_ctx, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, 1.f, grad);
     }
   }
 
-  // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: level l from z_{l+1} at
-  // lag_bwd[l]; the item of level L - 1 also gives the global level's (L) from G, on the same row of grad_ctx_all.
+  // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: the sum over the chunk's
+  // channels of level l's gate_terms (row lag_bwd[l]) in channel order, 16-byte loads (channels past cn are zero); the
+  // item of level L - 1 also sums the global level's (same row). Per item: a 16-byte load and 4 adds a 4 channels.
+  // sum_{c < n} v[c] in channel order, n <= chunk rounded up to 4 (v 16-byte aligned, zero past n).
+  static FF_HD float channel_sum(const float* v, int n) {
+    float sum = 0.f;
+FF_NO_UNROLL
+    for (int c = 0; c < n; c += 4) {
+      float q[4];
+      load_run(v + c, q);
+      sum = (((sum + q[0]) + q[1]) + q[2]) + q[3];
+    }
+    return sum;
+  }
   static FF_HD void gate_partials(const Params& p, const ContextBwdLayout& s, const SweepBand& band, const float* smem,
                                   int chunks, int y_top) {
-    const int W = p.geo.W, cn = band.cn, b = band.b, L = Chain::levels(p.levels);
+    const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels);
     FF_FOR_EACH(item, L * W) {
       const int x = item / L, l = item - x * L, y = y_top + s.lag_bwd[l];
       if (band.owns(y)) {
-        const RowRing& zr = s.z[l + 1];
-        const float* z = zr.row(smem, zr.slot(y)) + zr.pad + x;
-        const bool global = l == L - 1;
-        float sum = 0.f, global_sum = 0.f;
-        for (int c = 0; c < cn; c += kGroup) {  // sum_c grad_ctx_all * z_{l+1} (and * G)
-          const int n = min_int(kGroup, cn - c);
-          const Group g = load_at<T>(p.grad_ctx_all, b, y, x, band.c_begin + c, n);
-FF_UNROLL
-          for (int e = 0; e < kGroup; ++e) sum = fmaf(g.v[e], z[zr.channel(c + e)], sum);
-          if (global) {
-            const Group pooled = load_at<float>(p.pooled, b, 0, 0, band.c_begin + c, n);
-FF_UNROLL
-            for (int e = 0; e < kGroup; ++e) global_sum = fmaf(g.v[e], pooled.v[e], global_sum);
-          }
-        }
-        float* out = p.gate_partial + ((int64_t(b) * p.geo.H + y) * W + x) * (L + 1) * chunks + band.chunk_index;
-        out[l * chunks] = p.scale * sum;
-        if (global) out[L * chunks] = p.scale * global_sum;
+        const float* terms = smem + s.gate_terms + l * s.term_level + s.term_offset(x);
+        float* out = p.gate_partial + ((int64_t(band.b) * p.geo.H + y) * W + x) * (L + 1) * chunks + band.chunk_index;
+        out[l * chunks] = p.scale * channel_sum(terms, cn);
+        if (l == L - 1) out[L * chunks] = p.scale * channel_sum(terms + s.term_level, cn);
       }
     }
   }
@@ -467,13 +508,16 @@ FF_UNROLL
       const RowRing& z0 = s.z[0];
       float* z0_row = z0.row(smem, slot<Shape::z_depth(0)>(z0, y_top)) + z0.pad;
       float* gates_row = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y_top));
-      FF_FOR_EACH(item, ctx_items + L * strips) {
+      // One pass: an item loads a ctx strip and, for the first L * strips items, a gate strip too (one loop's
+      // overhead a step; the strips outnumber the gates' items, L < chunk, in every FocalNet chain).
+      FF_FOR_EACH(item, max_int(ctx_items, L * strips)) {
         if (item < ctx_items) {
-          load_ctx_strip<T>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * kStrip, b, y_top, H, W,
-                            c_begin, cn);
-        } else if (y_top >= 0) {  // rows above the image: nothing reads their gates
-          const int strip = (item - ctx_items) / L, l = item - ctx_items - strip * L, x0 = strip * kStrip;
-          float gate[kStrip];
+          load_ctx_strip<T, S>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * S, b, y_top, H, W,
+                               c_begin, cn);
+        }
+        if (item < L * strips && y_top >= 0) {  // rows above the image: nothing reads their gates
+          const int strip = item / L, l = item - strip * L, x0 = strip * S;
+          float gate[S];
           load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
           store_run(gates_row + s.gates.channel(l) + x0, gate);
         }
@@ -500,7 +544,7 @@ FF_UNROLL
         const int y = y_top + lag<true>(s, l);
         if (band.owns(y)) {
           FF_FOR_EACH(item, ctx_items) {
-            weight_grad_strip<decltype(k)::value>(s, smem, l, y, (item >> s.chunk_shift) * kStrip, item & (chunk - 1),
+            weight_grad_strip<decltype(k)::value>(s, smem, l, y, (item >> s.chunk_shift) * S, item & (chunk - 1),
                                                   level_sums(thread_sums, sum_columns, s, l, item));
           }
         }
@@ -711,7 +755,7 @@ void dispatch_kernel_size(int k, F&& f) {
 // The layout of a Chain's blocks: sums in shared memory unless its threads hold them in registers.
 template <class Chain>
 ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk) {
-  return ContextBwdLayout(levels, W, chunk, kBwdRegisterSums<Chain> == 0);
+  return ContextBwdLayout(levels, W, chunk, context_bwd_strip(W, chunk), kBwdRegisterSums<Chain> == 0);
 }
 
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
@@ -726,8 +770,10 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
     using Chain = decltype(chain);
     const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk);
     dispatch_dtype(p.dtype, [&](auto t_tag) {
-      launch_sweep<ContextBwd<decltype(t_tag), Chain>>({p, layout}, blocks, layout.threads,
-                                                       int64_t(layout.total) * int64_t(sizeof(float)), stream);
+      dispatch_bwd_strip(p.geo.W, p.chunk, [&](auto strip) {
+        launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value>>(
+            {p, layout}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
+      });
     });
   });
 }

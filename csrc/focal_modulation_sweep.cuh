@@ -49,7 +49,9 @@ struct SmemAllocator {
 // of the K input rows it loads the strip's window (kStrip + 2 pad floats: 16-byte loads) into registers
 // once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the ring's
 // row slots wrap with a compare, never a division. Items run channel fastest: a warp reads one window
-// offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips).
+// offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips). Rings are laid out for kStrip-pixel strips
+// (strip_width); a strip of S = 4 pixels (context_bwd where kStrip-pixel items fill less than a warp) reads the
+// same rings, twice as many items a row.
 constexpr int kStrip = 8;
 
 // Zero columns on each side of a ring row read by a conv of size k: k / 2 rounded up to a multiple of 4,
@@ -176,15 +178,16 @@ FF_UNROLL
   }
 };
 
-// acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < kStrip, r = K / 2: the depthwise conv
-// of one channel at a strip. z's rows y - r .. y + r are in the ring's slots slot0, slot0 + 1, ... (wrapping);
+// acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < S, r = K / 2: the depthwise conv
+// of one channel at a strip of S pixels (kStrip; context_bwd's narrow maps: 4). z's rows y - r .. y + r are
+// in the ring's slots slot0, slot0 + 1, ... (wrapping);
 // chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses
 // w[K-1-i, K-1-j]: the adjoint conv (the gradient of a conv's input from the gradient of its output).
-// Per input row: (kStrip + 2 pad) / 4 16-byte loads, K weight reads, K * kStrip FMAs.
-template <int K, bool kFlip, class Taps>
+// Per input row: (S + 2 pad) / 4 16-byte loads, K weight reads, K * S FMAs.
+template <int K, bool kFlip, class Taps, int S>
 FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
-                      float (&acc)[kStrip]) {
-  constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+                      float (&acc)[S]) {
+  constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad;
 FF_UNROLL
   for (int i = 0; i < K; ++i) {
     float window[n];
@@ -193,22 +196,22 @@ FF_UNROLL
     for (int j = 0; j < K; ++j) {
       const float wv = taps(kFlip ? K * K - 1 - (i * K + j) : i * K + j);
 FF_UNROLL
-      for (int p = 0; p < kStrip; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
+      for (int p = 0; p < S; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
     }
   }
 }
 
-// v[u] = t[b, y, x0 + u, c] for u < min(valid, kStrip), else 0: one channel of a strip from global memory
+// v[u] = t[b, y, x0 + u, c] for u < min(valid, S), else 0: one channel of a strip from global memory
 // (c is an element offset: a channel, or a level times the gates' level stride).
-template <typename T>
-FF_HD void load_strip(const View& t, int b, int y, int x0, int64_t c, int valid, float (&v)[kStrip]) {
+template <typename T, int S>
+FF_HD void load_strip(const View& t, int b, int y, int x0, int64_t c, int valid, float (&v)[S]) {
   const T* in = static_cast<const T*>(t.ptr) + t.at(b, y, x0) + c;
-  if (valid >= kStrip) {
+  if (valid >= S) {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) v[u] = to_float(in[u * t.sx]);
+    for (int u = 0; u < S; ++u) v[u] = to_float(in[u * t.sx]);
   } else {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) v[u] = u < valid ? to_float(in[u * t.sx]) : 0.f;
+    for (int u = 0; u < S; ++u) v[u] = u < valid ? to_float(in[u * t.sx]) : 0.f;
   }
 }
 
@@ -222,28 +225,28 @@ FF_HD View gates_as_view(const GateView& g) {
   return v;
 }
 
-// t[b, y, x0 + u, c] = scale * v[u] for u < min(valid, kStrip): one channel of a strip to global memory.
-template <typename T>
-FF_HD void store_strip(const View& t, int b, int y, int x0, int c, int valid, float scale, const float (&v)[kStrip]) {
+// t[b, y, x0 + u, c] = scale * v[u] for u < min(valid, S): one channel of a strip to global memory.
+template <typename T, int S>
+FF_HD void store_strip(const View& t, int b, int y, int x0, int c, int valid, float scale, const float (&v)[S]) {
   T* out = static_cast<T*>(t.ptr) + t.at(b, y, x0) + c;
-  if (valid >= kStrip) {
+  if (valid >= S) {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) out[u * t.sx] = from_float<T>(scale * v[u]);
+    for (int u = 0; u < S; ++u) out[u * t.sx] = from_float<T>(scale * v[u]);
   } else {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) {
+    for (int u = 0; u < S; ++u) {
       if (u < valid) out[u * t.sx] = from_float<T>(scale * v[u]);
     }
   }
 }
 
 // Image row y of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (`row` points at its column
-// 0, after the padding): channel c of the block's chunk, columns x0 .. x0 + kStrip - 1; zeros outside the
-// image and past cn. kStrip 2-byte global loads and converts, two 16-byte shared stores.
-template <typename T>
+// 0, after the padding): channel c of the block's chunk, columns x0 .. x0 + S - 1; zeros outside the
+// image and past cn. S 2-byte global loads and converts, S / 4 16-byte shared stores.
+template <typename T, int S = kStrip>
 FF_HD void load_ctx_strip(const View& ctx, const RowRing& ring, float* row, int c, int x0, int b, int y, int H,
                           int W, int c_begin, int cn) {
-  float v[kStrip];
+  float v[S];
   load_strip<T>(ctx, b, y, x0, c_begin + c, y >= 0 && y < H && c < cn ? W - x0 : 0, v);
   store_run(row + ring.channel(c) + x0, v);
 }

@@ -5,7 +5,9 @@ The extension is plain CUDA + pybind11 with the CUDA runtime linked statically: 
 
 ``load()`` takes, first that works:
 1. the module ``setup.py`` built into this package (``pip install .`` / ``pip install -e .``), if it
-   was built from the current sources (or there are no sources to compare with);
+   was built from the current sources (or there are no sources to compare with). Its source hash is read
+   from the file (``built_hash``), not by importing it: a stale module, once imported, would shadow the
+   rebuilt one for the rest of the process;
 2. a JIT build with nvcc (through ninja where available) into ``~/.cache/focalfast/cuda/``.
 
 The sources are the checkout's ``csrc/``, or in an installed wheel or sdist install the copy that
@@ -24,6 +26,7 @@ environment without torch.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import os
@@ -260,6 +263,18 @@ def cache_dir() -> Path:
     return Path(root) / "cuda"
 
 
+def built_hash(path: Path) -> Optional[str]:
+    """The source hash an extension file was built from, read through its C symbol without importing it (once a
+    module named focalfast.ops.cuda._C is imported, importing another file of that name gives the first one back, so
+    a stale build must never be imported); None if the file cannot be loaded or predates the symbol."""
+    try:
+        getter = ctypes.CDLL(str(path)).focalfast_source_hash
+    except (OSError, AttributeError):
+        return None
+    getter.restype = ctypes.c_char_p
+    return getter().decode()
+
+
 def _import(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location("focalfast.ops.cuda._C", path)
     module = importlib.util.module_from_spec(spec)
@@ -291,13 +306,11 @@ def _find_or_build() -> ModuleType:
     have_sources = has_sources(SOURCE_DIR)
     wanted = source_hash(SOURCE_DIR, archs) if have_sources else None
     prebuilt = PACKAGE_DIR / extension_filename()
-    if prebuilt.is_file():
+    if prebuilt.is_file() and (wanted is None or built_hash(prebuilt) == wanted):
         try:
-            module = _import(prebuilt)
+            return _import(prebuilt)
         except (ImportError, OSError):  # e.g. built for another interpreter: build a fresh one
-            module = None
-        if module is not None and (wanted is None or module.source_hash() == wanted):
-            return module
+            pass
     if not have_sources:
         raise ExtensionUnavailableError(
             "focalfast was installed without its CUDA extension and the csrc/ sources are not here to build "
