@@ -632,8 +632,8 @@ FF_NO_UNROLL
       for (int y = y0; y < y1; ++y) row<S, S, V>(c, n, sum, gated_sum);
     }
     float* partial = static_cast<float*>(p.partial.ptr) + p.partial.at(task.b, thread.band * p.geo.W + task.x, 0);
-    store_channels<Access::kBounded>(partial + task.c0, n, sum);
-    store_channels<Access::kBounded>(partial + p.partial.sx + task.c0, n, gated_sum);
+    store_group(partial + task.c0, n, p.partial.aligned, sum);
+    store_group(partial + p.partial.sx + task.c0, n, p.partial.aligned, gated_sum);
   }
 };
 

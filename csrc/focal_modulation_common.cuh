@@ -416,8 +416,8 @@ FF_HD RowCursor<const T> gate_cursor(const GateView& g, const ColumnTask& task, 
 
 // scale * global_term[b, c] for the channels of a thread of output_fwd.
 FF_HD Group scaled_global_term(const ModulatorArgs& m, const ColumnTask& task) {
-  Group g = load_channels<Access::kBounded>(
-      static_cast<const float*>(m.global_term.ptr) + m.global_term.at(task.b, 0, 0) + task.c0, task.n);
+  Group g = load_group(static_cast<const float*>(m.global_term.ptr) + m.global_term.at(task.b, 0, 0) + task.c0, task.n,
+                       m.global_term.aligned);
 FF_UNROLL
   for (int e = 0; e < kGroup; ++e) g.v[e] *= m.scale;
   return g;
