@@ -43,21 +43,25 @@ once per step, a pixel stride (a 64-bit add) per value.
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.36 / 6.81 (the forward 3.70 / 7.15; stages 2-4: 4.71 / 7.74, 5.60 / 8.34, 6.92 / 9.49);
+    context_fwd   3.35 / 6.78 (the forward 3.64 / 7.07; stages 2-4: 4.60 / 7.60, 5.38 / 8.08, 6.48 / 9.00);
                   FMA floor 1.06 / 2.59
-    context_bwd   12.90 / 23.80 (the backward 13.75 / 24.72); stages 2-4 13.31 / 25.55, 14.40 / 52.07, 19.01 / 60.87
+    context_bwd   12.59 / 23.43 (the backward 13.39 / 24.28; stages 2-4: 13.75 / 25.61, 14.94 / 38.62,
+                  18.78 / 46.75); FMA floor 3.19 / 7.78
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 127 / 127 registers, context_bwd
-168 / 232 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
+168 / 228 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
 warp per block where a level's items fit one (7x7 maps);
 context_bwd's rings are deeper (the adjoint trails the recompute by up to 2R rows) and take 8 channels at stage 1
-(61 KB srf: 3 blocks of 2 warps per SM; 149 KB lrf: one). Shared memory, not registers, sets the occupancy.
+(70 KB srf: 3 blocks of 2 warps per SM; 161 KB lrf: one). Shared memory, not registers, sets the occupancy.
 A context_bwd block has as many warps as its conv items (strips x chunk) fill, one at small maps (stage 2 lrf,
-stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. Larger chunks
-would fill the warps of stage 3-4 lrf (16 items now, half a warp) but leave one
-warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can.
+stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. Where 8-pixel
+items would fill at most half a warp (stage 3-4 lrf: 14x14 with 8 channels, 7x7 with 16) its strips are 4 pixels
+(``context_bwd_strip`` in csrc), the same rings read by twice the items; larger chunks would fill the warp too but
+leave one warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can. Its gate gradients go through
+shared memory: each adjoint item writes grad_ctx_all * z_{l+1} for its strip, and an item per (pixel, level) sums a
+pixel's channels with 16-byte loads.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
 cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
