@@ -19,10 +19,7 @@ namespace {
 // context_fwd's blocks (sweep_threads: at least 2 warps), no warp idles through the conv phases of a small map (7x7:
 // 32 items) while paying every step's bookkeeping. A multiple of chunk (chunk <= 256): a thread's channel is the
 // same in every conv phase.
-int context_bwd_threads(int W, int chunk, int S) {
-  const int warps = (strip_width(W) / S * chunk + 31) / 32;
-  return 32 * min_int(kSweepThreads / 32, warps);
-}
+int context_bwd_threads(int items) { return 32 * min_int(kSweepThreads / 32, (items + 31) / 32); }
 
 // Pixels per strip of a context_bwd block: 4 where kStrip-pixel items (strips x chunk) fill at most half a warp
 // (stages 3-4 lrf: 14x14 with 8 channels, 7x7 with 16), so that the one warp's lanes all work, else kStrip. The
@@ -30,10 +27,10 @@ int context_bwd_threads(int W, int chunk, int S) {
 // 4 K FMAs instead of 4 to 6 for 8 K.
 int context_bwd_strip(int W, int chunk) { return 2 * (strip_width(W) / kStrip * chunk) <= 32 ? 4 : kStrip; }
 
-// Calls f(std::integral_constant<int, S>{}) with context_bwd_strip(W, chunk).
+// Calls f(std::integral_constant<int, S>{}) for a strip S of context_bwd_strip (4 or kStrip).
 template <class F>
-void dispatch_bwd_strip(int W, int chunk, F&& f) {
-  if (context_bwd_strip(W, chunk) == 4) return f(std::integral_constant<int, 4>{});
+void dispatch_bwd_strip(int strip, F&& f) {
+  if (strip == 4) return f(std::integral_constant<int, 4>{});
   f(std::integral_constant<int, kStrip>{});
 }
 
@@ -56,7 +53,7 @@ void dispatch_bwd_strip(int W, int chunk, F&& f) {
 // offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
-  int strips = 0, items = 0;               // strips of S pixels in a row (S: the block's strip); conv-phase items: strips x chunk
+  int strips = 0, items = 0;               // strips a row (of context_bwd_strip pixels); conv-phase items: strips x chunk
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights
@@ -64,12 +61,12 @@ struct ContextBwdLayout {
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
   int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
 
-  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int S, bool sums_in_smem) {
+  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, bool sums_in_smem) {
     SmemAllocator a;
     const int R = lv.offset(lv.L);
-    strips = strip_width(W) / S;
+    strips = strip_width(W) / context_bwd_strip(W, chunk);
     items = strips * chunk;
-    threads = context_bwd_threads(W, chunk, S);
+    threads = context_bwd_threads(items);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
     weights = int(a.take(int64_t(lv.taps()) * chunk));
     sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
@@ -440,9 +437,6 @@ FF_UNROLL
     }
   }
 
-  // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: the sum over the chunk's
-  // channels of level l's gate_terms (row lag_bwd[l]) in channel order, 16-byte loads (channels past cn are zero); the
-  // item of level L - 1 also sums the global level's (same row). Per item: a 16-byte load and 4 adds a 4 channels.
   // sum_{c < n} v[c] in channel order, n <= chunk rounded up to 4 (v 16-byte aligned, zero past n).
   static FF_HD float channel_sum(const float* v, int n) {
     float sum = 0.f;
@@ -454,6 +448,10 @@ FF_NO_UNROLL
     }
     return sum;
   }
+
+  // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: the sum over the chunk's
+  // channels of level l's gate_terms (row lag_bwd[l]) in channel order, 16-byte loads (channels past cn are zero); the
+  // item of level L - 1 also sums the global level's (same row). Per item: a 16-byte load and 4 adds a 4 channels.
   static FF_HD void gate_partials(const Params& p, const ContextBwdLayout& s, const SweepBand& band, const float* smem,
                                   int chunks, int y_top) {
     const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels);
@@ -755,7 +753,7 @@ void dispatch_kernel_size(int k, F&& f) {
 // The layout of a Chain's blocks: sums in shared memory unless its threads hold them in registers.
 template <class Chain>
 ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk) {
-  return ContextBwdLayout(levels, W, chunk, context_bwd_strip(W, chunk), kBwdRegisterSums<Chain> == 0);
+  return ContextBwdLayout(levels, W, chunk, kBwdRegisterSums<Chain> == 0);
 }
 
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
@@ -770,7 +768,7 @@ void context_bwd(const ContextBwdParams& p, const Stream& stream) {
     using Chain = decltype(chain);
     const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk);
     dispatch_dtype(p.dtype, [&](auto t_tag) {
-      dispatch_bwd_strip(p.geo.W, p.chunk, [&](auto strip) {
+      dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value>>(
             {p, layout}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
       });
