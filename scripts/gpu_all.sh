@@ -25,6 +25,7 @@
 #                          CUDA tensors there) and the timm drop-in tests (timm imports only there)
 #   sanitizer.log          compute-sanitizer memcheck and racecheck of python -m focalfast.ops.cuda.sanitize
 #   kernel_times.md        python -m focalfast.bench.kernel_times: each kernel's share of the op
+#   ncu.txt                ncu's details pages of the CUDA chain and epilogue kernels
 #   bench.json, bench.png  focalfast bench --suite full (cut by its time budget)
 #   pytest_benchmark.json  pytest benchmarks (quick scope, no torch.compile), if time is left
 #   tune.json              the tune stage's rows (its table goes into results.md)
@@ -36,7 +37,7 @@ OUT=${OUT:-$PWD/gpu-out}
 PY=${PYTHON:-python3}
 BUDGET=${GPU_ALL_BUDGET:-500}
 # A later call can redo some stages only, e.g. GPU_ALL_STAGES="build tests".
-STAGES=${GPU_ALL_STAGES:-environment build tests tests-cuda memcheck racecheck kernel-times bench pytest-benchmark}
+STAGES=${GPU_ALL_STAGES:-environment build tests tests-cuda memcheck racecheck kernel-times ncu bench pytest-benchmark}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_all.log
 START=$SECONDS
@@ -139,8 +140,24 @@ fi
 
 # 4b. where each op's GPU time goes: per-kernel times of the op at FocalNet-T stage shapes
 stage kernel-times "${GPU_ALL_KERNEL_TIMES_SECONDS:-120}" 80 "$LOG" $PY -m focalfast.bench.kernel_times \
-    --shapes "${GPU_ALL_KERNEL_TIMES_SHAPES:-T.s3,T.s1,T.s1.lrf}" --dtype bf16 --variants cuda,triton,eager \
-    --out "$OUT/kernel_times.md"
+    --shapes "${GPU_ALL_KERNEL_TIMES_SHAPES:-T.s3,T.s1,T.s1.lrf}" --dtype bf16 \
+    --variants "${GPU_ALL_KERNEL_TIMES_VARIANTS:-cuda,triton,eager}" --out "$OUT/kernel_times.md"
+
+# 4c. why those kernels take that time: ncu's sections of the CUDA Context*/Output* kernels, one process per
+# shape (ncu prints its pages when the program ends, so a shape cut by its time limit loses only its own)
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+if [ -n "$NCU" ]; then
+    for shape in ${GPU_ALL_NCU_SHAPES:-T.s1 T.s3 T.s1.lrf}; do
+        stage ncu "${GPU_ALL_NCU_SECONDS:-60}" 100 "$OUT/ncu.txt" "$NCU" --clock-control none \
+            --kernel-name-base demangled --kernel-name "regex:focalfast.*(Context|Output)" \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            $PY -m focalfast.bench.kernel_times --shapes "$shape" --dtype bf16 --variants cuda --warmup 0 --steps 1 \
+            --no-profiler
+    done
+else
+    SUMMARY+=("ncu: skipped (no ncu found)")
+fi
 
 # 5. benchmarks: the bench table first; its own budget stops new rows in time to write its files
 BENCH_DIR=$(mktemp -d)

@@ -4,7 +4,8 @@
 
 For each shape and variant: the op forward + backward (``--forward-only``: forward) after warm-up calls,
 then ``--steps`` profiled calls; one table per (shape, variant) of kernel, launches per call, microseconds
-per call and share of the call's kernel time. Variants run in the order given, each in try/except: a
+per call and share of the call's kernel time. ``--no-profiler`` only makes the calls (warm-up and steps),
+for an outside profiler such as Nsight Compute, which cannot share the counters with torch.profiler. Variants run in the order given, each in try/except: a
 kernel that corrupts the CUDA context (an illegal address) fails the rows after it too, so list the
 trusted variants first.
 """
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    parser.add_argument("--no-profiler", action="store_true",
+                        help="make the calls without torch.profiler (to run under ncu); no tables")
     args = parser.parse_args(argv)
     shapes = op_shapes("full")
     names = parse_list(args.shapes, tuple(shapes), "shapes", prog="kernel_times")
@@ -95,6 +98,12 @@ def main(argv=None) -> int:
             title = f"{shape_name} {variant}"
             try:
                 workload = op_workload(variant, shapes[shape_name], dtype, device, backward, shape_name=shape_name)
+                if args.no_profiler:
+                    for i in range(args.warmup + args.steps):
+                        workload.step(*workload.input_sets[i % len(workload.input_sets)])
+                    torch.cuda.synchronize()
+                    print(f"{title}: {args.warmup + args.steps} calls, not profiled", flush=True)
+                    continue
                 rows = kernel_table(profile_events(workload.step, workload.input_sets, args.warmup, args.steps),
                                     args.steps)
                 sections.append(format_table(title, rows))
