@@ -102,3 +102,29 @@ def test_build_prints_a_progress_line_per_step(tmp_path, capfd, monkeypatch, nin
     assert {int(total) for _, total, _ in progress} == {steps}
     assert {name for _, _, name in progress} == {
         *(f"{n}.o" for n in extension.CUDA_SOURCES + (extension.BINDING_SOURCE,)), output.name}
+
+
+def load_build_cuda_module():
+    spec = importlib.util.spec_from_file_location("build_cuda_module", REPO / "scripts/build_cuda_module.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_module_for_another_python_compiles_its_binding_against_that_pythons_headers(tmp_path):
+    """scripts/build_cuda_module.py (a module built here, carried to the GPU machine): the binding step reads the
+    target's Python.h, the CUDA steps do not depend on it, and the script names a bad --python or --archs."""
+    pytest.importorskip("pybind11")
+    target = tmp_path / "include" / "python3.99"
+    steps = extension.build_steps(tmp_path / "_C.so", tmp_path, REPO / "csrc", ["90"], "nvcc", str(target))
+    binding = next(step for step in steps if step.inputs and step.inputs[0].name == extension.BINDING_SOURCE)
+    assert f"-I{target}" in binding.argv
+    assert f"-I{sysconfig.get_paths()['include']}" not in binding.argv
+    assert all(f"-I{target}" not in step.argv for step in steps if step is not binding)
+    script = load_build_cuda_module()
+    include, suffix = script.python_paths(sys.executable)
+    assert (Path(include) / "Python.h").is_file() and suffix == sysconfig.get_config_var("EXT_SUFFIX")
+    with pytest.raises(SystemExit, match="--python: cannot run"):
+        script.main(["--python", str(tmp_path / "no-such-python")])
+    with pytest.raises(SystemExit, match="--archs"):
+        script.main(["--python", sys.executable, "--archs", "ninety"])

@@ -157,12 +157,15 @@ class Step(NamedTuple):
     argv: List[str]
 
 
-def build_steps(output: Path, build_dir: Path, source_dir: Path, archs: Sequence[str], nvcc: str) -> List[Step]:
-    """The compile steps (one per source) and the link step, in dependency order."""
+def build_steps(output: Path, build_dir: Path, source_dir: Path, archs: Sequence[str], nvcc: str,
+                python_include: Optional[str] = None) -> List[Step]:
+    """The compile steps (one per source) and the link step, in dependency order. ``python_include``: the
+    Python.h directory of the interpreter the module is for (default: this one's)."""
     import pybind11  # a build-time dependency (pyproject's build-system requires)
 
     headers = [source_dir / h for h in HEADERS]
-    binding_flags = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+    python_include = python_include or sysconfig.get_paths()["include"]
+    binding_flags = [f"-I{pybind11.get_include()}", f"-I{python_include}",
                      f'-DFOCALFAST_SOURCE_HASH="{source_hash(source_dir, archs)}"']
     steps = []
     for name in CUDA_SOURCES + (BINDING_SOURCE,):
@@ -212,9 +215,11 @@ def build(
     source_dir: Path = SOURCE_DIR,
     archs: Optional[Sequence[str]] = None,
     nvcc: Optional[str] = None,
+    python_include: Optional[str] = None,
 ) -> str:
     """Compile ``csrc/`` and link the module to ``output``; returns the build log (``run_steps``).
-    Raises BuildError if a step fails, ExtensionUnavailableError without nvcc."""
+    ``python_include`` builds it for another interpreter (``build_steps``). Raises BuildError if a step
+    fails, ExtensionUnavailableError without nvcc."""
     archs = cuda_archs() if archs is None else list(archs)
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
@@ -223,7 +228,7 @@ def build(
     build_dir.mkdir(parents=True, exist_ok=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = build_dir / output.name  # linked here, then moved: a reader never sees half a file
-    steps = build_steps(staged, build_dir, Path(source_dir).resolve(), archs, nvcc)
+    steps = build_steps(staged, build_dir, Path(source_dir).resolve(), archs, nvcc, python_include)
     print(f"focalfast: building the CUDA extension for sm_{', sm_'.join(archs)} in {len(steps)} steps "
           f"(nvcc, a few minutes)", file=sys.stderr, flush=True)
     text = run_steps(steps, build_dir)
