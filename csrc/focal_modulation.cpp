@@ -258,12 +258,27 @@ int64_t sweep_bands(const Checks& c, int band_rows, const Geometry& geo) {
   return (geo.H + band_rows - 1) / band_rows;
 }
 
-int64_t sweep_smem_bytes_py(const std::vector<int>& kernel_sizes, int W, int chunk, bool backward) {
+// context_bwd's pixels per conv item: 0 (its choice), 4 or 8.
+int bwd_strip(const Checks& c, int strip) {
+  if (strip != 0 && strip != 4 && strip != 8) {
+    c.fail_value("strip", "expected 0 (automatic), 4 or 8 pixels, got " + std::to_string(strip));
+  }
+  return strip;
+}
+
+int context_bwd_strip_py(int W, int chunk) {
+  const Checks c("context_bwd_strip");
+  c.positive(W, "W");
+  return context_bwd_strip(W, sweep_chunk(c, chunk));
+}
+
+int64_t sweep_smem_bytes_py(const std::vector<int>& kernel_sizes, int W, int chunk, bool backward, int strip) {
   const Checks c("sweep_smem_bytes");
   const SweepLevels levels = sweep_levels(c, kernel_sizes, int(kernel_sizes.size()));
   c.positive(W, "W");
   sweep_chunk(c, chunk);
-  return backward ? context_bwd_smem_bytes(levels, W, chunk) : context_fwd_smem_bytes(levels, W, chunk);
+  bwd_strip(c, strip);
+  return backward ? context_bwd_smem_bytes(levels, W, chunk, strip) : context_fwd_smem_bytes(levels, W, chunk);
 }
 
 void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::vector<int>& kernel_sizes,
@@ -292,7 +307,7 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
                     const TensorArg& gates, float scale, int chunk, int band_rows, const TensorArg& grad_ctx_all,
                     const TensorArg& grad_mean, const TensorArg& pooled, const TensorArg& ctx_local,
                     const TensorArg& grad_ctx, const TensorArg& weight_partial, const TensorArg& gate_partial,
-                    uintptr_t stream) {
+                    int strip, uintptr_t stream) {
   Checks c("context_bwd");
   ContextBwdParams p;
   p.geo = c.geometry(ctx, "ctx");
@@ -321,7 +336,7 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   c.shape(gate_partial, "gate_partial", {geo.B, geo.H, geo.W, p.gates.L + 1, chunks});
   c.contiguous(gate_partial, "gate_partial");
   p.gate_partial = reinterpret_cast<float*>(gate_partial.ptr);
-  context_bwd(p, c.stream(stream));
+  context_bwd(p, bwd_strip(c, strip), c.stream(stream));
 }
 
 // Rows per thread of a kernel on a grid of columns (>= 1): output_fwd, output_bwd, conv_level_fwd. Returns
@@ -554,13 +569,16 @@ PYBIND11_MODULE(_C, m) {
       },
       "The launches recorded since the last call: name, op (the kernel body's C++ type), blocks, threads, "
       "smem_bytes (dynamic).");
-  m.def("sweep_smem_bytes", &sweep_smem_bytes_py, "kernel_sizes"_a, "W"_a, "chunk"_a, "backward"_a,
-        "Shared memory of one block of context_fwd (backward=False) or context_bwd, in bytes.");
+  m.def("context_bwd_strip", &context_bwd_strip_py, "W"_a, "chunk"_a,
+        "Pixels per conv item that context_bwd chooses for images W pixels wide in chunks of chunk channels.");
+  m.def("sweep_smem_bytes", &sweep_smem_bytes_py, "kernel_sizes"_a, "W"_a, "chunk"_a, "backward"_a, "strip"_a = 0,
+        "Shared memory of one block of context_fwd (backward=False) or context_bwd (strip: its pixels per item, "
+        "0 = automatic), in bytes.");
   m.def("context_fwd", &context_fwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
         "band_rows"_a, "ctx_local"_a, "pooled_sum"_a, "stream"_a);
   m.def("context_bwd", &context_bwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
         "band_rows"_a, "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "ctx_local"_a, "grad_ctx"_a,
-        "weight_partial"_a, "gate_partial"_a, "stream"_a);
+        "weight_partial"_a, "gate_partial"_a, "strip"_a, "stream"_a);
   m.def("conv_level_fwd", &conv_level_fwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a, "acc_in"_a,
         "acc_out"_a, "z_out"_a, "ctx_out"_a, "pool_partial"_a, "pixels_per_strip"_a, "stream"_a);
   m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,

@@ -253,11 +253,13 @@ struct ContextBwdParams {
   float* gate_partial;  // fp32 [B, H, W, L + 1, chunks], contiguous
 };
 
-// Shared memory of one block of the fused kernels, in bytes (the launcher checks it against the device).
+// Shared memory of one block of the fused kernels, in bytes (the launcher checks it against the device). context_bwd's
+// strip: pixels per conv item, 4 or 8 (0: its own choice, context_bwd_strip), a schedule option (tune_sweep).
 int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk);
-int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk);
+int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int strip);
+int context_bwd_strip(int W, int chunk);  // its own choice of strip
 void context_fwd(const ContextFwdParams& p, const Stream& stream);
-void context_bwd(const ContextBwdParams& p, const Stream& stream);
+void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream);
 
 void conv_level_fwd(const ConvLevelFwdParams& p, const Stream& stream);
 void output_fwd(const OutputFwdParams& p, const Stream& stream);

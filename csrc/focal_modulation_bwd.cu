@@ -13,6 +13,13 @@
 #include "focal_modulation_sweep.cuh"
 
 namespace focalfast {
+
+// Pixels per strip of a context_bwd block: 4 where kStrip-pixel items (strips x chunk) fill at most half a warp
+// (stages 3-4 lrf: 14x14 with 8 channels, 7x7 with 16), so that the one warp's lanes all work, else kStrip. The
+// rings are the same (strip_width); a 4-pixel item pays 3 (K = 3) to 5 (K = 13) 16-byte loads a window row for
+// 4 K FMAs instead of 4 to 6 for 8 K.
+int context_bwd_strip(int W, int chunk) { return 2 * (strip_width(W) / kStrip * chunk) <= 32 ? 4 : kStrip; }
+
 namespace {
 
 // Threads of a context_bwd block: the warps its conv phases' items (strips x chunk) fill, 1 to kSweepThreads / 32. Unlike
@@ -20,12 +27,6 @@ namespace {
 // 32 items) while paying every step's bookkeeping. A multiple of chunk (chunk <= 256): a thread's channel is the
 // same in every conv phase.
 int context_bwd_threads(int items) { return 32 * min_int(kSweepThreads / 32, (items + 31) / 32); }
-
-// Pixels per strip of a context_bwd block: 4 where kStrip-pixel items (strips x chunk) fill at most half a warp
-// (stages 3-4 lrf: 14x14 with 8 channels, 7x7 with 16), so that the one warp's lanes all work, else kStrip. The
-// rings are the same (strip_width); a 4-pixel item pays 3 (K = 3) to 5 (K = 13) 16-byte loads a window row for
-// 4 K FMAs instead of 4 to 6 for 8 K.
-int context_bwd_strip(int W, int chunk) { return 2 * (strip_width(W) / kStrip * chunk) <= 32 ? 4 : kStrip; }
 
 // Calls f(std::integral_constant<int, S>{}) for a strip S of context_bwd_strip (4 or kStrip).
 template <class F>
@@ -61,10 +62,11 @@ struct ContextBwdLayout {
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
   int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
 
-  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, bool sums_in_smem) {
+  // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
+  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool sums_in_smem) {
     SmemAllocator a;
     const int R = lv.offset(lv.L);
-    strips = strip_width(W) / context_bwd_strip(W, chunk);
+    strips = strip_width(W) / (strip ? strip : context_bwd_strip(W, chunk));
     items = strips * chunk;
     threads = context_bwd_threads(items);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
@@ -752,21 +754,23 @@ void dispatch_kernel_size(int k, F&& f) {
 
 // The layout of a Chain's blocks: sums in shared memory unless its threads hold them in registers.
 template <class Chain>
-ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk) {
-  return ContextBwdLayout(levels, W, chunk, kBwdRegisterSums<Chain> == 0);
+ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk, int strip) {
+  return ContextBwdLayout(levels, W, chunk, strip, kBwdRegisterSums<Chain> == 0);
 }
 
-int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
+int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int strip) {
   int64_t floats = 0;
-  dispatch_chain(levels, [&](auto chain) { floats = context_bwd_layout<decltype(chain)>(levels, W, chunk).total; });
+  dispatch_chain(levels, [&](auto chain) {
+    floats = context_bwd_layout<decltype(chain)>(levels, W, chunk, strip).total;
+  });
   return floats * int64_t(sizeof(float));
 }
 
-void context_bwd(const ContextBwdParams& p, const Stream& stream) {
+void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   dispatch_chain(p.levels, [&](auto chain) {
     using Chain = decltype(chain);
-    const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk);
+    const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk, strip);
     dispatch_dtype(p.dtype, [&](auto t_tag) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value>>(

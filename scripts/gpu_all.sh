@@ -15,7 +15,9 @@
 # GPU_ALL_KERNEL_TIMES_SHAPES, default T.s3,T.s1,T.s1.lrf, at most GPU_ALL_KERNEL_TIMES_SECONDS,
 # default 120; on an H200 each shape takes about 20 s); bench (GPU_ALL_BENCH_ARGS replaces its
 # default "--suite full", e.g. "--suite default --kinds op,module --dtypes bf16"); tune, only when named (the Triton schedule search, after the
-# bench, in GPU_ALL_TUNE_SECONDS, default 90, at GPU_ALL_TUNE_SHAPES); pytest-benchmark.
+# bench, in GPU_ALL_TUNE_SECONDS, default 90, at GPU_ALL_TUNE_SHAPES); tune-sweep, only when named (the CUDA sweep's
+# schedules, focalfast.ops.cuda.tune_sweep, in GPU_ALL_TUNE_SWEEP_SECONDS, default 90, at GPU_ALL_TUNE_SWEEP_SHAPES);
+# pytest-benchmark.
 # GPU_ALL_TESTS (space-separated pytest arguments, e.g. "-n 8 tests/test_triton_backend.py")
 # replaces the test selection; the two test stages add their -k.
 # Files in $OUT (flat, at most 8):
@@ -29,6 +31,7 @@
 #   bench.json, bench.png  focalfast bench --suite full (cut by its time budget)
 #   pytest_benchmark.json  pytest benchmarks (quick scope, no torch.compile), if time is left
 #   tune.json              the tune stage's rows (its table goes into results.md)
+#   tune_sweep.json        the tune-sweep stage's rows (its table too)
 # Copy results.md to benchmarks/results/<date>-<device>.md to commit it (benchmarks/results/README.md).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -163,6 +166,7 @@ fi
 BENCH_DIR=$(mktemp -d)
 TUNE_RESERVE=20
 [[ " $STAGES " == *" tune "* ]] && TUNE_RESERVE=${GPU_ALL_TUNE_SECONDS:-90}
+[[ " $STAGES " == *" tune-sweep "* ]] && TUNE_RESERVE=$((TUNE_RESERVE + ${GPU_ALL_TUNE_SWEEP_SECONDS:-90}))
 bench_limit=$(($(left) - TUNE_RESERVE))
 ((bench_limit > 400)) && bench_limit=400
 read -r -a BENCH_ARGS <<<"${GPU_ALL_BENCH_ARGS:---suite full}"
@@ -177,6 +181,12 @@ TUNE_TXT=$(mktemp)
 if [[ " $STAGES " == *" tune "* ]]; then
     stage tune 420 10 "$TUNE_TXT" $PY -m focalfast.ops.triton.tune_chain --shapes "${GPU_ALL_TUNE_SHAPES:-T.s1,T.s3}" --dtype bf16 \
         --budget $(($(left) > 400 ? 360 : $(left) - 30)) --out "$OUT/tune.json" --no-progress
+fi
+# the same for the CUDA sweep's schedules (chunk, bands, context_bwd's pixels per item), when named: tune-sweep
+if [[ " $STAGES " == *" tune-sweep "* ]]; then
+    stage tune-sweep 300 10 "$TUNE_TXT" $PY -m focalfast.ops.cuda.tune_sweep \
+        --shapes "${GPU_ALL_TUNE_SWEEP_SHAPES:-T.s1,T.s1.lrf,T.s3}" --dtype bf16 \
+        --budget $(($(left) > 300 ? 260 : $(left) - 30)) --out "$OUT/tune_sweep.json" --no-progress
 fi
 
 if (($(left) >= 120)); then
@@ -230,7 +240,7 @@ print(json.dumps(bench.environment(bench.default_device()), indent=1))" 2>&1
     fi
     if [ -s "$TUNE_TXT" ]; then
         echo
-        echo "## Triton chain-kernel schedules (tune stage)"
+        echo "## Schedules (tune: Triton chain kernels; tune-sweep: CUDA sweep)"
         echo
         echo '```'
         grep -v "^== " "$TUNE_TXT"

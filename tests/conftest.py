@@ -23,3 +23,16 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
 
+
+
+@pytest.fixture(scope="session")
+def ext():
+    """The CUDA extension module (prebuilt by `pip install -e .`, else built now); skipped without nvcc."""
+    from focalfast.ops.cuda import extension
+
+    reason = extension.unavailable_reason()
+    if reason is None:
+        return extension.load()
+    if extension.find_nvcc() is None:
+        pytest.skip(f"the CUDA extension is unavailable and there is no nvcc to build it: {reason}")
+    pytest.fail(f"nvcc is here but the CUDA extension is unavailable: {reason}")

@@ -36,17 +36,6 @@ KERNEL_NAMES = {"context_fwd", "context_bwd", "conv_level_fwd", "output_fwd", "r
 needs_nvcc = pytest.mark.skipif(extension.find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
 
 
-@pytest.fixture(scope="module")
-def ext():
-    """The extension module (prebuilt by `pip install -e .`, else built now); skipped without nvcc."""
-    reason = extension.unavailable_reason()
-    if reason is None:
-        return extension.load()
-    if extension.find_nvcc() is None:
-        pytest.skip(f"the CUDA extension is unavailable and there is no nvcc to build it: {reason}")
-    pytest.fail(f"nvcc is here but the CUDA extension is unavailable: {reason}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Build: nvcc through setup.py, the skip switch, a failing compiler, the arch list
 # --------------------------------------------------------------------------------------------------
@@ -186,14 +175,16 @@ HOST_CASES = [
     (2, 5, 9, 16, (3,), torch.bfloat16, True, False, "views"),  # the one-level fixed chain
 ]
 
-# How the host test runs the context part: the fused sweep with 8- or 32-channel chunks (32 > C: one
-# partial chunk), whole images or bands of 2 or 3 rows (halos longer than a band, ragged last bands), or
-# the level-at-a-time fallback with 1- or 4-pixel pooling strips.
+# How the host test runs the context part: the fused sweep with 8-, 16- or 32-channel chunks (32 > C: one
+# partial chunk), whole images or bands of 2 or 3 rows (halos longer than a band, ragged last bands), the
+# backward's own strip or one forced (4 or 8 pixels an item: the tuner's schedules), or the level-at-a-time
+# fallback with 1- or 4-pixel pooling strips.
 PATHS = {
     "sweep8": dict(SWEEP_CHUNKS=(8,)),
     "sweep32": dict(SWEEP_CHUNKS=(32,)),
+    "sweep16-strip4": dict(SWEEP_CHUNKS=(16,), SWEEP_BWD_STRIP=4),
     "sweep8-bands2": dict(SWEEP_CHUNKS=(8,), SWEEP_BAND_ROWS=2),
-    "sweep32-bands3": dict(SWEEP_CHUNKS=(32,), SWEEP_BAND_ROWS=3),
+    "sweep32-bands3-strip8": dict(SWEEP_CHUNKS=(32,), SWEEP_BAND_ROWS=3, SWEEP_BWD_STRIP=8),
     "levels1": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=1),
     "levels4": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=4),
 }
@@ -225,7 +216,8 @@ def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes
     levelwise_bwd = {"conv_level_bwd", "weight_grad", "conv_adjoint"}
     if path.startswith("sweep"):  # the backward sweep's deeper rings may not fit (L = 4 at 32 channels): levelwise
         chunk = PATHS[path]["SWEEP_CHUNKS"][0]
-        bwd_fits = ext.sweep_smem_bytes(list(kernel_sizes), W, chunk, True) <= cuda_op.HOST_SMEM_BYTES
+        strip = PATHS[path].get("SWEEP_BWD_STRIP", 0)
+        bwd_fits = ext.sweep_smem_bytes(list(kernel_sizes), W, chunk, True, strip) <= cuda_op.HOST_SMEM_BYTES
         used = {"context_fwd"} | ({"context_bwd"} if bwd_fits else levelwise_bwd)
         unused = {"conv_level_fwd"} | levelwise_bwd if bwd_fits else {"context_bwd"}
     else:
@@ -332,6 +324,13 @@ def test_sweep_chunk_choice(ext, monkeypatch):
     fwd8, bwd8 = ext.sweep_smem_bytes(ks, 56, 8, False), ext.sweep_smem_bytes(ks, 56, 8, True)
     assert fwd8 < ext.sweep_smem_bytes(ks, 56, 16, False) < 2 * fwd8 and bwd8 > fwd8  # the gate ring is per block
     assert ext.sweep_smem_bytes(ks, 112, 8, True) > bwd8
+    # A forced 4-pixel strip doubles the items (and threads) on the same rings: FocalNet chains keep their
+    # weight-gradient sums in registers (same bytes), other chains a column per thread in shared memory (more).
+    assert ext.sweep_smem_bytes(ks, 56, 8, True, 4) == bwd8 and ext.context_bwd_strip(56, 8) == 8
+    assert ext.sweep_smem_bytes([5, 3], 28, 8, True, 4) - ext.sweep_smem_bytes([5, 3], 28, 8, True) == 34 * 32 * 4
+    assert ext.context_bwd_strip(14, 8) == 4 and ext.context_bwd_strip(7, 16) == 4 and ext.context_bwd_strip(7, 32) == 8
+    with pytest.raises(ValueError, match="strip: expected 0 .automatic., 4 or 8 pixels, got 6"):
+        ext.sweep_smem_bytes(ks, 56, 8, True, 6)
     monkeypatch.setattr(cuda_op, "SWEEP_SMEM_BYTES", 227 * 1024)
     assert cuda_op._sweep_chunk(kernels, ks, 128, 56, 56, 96, False, cpu) == 16  # 32 channels: one block per SM
     assert cuda_op._sweep_chunk(kernels, ks, 128, 14, 14, 384, False, cpu) == 32

@@ -59,7 +59,9 @@ A context_bwd block has as many warps as its conv items (strips x chunk) fill, o
 stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. Where 8-pixel
 items would fill at most half a warp (stage 3-4 lrf: 14x14 with 8 channels, 7x7 with 16) its strips are 4 pixels
 (``context_bwd_strip`` in csrc), the same rings read by twice the items; larger chunks would fill the warp too but
-leave one warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can. Its gate gradients go through
+leave one warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can. ``SWEEP_BWD_STRIP`` forces 4 or 8
+pixels an item, ``SWEEP_CHUNKS`` and ``SWEEP_BAND_ROWS`` the chunk and bands: the schedules that
+``focalfast.ops.cuda.tune_sweep`` times on a GPU. Its gate gradients go through
 shared memory: each adjoint item writes grad_ctx_all * z_{l+1} for its strip, and an item per (pixel, level) sums a
 pixel's channels with 16-byte loads.
 
@@ -106,6 +108,7 @@ SWEEP_CHUNKS = (32, 16, 8)
 SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
 SWEEP_BAND_ROWS: Optional[int] = None  # rows per band of the sweeps (None: _sweep_band_rows decides)
+SWEEP_BWD_STRIP = 0  # pixels per conv item of context_bwd, 4 or 8 (0: context_bwd_strip in csrc decides)
 MAX_SWEEP_ROWS = 1 << 24  # taller images take the level-at-a-time kernels (the sweep's ring slots: csrc)
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -181,7 +184,7 @@ def _sweep_chunk(kernels: _Kernels, kernel_sizes: List[int], B: int, H: int, W: 
         return None
     limit = _smem_limit(device)
     wanted = [c for c in SWEEP_CHUNKS if c < C + 8] or [min(SWEEP_CHUNKS)]
-    smem = {c: kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward) for c in wanted}
+    smem = {c: kernels.ext.sweep_smem_bytes(kernel_sizes, W, c, backward, SWEEP_BWD_STRIP) for c in wanted}
     fits = [c for c in wanted if smem[c] <= limit]
     if not fits:
         return None
@@ -306,7 +309,8 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
     kernels.launch(
         "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
         chunk=chunk, band_rows=band_rows, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled,
-        ctx_local=ctx_local, grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial)
+        ctx_local=ctx_local, grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial,
+        strip=SWEEP_BWD_STRIP)
     grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * bands, -1)).reshape(-1, C)
     grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
     return ctx_local, grad_ctx, grad_gates, _split_taps(grad_taps, weights)
