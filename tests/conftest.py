@@ -24,7 +24,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-
 @pytest.fixture(scope="session")
 def ext():
     """The CUDA extension module (prebuilt by `pip install -e .`, else built now); skipped without nvcc."""

@@ -9,6 +9,7 @@ setuptools and pybind11 are installed with the package) and with ``FOCALFAST_SKI
 import importlib.util
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,13 +106,6 @@ def test_build_prints_a_progress_line_per_step(tmp_path, capfd, monkeypatch, nin
         *(f"{n}.o" for n in extension.CUDA_SOURCES + (extension.BINDING_SOURCE,)), output.name}
 
 
-def load_build_cuda_module():
-    spec = importlib.util.spec_from_file_location("build_cuda_module", REPO / "scripts/build_cuda_module.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_module_for_another_python_compiles_its_binding_against_that_pythons_headers(tmp_path):
     """scripts/build_cuda_module.py (a module built here, carried to the GPU machine): the binding step reads the
     target's Python.h, the CUDA steps do not depend on it, and the script names a bad --python or --archs."""
@@ -121,7 +116,7 @@ def test_a_module_for_another_python_compiles_its_binding_against_that_pythons_h
     assert f"-I{target}" in binding.argv
     assert f"-I{sysconfig.get_paths()['include']}" not in binding.argv
     assert all(f"-I{target}" not in step.argv for step in steps if step is not binding)
-    script = load_build_cuda_module()
+    script = SimpleNamespace(**runpy.run_path(str(REPO / "scripts/build_cuda_module.py")))
     include, suffix = script.python_paths(sys.executable)
     assert (Path(include) / "Python.h").is_file() and suffix == sysconfig.get_config_var("EXT_SUFFIX")
     with pytest.raises(SystemExit, match="--python: cannot run"):

@@ -5,9 +5,9 @@
 For each shape and variant: the op forward + backward (``--forward-only``: forward) after warm-up calls,
 then ``--steps`` profiled calls; one table per (shape, variant) of kernel, launches per call, microseconds
 per call and share of the call's kernel time. ``--no-profiler`` only makes the calls (warm-up and steps),
-for an outside profiler such as Nsight Compute, which cannot share the counters with torch.profiler. Variants run in the order given, each in try/except: a
-kernel that corrupts the CUDA context (an illegal address) fails the rows after it too, so list the
-trusted variants first.
+for an outside profiler such as Nsight Compute, which cannot share the counters with torch.profiler.
+Variants run in the order given, each in try/except: a kernel that corrupts the CUDA context (an illegal
+address) fails the rows after it too, so list the trusted variants first.
 """
 
 from __future__ import annotations
@@ -51,17 +51,20 @@ def format_table(title: str, rows: List[Tuple[str, float, float, float]], width:
     return "\n".join(lines)
 
 
+def run_calls(step, input_sets, calls: int) -> None:
+    """``calls`` calls of ``step`` over the rotating ``input_sets``, then a device synchronize."""
+    for i in range(calls):
+        step(*input_sets[i % len(input_sets)])
+    torch.cuda.synchronize()
+
+
 def profile_events(step, input_sets, warmup: int, steps: int) -> List[KernelEvent]:
     """Kernel events of ``steps`` calls of ``step`` (CUDA activity of torch.profiler), after ``warmup``."""
     from torch.profiler import ProfilerActivity, profile
 
-    for i in range(warmup):
-        step(*input_sets[i % len(input_sets)])
-    torch.cuda.synchronize()
+    run_calls(step, input_sets, warmup)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(steps):
-            step(*input_sets[i % len(input_sets)])
-        torch.cuda.synchronize()
+        run_calls(step, input_sets, steps)
     events = []
     for event in prof.key_averages():
         us = getattr(event, "self_device_time_total", None)
@@ -99,9 +102,7 @@ def main(argv=None) -> int:
             try:
                 workload = op_workload(variant, shapes[shape_name], dtype, device, backward, shape_name=shape_name)
                 if args.no_profiler:
-                    for i in range(args.warmup + args.steps):
-                        workload.step(*workload.input_sets[i % len(workload.input_sets)])
-                    torch.cuda.synchronize()
+                    run_calls(workload.step, workload.input_sets, args.warmup + args.steps)
                     print(f"{title}: {args.warmup + args.steps} calls, not profiled", flush=True)
                     continue
                 rows = kernel_table(profile_events(workload.step, workload.input_sets, args.warmup, args.steps),
