@@ -291,6 +291,25 @@ def test_a_count_under_the_fma_floor_is_refused():
         _check_fma_floor("cuda", "fwd", case, {"fma": 0.3 * floor, "integer": 5.0})
 
 
+def test_a_block_takes_the_share_of_the_branch_deepest_in_its_call_stack(tmp_path):
+    """A block inlined from a helper's else part runs that part's share of the iterations, not the
+    share of a one-line ``if`` around the helper's call (which spans fewer lines but lies outside)."""
+    from focalfast.static_cost.branch_map import branch_share
+    from focalfast.static_cost.sass import Instruction
+
+    helper, caller = tmp_path / "helper.cuh", tmp_path / "caller.cu"
+    helper.write_text("void store(int valid) {\n  if (valid >= 8) {\n    all();\n  } else {\n    some();\n  }\n}\n")
+    caller.write_text("void item(bool local) {\n  if (local) store(valid);\n}\n")
+    h, c = str(helper), str(caller)
+    branches = {(c, 2): (0.9, 0.1), (h, 2): (1.0, 0.0)}
+    partial = [Instruction(16 * i, "STG.E.U16 [R2.64], R4", None, ((c, 2), (h, 5))) for i in range(4)]
+    whole = [Instruction(16 * i, "STG.E.U16 [R2.64], R4", None, ((c, 2), (h, 3))) for i in range(4)]
+    caller_only = [Instruction(0, "IADD3 R1, R2, R3, RZ", None, ((c, 2),))]
+    assert branch_share(partial, branches) == 0.0
+    assert branch_share(whole, branches) == 1.0
+    assert branch_share(caller_only, branches) == 0.9
+
+
 @pytest.mark.slow
 def test_cuda_sweep_counts_are_exact_for_a_compile_time_chain(cuda_records):
     """With the level chain fixed at compile time every branch of the sweeps' loop bodies is a

@@ -115,17 +115,21 @@ def branch_spans(file: str, line: int) -> Tuple[Optional[Span], Optional[Span]]:
 def branch_share(instructions: Iterable, branches: Dict[Location, Tuple[float, float]]) -> Optional[float]:
     """The share of its loop's iterations that run a block of ``instructions``: that of the innermost
     counted branch holding at least half as many of them as the one holding most (None if none holds any). ``branches``: the loop's
-    ``if`` statements, (file, line) -> (share of iterations taking the then part, the else part)."""
+    ``if`` statements, (file, line) -> (share of iterations taking the then part, the else part).
+    Innermost: the branch met deepest in the instructions' call stacks (an ``if`` in an inlined helper
+    lies inside the ``if`` around its call), then the shortest span (nested ``if`` statements of one function)."""
     located = [normalise(ins.stack) for ins in instructions if ins.stack]
-    held = []  # (instructions inside, span length, share) per branch holding any
+    held = []  # (instructions inside, deepest frame, span length, share) per branch holding any
     for (file, line), shares in branches.items():
         for span, share in zip(branch_spans(file, line), shares):
             if span is None:
                 continue
-            inside = sum(any(f == file and span[0] <= n <= span[1] for f, n in stack) for stack in located)
+            depths = [max((d for d, (f, n) in enumerate(stack) if f == file and span[0] <= n <= span[1]), default=-1)
+                      for stack in located]
+            inside = sum(d >= 0 for d in depths)
             if inside:
-                held.append((inside, span[1] - span[0], share))
+                held.append((inside, max(depths), span[1] - span[0], share))
     if not held:
         return None
-    most = max(inside for inside, _, _ in held)
-    return min((length, share) for inside, length, share in held if inside * 2 >= most)[1]
+    most = max(inside for inside, _, _, _ in held)
+    return min((-depth, length, share) for inside, depth, length, share in held if inside * 2 >= most)[2]
