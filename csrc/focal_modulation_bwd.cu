@@ -37,11 +37,11 @@ void dispatch_bwd_strip(int strip, F&& f) {
 
 // Shared memory of context_bwd (fp32), computed on the host. With lag_l = 2R - o_{l+1} (the adjoint of level l
 // runs that many rows behind the ctx row being loaded) the rings (RowRing) are as deep as their readers need:
-//   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1), padded by ring_pad(k_l): read by the recompute,
+//   z_l          levels' inputs, 2R - 2 o_l + 1 rows (z_L: 1): read by the recompute,
 //                the weight gradient (rows y +- r_l at lag_l) and the gate gradient of level l - 1;
 //                z_0 = ctx as deep as the others (2R + 1 rows): level 0's weight gradient reads it
 //   gelu_grad_l  GELU'(pre_l), 2R - 2 o_{l+1} + 1 rows: written at lag o_{l+1}, read at lag_l
-//   grad_pre_l   k_l rows, padded by ring_pad(k_l): read by level l - 1's adjoint conv (grad_ctx for l = 0)
+//   grad_pre_l   k_l rows: read by level l - 1's adjoint conv (grad_ctx for l = 0)
 //                and by level l's weight gradient
 //   gates        gates_0 .. gates_{L-1} (a "channel" per level), 2R - r_0 + 1 rows: loaded at lag 0 (once per
 //                pixel, not once per channel), read by ctx_local (lag R) and the adjoints (up to lag_0 = 2R - r_0)
@@ -49,11 +49,14 @@ void dispatch_bwd_strip(int strip, F&& f) {
 //                of level l's adjoint (lag_l; the global level at lag_{L-1}): written by the adjoints, summed over
 //                the chunk's channels by gate_partials. Pixel-major (term_offset): a pixel's chunk channels are
 //                consecutive, so a gate item reads them with 16-byte loads
-// plus the block's weights [taps][chunk] and, where a thread's weight-gradient sums are not in its registers
+// Every ring row has one pitch and pad (ring_pad of the largest k; the gates' rows are shorter, L channels): a
+// conv item's offset in any of them is the same (Item::at), computed once a sweep.
+// Plus the block's weights [taps][chunk] and, where a thread's weight-gradient sums are not in its registers
 // (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
 // offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
+  int pad = 0;                             // zero columns on each side of every ring row: ring_pad of the largest k
   int strips = 0, items = 0;               // strips a row (of context_bwd_strip pixels); conv-phase items: strips x chunk
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
@@ -72,18 +75,17 @@ struct ContextBwdLayout {
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
     weights = int(a.take(int64_t(lv.taps()) * chunk));
     sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
-    for (int l = 0; l <= lv.L; ++l) {
-      z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, l < lv.L ? ring_pad(lv.k[l]) : 0);
-    }
+    for (int l = 0; l < lv.L; ++l) pad = max_int(pad, ring_pad(lv.k[l]));
+    for (int l = 0; l <= lv.L; ++l) z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, pad);
     for (int l = 0; l < lv.L; ++l) {
-      gelu_grad[l] = row_ring(a, 2 * (R - lv.offset(l + 1)) + 1, W, chunk, 0);
-      grad_pre[l] = row_ring(a, lv.k[l], W, chunk, ring_pad(lv.k[l]));
+      gelu_grad[l] = row_ring(a, 2 * (R - lv.offset(l + 1)) + 1, W, chunk, pad);
+      grad_pre[l] = row_ring(a, lv.k[l], W, chunk, pad);
       lag_fwd[l] = lv.offset(l + 1);
       lag_bwd[l] = 2 * R - lv.offset(l + 1);
       level_taps[l] = lv.taps_before(l) * chunk;
       level_sums[l] = lv.taps_before(l) * threads;
     }
-    gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, 0);
+    gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, pad);
     term_pixel = chunk + 4;
     term_level = (term_offset(strip_width(W)) + 3) / 4 * 4;
     gate_terms = int(a.take(int64_t(lv.L + 1) * term_level));
@@ -219,18 +221,17 @@ struct ContextBwd {
   // 8 warps), and without it ptxas squeezes the lrf chain into 64 registers with a stack frame (a spill).
   static constexpr int kMinBlocksPerSm = 1;
 
-  // Ring r's depth: kDepth where the chain fixes it (BwdRingShape), else r.depth; slot(r, y): row y's slot, as
-  // r.slot(y).
+  // Ring r's row y_top + lag (0 <= lag < 2R + kSlotBias) as an offset of shared memory. With the depth D fixed at
+  // compile time (BwdRingShape) its slot is y_top mod D (one expression for every access to a depth-D ring in a
+  // step: computed once a step) plus lag mod D (a constant), brought under D by an unsigned min; else r.slot.
   template <int kDepth>
-  static FF_HD int depth(const RowRing& r) {
-    return kDepth > 0 ? kDepth : r.depth;
-  }
-  template <int kDepth>
-  static FF_HD int slot(const RowRing& r, int y) {
+  static FF_HD int row_at(const RowRing& r, int y_top, int lag) {
     if constexpr (kDepth > 0) {
-      return int(unsigned(y + kSlotBias * kDepth) % unsigned(kDepth));
+      const unsigned n = unsigned(y_top + kSlotBias * kDepth) % unsigned(kDepth) + unsigned(lag % kDepth);
+      const unsigned wrapped = n - unsigned(kDepth);
+      return r.base + r.checked(int(wrapped < n ? wrapped : n)) * r.row_floats;
     } else {
-      return r.slot(y);
+      return r.base + r.checked(r.slot(y_top + lag)) * r.row_floats;
     }
   }
   // Level l's lag, of its recompute (lag_fwd) or of its adjoint and gradients (kAdjoint: lag_bwd): BwdRingShape's where
@@ -244,6 +245,42 @@ struct ContextBwd {
       return kAdjoint ? s.lag_bwd[l] : s.lag_fwd[l];
     }
   }
+
+  // A conv-phase item: the strip of S pixels from x0 of channel c; at: its pixel x0 in a row of any of the chunk's
+  // rings (they share one pitch and pad). A GPU thread's items all have its channel (threads is a multiple of chunk):
+  // its first is decoded once a sweep, each next one `threads` items on by a constant step (later). The host runs
+  // the items in order, each reached from its thread's first by the same steps.
+  struct Item {
+    int item, x0, c, at;
+  };
+  static FF_HD Item item_at(const ContextBwdLayout& s, int item) {
+    const int x0 = (item >> s.chunk_shift) * S, c = item & ((1 << s.chunk_shift) - 1);
+    return {item, x0, c, s.z[0].channel(c) + s.pad + x0};
+  }
+  // The thread's first item, decoded once a sweep: on the GPU its fields pass through an opaque move, so that the
+  // compiler keeps them in registers instead of decoding threadIdx.x again in every phase.
+  static FF_HD Item first_item(const ContextBwdLayout& s) {
+#ifdef __CUDA_ARCH__
+    const Item it = item_at(s, int(threadIdx.x));
+    return {kept(it.item), kept(it.x0), kept(it.c), kept(it.at)};
+#else
+    return item_at(s, 0);
+#endif
+  }
+  // The item `passes` x threads after it: the same channel, (threads / chunk) x passes strips on.
+  static FF_HD Item later(const ContextBwdLayout& s, const Item& it, int passes) {
+    const int dx = passes * (s.threads >> s.chunk_shift) * S;
+    return {it.item + passes * s.threads, it.x0 + dx, it.c, it.at + dx};
+  }
+  static FF_HD Item next_item(const ContextBwdLayout& s, const Item& it) {
+#ifdef __CUDA_ARCH__
+    return later(s, it, 1);
+#else
+    const int item = it.item + 1;
+    return later(s, item_at(s, item % s.threads), item / s.threads);
+#endif
+  }
+#define FF_FOR_EACH_ITEM(it, first, s) for (Item it = (first); it.item < (s).items; it = next_item((s), it))
 
   // Level l's taps for channel c: the thread's registers or the [taps][chunk] weights in shared memory.
   static FF_HD StridedTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c,
@@ -290,102 +327,110 @@ struct ContextBwd {
     taps.load(p.weights, band.c_begin + c, c < band.cn);
 #endif
   }
+  // The offsets of K ring rows from lag `first` on, at pixel 0 of channel 0 (an item adds its `at`): a conv's input.
+  template <int K, int kDepth>
+  struct ConvRows {
+    int row[K];
+    FF_HD ConvRows(const RowRing& r, int y_top, int first) {
+FF_UNROLL
+      for (int i = 0; i < K; ++i) row[i] = row_at<kDepth>(r, y_top, first + i);
+    }
+  };
 
-  // ctx_local = scale * sum_l gates_l z_{l+1} at the strip x0 of channel c of row y (of the band), summed in level
+  // ctx_local = scale * sum_l gates_l z_{l+1} at the item's strip of row y = y_top + R (of the band), summed in level
   // order as context_fwd does: z_1 .. z_{L-1} from their rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
-                                        const float* smem, int y, int x0, int c, const float (&z_last)[S]) {
+                                        const float* smem, int y_top, int R, const Item& it, const float (&z_last)[S]) {
     const int L = Chain::levels(p.levels);
-    const float* gates = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y)) + x0;
+    const float* gates = smem + row_at<Shape::gates_depth()>(s.gates, y_top, R) + s.gates.pad + it.x0;
     float acc[S] = {}, gate[S];
+    Chain::template for_each_level<0, false>(p.levels, [&](auto l, auto) {
+      if (l + 1 < L) {
+        float z[S];
+        load_run(smem + row_at<Shape::z_depth(kStaticLevel<decltype(l)> < 0 ? -1 : kStaticLevel<decltype(l)> + 1)>(
+                            s.z[l + 1], y_top, R) + it.at, z);
+        load_run(gates + s.gates.channel(l), gate);
 FF_UNROLL
-    for (int l = 0; l + 1 < L; ++l) {
-      const RowRing& zr = s.z[l + 1];
-      float z[S];
-      load_run(zr.row(smem, zr.slot(y)) + zr.pad + zr.channel(c) + x0, z);
-      load_run(gates + s.gates.channel(l), gate);
-FF_UNROLL
-      for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
-    }
+        for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
+      }
+    });
     load_run(gates + s.gates.channel(L - 1), gate);
 FF_UNROLL
     for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
-    store_strip<T>(p.ctx_local, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, p.scale, acc);
+    store_strip<T>(p.ctx_local, band.b, y_top + R, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0,
+                   p.scale, acc);
   }
 
   template <int K, class Level>
   static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                              ThreadTaps& taps, Level l, int y) {
-    const int W = p.geo.W, chunk = p.chunk;
+                              ThreadTaps& taps, Level l, int y_top, const Item& first) {
+    const int lag_l = lag<false>(s, l), y = y_top + lag_l, W = p.geo.W, chunk = p.chunk;
     const bool inside = y >= 0 && y < p.geo.H, local = l == Chain::levels(p.levels) - 1 && band.owns(y);
     constexpr int I = kStaticLevel<Level>;
-    const RowRing &in = s.z[l], &out = s.z[l + 1], &dg_ring = s.gelu_grad[l];
-    const int slot0 = slot<Shape::z_depth(I)>(in, y - K / 2);
-    float* out_row = out.row(smem, slot<Shape::z_depth(I < 0 ? -1 : I + 1)>(out, y)) + out.pad;
-    float* dg_row = dg_ring.row(smem, slot<Shape::gelu_grad_depth(I)>(dg_ring, y));
-    FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * S, c = item & (chunk - 1);
-      load_item_taps(taps, p, band, c);
+    const ConvRows<K, Shape::z_depth(I)> in(s.z[l], y_top, lag_l - K / 2);
+    float* out_row = smem + row_at<Shape::z_depth(I < 0 ? -1 : I + 1)>(s.z[l + 1], y_top, lag_l);
+    float* dg_row = smem + row_at<Shape::gelu_grad_depth(I)>(s.gelu_grad[l], y_top, lag_l);
+    FF_FOR_EACH_ITEM(it, first, s) {
+      load_item_taps(taps, p, band, it.c);
       float z[S] = {}, dg[S] = {};
       if (inside) {
         float pre[S] = {};
-        conv_strip<K, false>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c, chunk), pre);
+        conv_strip<K, false>([&](int i) { return smem + in.row[i] + it.at; },
+                             level_taps(taps, smem, s, l, it.c, chunk), pre);
 FF_UNROLL
         for (int u = 0; u < S; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
-        if (x0 + S > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
+        if (it.x0 + S > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
 FF_UNROLL
           for (int u = 0; u < S; ++u) {
-            z[u] = x0 + u < W ? z[u] : 0.f;
-            dg[u] = x0 + u < W ? dg[u] : 0.f;
+            z[u] = it.x0 + u < W ? z[u] : 0.f;
+            dg[u] = it.x0 + u < W ? dg[u] : 0.f;
           }
         }
-        if (local) store_local_context(p, s, band, smem, y, x0, c, z);
+        if (local) store_local_context(p, s, band, smem, y_top, lag_l, it, z);
       }
-      store_run(out_row + out.channel(c) + x0, z);
-      store_run(dg_row + dg_ring.channel(c) + x0, dg);
+      store_run(out_row + it.at, z);
+      store_run(dg_row + it.at, dg);
     }
   }
 
   template <int K_next, class Level>
   static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                            ThreadTaps& taps, Level l, int y) {
-    const int W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
+                            ThreadTaps& taps, Level l, int y_top, const Item& first) {
+    const int lag_l = lag<true>(s, l), y = y_top + lag_l, W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
     const bool inside = y >= 0 && y < p.geo.H, last = l == L - 1;
     const auto l_next = next_level(l, L);
     constexpr int I = kStaticLevel<Level>, I_next = kStaticLevel<std::decay_t<decltype(l_next)>>;
-    const RowRing &out = s.grad_pre[l], &dg_ring = s.gelu_grad[l], &next = s.grad_pre[l_next];
-    const int slot0 = slot<Shape::grad_pre_depth(I_next)>(next, y - K_next / 2);
-    const float* dg_row = dg_ring.row(smem, slot<Shape::gelu_grad_depth(I)>(dg_ring, y));
-    float* out_row = out.row(smem, slot<Shape::grad_pre_depth(I)>(out, y)) + out.pad;
-    const float* gate_run = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y)) + s.gates.channel(l);
-    const RowRing& z_out = s.z[l + 1];
-    const float* z_row = z_out.row(smem, slot<Shape::z_depth(I < 0 ? -1 : I + 1)>(z_out, y)) + z_out.pad;
+    const ConvRows<K_next, Shape::grad_pre_depth(I_next)> next(s.grad_pre[l_next], y_top, lag_l - K_next / 2);
+    const float* dg_row = smem + row_at<Shape::gelu_grad_depth(I)>(s.gelu_grad[l], y_top, lag_l);
+    float* out_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
+    const float* gate_run =
+        smem + row_at<Shape::gates_depth()>(s.gates, y_top, lag_l) + s.gates.channel(l) + s.gates.pad;
+    const float* z_row = smem + row_at<Shape::z_depth(I < 0 ? -1 : I + 1)>(s.z[l + 1], y_top, lag_l);
     float* terms_row = smem + s.gate_terms + l * s.term_level;
-    FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * S, c = item & (chunk - 1);
-      load_item_taps(taps, p, band, c);
+    FF_FOR_EACH_ITEM(it, first, s) {
+      load_item_taps(taps, p, band, it.c);
       float grad_pre[S] = {};  // zero past W, where dg is
-      if (inside && c < band.cn) {
-        const int64_t bc = band.c_begin + c;
+      if (inside && it.c < band.cn) {
+        const int64_t bc = band.c_begin + it.c;
         if (last) {
           const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(band.b, 0, 0) + bc];
 FF_UNROLL
           for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
         } else {
-          conv_strip<K_next, true>(smem, next, slot0, next.channel(c), x0, level_taps(taps, smem, s, l_next, c, chunk),
-                                   grad_pre);
+          conv_strip<K_next, true>([&](int i) { return smem + next.row[i] + it.at; },
+                                   level_taps(taps, smem, s, l_next, it.c, chunk), grad_pre);
         }
         float dg[S], gate[S], grad_ctx_all[S], term[S];
-        load_run(dg_row + dg_ring.channel(c) + x0, dg);
-        load_strip<T>(p.grad_ctx_all, band.b, y, x0, bc, W - x0, grad_ctx_all);
-        load_run(gate_run + x0, gate);
-        load_run(z_row + z_out.channel(c) + x0, term);
+        load_run(dg_row + it.at, dg);
+        load_strip<T>(p.grad_ctx_all, band.b, y, it.x0, bc, W - it.x0, grad_ctx_all);
+        load_run(gate_run + it.x0, gate);
+        load_run(z_row + it.at, term);
 FF_UNROLL
         for (int u = 0; u < S; ++u) {
           grad_pre[u] = fmaf(p.scale * gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];
           term[u] *= grad_ctx_all[u];  // the gate gradient's term: grad_ctx_all * z_{l+1}
         }
-        float* terms = terms_row + s.term_offset(x0) + c;  // x0 + u, u < S, are in x0's group of 8 pixels
+        float* terms = terms_row + s.term_offset(it.x0) + it.c;  // x0 + u, u < S, are in x0's group of 8 pixels
 FF_UNROLL
         for (int u = 0; u < S; ++u) terms[u * s.term_pixel] = term[u];
         if (last) {  // the global level's: grad_ctx_all * G
@@ -394,25 +439,23 @@ FF_UNROLL
           for (int u = 0; u < S; ++u) terms[s.term_level + u * s.term_pixel] = grad_ctx_all[u] * pooled;
         }
       }
-      store_run(out_row + out.channel(c) + x0, grad_pre);
+      store_run(out_row + it.at, grad_pre);
     }
   }
 
   // dw_l[i, j, c] += sum_u grad_pre_l[y, x0 + u] z_l[y + i - r, x0 + u + j - r] for every i, j < K into the thread's
-  // sums of level l (sums(i * K + j)): a window of each of z_l's K rows and the strip of grad_pre_l in registers
-  // feed K^2 S FMAs.
-  template <int K, class Level, class Sums>
-  static FF_HD void weight_grad_strip(const ContextBwdLayout& s, const float* smem, Level l, int y, int x0, int c,
-                                      const Sums& sums) {
-    constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad, z_depth = Shape::z_depth(kStaticLevel<Level>);
-    const RowRing &z = s.z[l], &g = s.grad_pre[l];
+  // sums of level l (sums(i * K + j)): grad_row is grad_pre_l's row y, z z_l's rows y - r .. y + r. A window of each
+  // of z_l's K rows and the strip of grad_pre_l in registers feed K^2 S FMAs.
+  template <int K, int kDepth, class Sums>
+  static FF_HD void weight_grad_strip(const float* smem, const float* grad_row, const ConvRows<K, kDepth>& z,
+                                      const Item& it, const Sums& sums) {
+    constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad;
     float grad[S];
-    load_run(g.row(smem, slot<Shape::grad_pre_depth(kStaticLevel<Level>)>(g, y)) + g.pad + g.channel(c) + x0, grad);
-    const int slot0 = slot<z_depth>(z, y - r), chan = z.channel(c);
+    load_run(grad_row + it.at, grad);
 FF_UNROLL
     for (int i = 0; i < K; ++i) {
       float window[n];
-      load_run(z.row(smem, wrap(slot0 + i, depth<z_depth>(z))) + chan + x0, window);
+      load_run(smem + z.row[i] + it.at - pad, window);
 FF_UNROLL
       for (int j = 0; j < K; ++j) {
         float acc = sums(i * K + j);
@@ -423,19 +466,18 @@ FF_UNROLL
     }
   }
 
-  // grad_ctx of row y (in the band): the adjoint conv of level 0 on grad_pre_0's rows, an item per strip and channel.
+  // grad_ctx of row y_top + 2R (in the band): the adjoint conv of level 0 on grad_pre_0's rows.
   template <int K0>
   static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                                 ThreadTaps& taps, int y) {
-    const RowRing& g = s.grad_pre[0];
-    const int slot0 = slot<Shape::grad_pre_depth(0)>(g, y - K0 / 2);
-    FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * S, c = item & (p.chunk - 1);
-      load_item_taps(taps, p, band, c);
+                                 ThreadTaps& taps, int y_top, int R, const Item& first) {
+    const ConvRows<K0, Shape::grad_pre_depth(0)> g(s.grad_pre[0], y_top, 2 * R - K0 / 2);
+    FF_FOR_EACH_ITEM(it, first, s) {
+      load_item_taps(taps, p, band, it.c);
       float grad[S] = {};
-      conv_strip<K0, true>(smem, g, slot0, g.channel(c), x0, level_taps(taps, smem, s, LevelIndex<0>{}, c, p.chunk),
-                           grad);
-      store_strip<T>(p.grad_ctx, band.b, y, x0, band.c_begin + c, c < band.cn ? p.geo.W - x0 : 0, 1.f, grad);
+      conv_strip<K0, true>([&](int i) { return smem + g.row[i] + it.at; },
+                           level_taps(taps, smem, s, LevelIndex<0>{}, it.c, p.chunk), grad);
+      store_strip<T>(p.grad_ctx, band.b, y_top + 2 * R, it.x0, band.c_begin + it.c,
+                     it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, grad);
     }
   }
 
@@ -479,7 +521,7 @@ FF_NO_UNROLL
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
     const float* weights = static_cast<const float*>(p.weights.ptr);
-    const int strips = s.strips, ctx_items = s.items;
+    const int strips = s.strips;
     const View gate_view = gates_as_view(p.gates);
 
     // The weights [taps][chunk] (zero past cn), everything after them zero (16-byte stores; regions are 4-float aligned).
@@ -503,20 +545,18 @@ FF_NO_UNROLL
 #endif
     FF_BARRIER();
 
+    static_assert(kMaxFocalLevel <= kGroup, "the load phase's gate items are among its ctx items (L <= chunk)");
+    const Item first = first_item(s);
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
       const int y_top = y_start - t;  // the row at lag 0
-      const RowRing& z0 = s.z[0];
-      float* z0_row = z0.row(smem, slot<Shape::z_depth(0)>(z0, y_top)) + z0.pad;
-      float* gates_row = s.gates.row(smem, slot<Shape::gates_depth()>(s.gates, y_top));
+      float* z0_row = smem + row_at<Shape::z_depth(0)>(s.z[0], y_top, 0);
+      float* gates_row = smem + row_at<Shape::gates_depth()>(s.gates, y_top, 0) + s.gates.pad;
       // One pass: an item loads a ctx strip and, for the first L * strips items, a gate strip too (one loop's
-      // overhead a step; the strips outnumber the gates' items, L < chunk, in every FocalNet chain).
-      FF_FOR_EACH(item, max_int(ctx_items, L * strips)) {
-        if (item < ctx_items) {
-          load_ctx_strip<T, S>(p.ctx, z0, z0_row, item & (chunk - 1), (item >> s.chunk_shift) * S, b, y_top, H, W,
-                               c_begin, cn);
-        }
-        if (item < L * strips && y_top >= 0) {  // rows above the image: nothing reads their gates
-          const int strip = item / L, l = item - strip * L, x0 = strip * S;
+      // overhead a step).
+      FF_FOR_EACH_ITEM(it, first, s) {
+        load_ctx_strip<T, S>(p.ctx, z0_row + it.at, it.c, it.x0, b, y_top, H, W, c_begin, cn);
+        if (it.item < L * strips && y_top >= 0) {  // rows above the image: nothing reads their gates
+          const int strip = it.item / L, l = it.item - strip * L, x0 = strip * S;
           float gate[S];
           load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
           store_run(gates_row + s.gates.channel(l) + x0, gate);
@@ -525,11 +565,11 @@ FF_NO_UNROLL
       FF_BARRIER();
 
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, l, y_top + lag<false>(s, l));
+        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, l, y_top, first);
         FF_BARRIER();
       });
       Chain::template for_each_level<1, true>(lv, [&](auto l, auto k_next) {
-        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, l, y_top + lag<true>(s, l));
+        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, l, y_top, first);
         FF_BARRIER();
       });
 
@@ -537,15 +577,17 @@ FF_NO_UNROLL
       // rows in the band.
       if (band.owns(y_top + 2 * R)) {
         Chain::with_first_size(lv, [&](auto k0) {
-          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top + 2 * R);
+          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top, R, first);
         });
       }
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        const int y = y_top + lag<true>(s, l);
-        if (band.owns(y)) {
-          FF_FOR_EACH(item, ctx_items) {
-            weight_grad_strip<decltype(k)::value>(s, smem, l, y, (item >> s.chunk_shift) * S, item & (chunk - 1),
-                                                  level_sums(thread_sums, sum_columns, s, l, item));
+        constexpr int K = decltype(k)::value, I = kStaticLevel<decltype(l)>;
+        const int lag_l = lag<true>(s, l);
+        if (band.owns(y_top + lag_l)) {
+          const ConvRows<K, Shape::z_depth(I)> z(s.z[l], y_top, lag_l - K / 2);
+          const float* grad_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
+          FF_FOR_EACH_ITEM(it, first, s) {
+            weight_grad_strip(smem, grad_row, z, it, level_sums(thread_sums, sum_columns, s, l, it.item));
           }
         }
       });

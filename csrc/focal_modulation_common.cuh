@@ -40,6 +40,16 @@ constexpr int kThreadsPerBlock = 256;
 
 FF_HD int min_int(int a, int b) { return a < b ? a : b; }
 FF_HD int max_int(int a, int b) { return a > b ? a : b; }
+
+#ifdef __CUDA_ARCH__
+// v through an opaque register move: the compiler cannot recompute it from its inputs, so a value computed once
+// (a thread's place in a sweep) stays in a register instead of being rematerialised at every use.
+__device__ __forceinline__ int kept(int v) {
+  int r;
+  asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(v));
+  return r;
+}
+#endif
 FF_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 FF_HD float to_float(float v) { return v; }

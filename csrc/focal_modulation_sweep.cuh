@@ -179,19 +179,18 @@ FF_UNROLL
 };
 
 // acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < S, r = K / 2: the depthwise conv
-// of one channel at a strip of S pixels (kStrip; context_bwd's narrow maps: 4). z's rows y - r .. y + r are
-// in the ring's slots slot0, slot0 + 1, ... (wrapping);
-// chan = ring.channel(c); taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses
-// w[K-1-i, K-1-j]: the adjoint conv (the gradient of a conv's input from the gradient of its output).
+// of one channel at a strip of S pixels (kStrip; context_bwd's narrow maps: 4). rows(i) points at pixel x0 of
+// z's row y - r + i in a ring row (16-byte aligned, with at least ring_pad(K) columns of padding on each side);
+// taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses w[K-1-i, K-1-j]: the adjoint
+// conv (the gradient of a conv's input from the gradient of its output).
 // Per input row: (S + 2 pad) / 4 16-byte loads, K weight reads, K * S FMAs.
-template <int K, bool kFlip, class Taps, int S>
-FF_HD void conv_strip(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
-                      float (&acc)[S]) {
+template <int K, bool kFlip, class Rows, class Taps, int S>
+FF_HD void conv_strip(const Rows& rows, const Taps& taps, float (&acc)[S]) {
   constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad;
 FF_UNROLL
   for (int i = 0; i < K; ++i) {
     float window[n];
-    load_run(ring.row(smem, wrap(slot0 + i, ring.depth)) + chan + x0, window);
+    load_run(rows(i) - pad, window);
 FF_UNROLL
     for (int j = 0; j < K; ++j) {
       const float wv = taps(kFlip ? K * K - 1 - (i * K + j) : i * K + j);
@@ -240,15 +239,15 @@ FF_UNROLL
   }
 }
 
-// Image row y of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (`row` points at its column
-// 0, after the padding): channel c of the block's chunk, columns x0 .. x0 + S - 1; zeros outside the
-// image and past cn. S 2-byte global loads and converts, S / 4 16-byte shared stores.
+// Image row y of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (dst: its pixel x0):
+// channel c of the block's chunk, columns x0 .. x0 + S - 1; zeros outside the image and past cn. S 2-byte global
+// loads and converts, S / 4 16-byte shared stores.
 template <typename T, int S = kStrip>
-FF_HD void load_ctx_strip(const View& ctx, const RowRing& ring, float* row, int c, int x0, int b, int y, int H,
-                          int W, int c_begin, int cn) {
+FF_HD void load_ctx_strip(const View& ctx, float* dst, int c, int x0, int b, int y, int H, int W, int c_begin,
+                          int cn) {
   float v[S];
   load_strip<T>(ctx, b, y, x0, c_begin + c, y >= 0 && y < H && c < cn ? W - x0 : 0, v);
-  store_run(row + ring.channel(c) + x0, v);
+  store_run(dst, v);
 }
 
 // Runs the statement (the macro's other arguments) with the compile-time constant K = k for an odd kernel

@@ -173,6 +173,7 @@ HOST_CASES = [
     (2, 4, 3, 3, (1,), torch.float32, False, True, "views"),  # k = 1
     (2, 17, 6, 12, (3, 5, 7), torch.float32, False, True, "views"),  # rings wrap; a 4-channel chunk tail
     (2, 5, 9, 16, (3,), torch.bfloat16, True, False, "views"),  # the one-level fixed chain
+    (1, 3, 72, 40, (3,), torch.bfloat16, False, True, "views"),  # 32-channel chunks: 288 items, two passes of 256
 ]
 
 # How the host test runs the context part: the fused sweep with 8-, 16- or 32-channel chunks (32 > C: one
