@@ -51,8 +51,8 @@ void dispatch_bwd_strip(int strip, F&& f) {
 //                consecutive, so a gate item reads them with 16-byte loads
 // Every ring row has one pitch and pad (ring_pad of the largest k; the gates' rows are shorter, L channels): a
 // conv item's offset in any of them is the same (Item::at), computed once a sweep.
-// Plus the block's weights [taps][chunk] and, where a thread's weight-gradient sums are not in its registers
-// (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
+// Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights [taps][chunk] and, where
+// its weight-gradient sums are not (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
 // offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
@@ -66,14 +66,14 @@ struct ContextBwdLayout {
   int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
 
   // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
-  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool sums_in_smem) {
+  ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool taps_in_smem, bool sums_in_smem) {
     SmemAllocator a;
     const int R = lv.offset(lv.L);
     strips = strip_width(W) / (strip ? strip : context_bwd_strip(W, chunk));
     items = strips * chunk;
     threads = context_bwd_threads(items);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
-    weights = int(a.take(int64_t(lv.taps()) * chunk));
+    weights = int(a.take(taps_in_smem ? int64_t(lv.taps()) * chunk : 0));
     sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
     for (int l = 0; l < lv.L; ++l) pad = max_int(pad, ring_pad(lv.k[l]));
     for (int l = 0; l <= lv.L; ++l) z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, pad);
@@ -524,10 +524,16 @@ FF_NO_UNROLL
     const int strips = s.strips;
     const View gate_view = gates_as_view(p.gates);
 
-    // The weights [taps][chunk] (zero past cn), everything after them zero (16-byte stores; regions are 4-float aligned).
-    FF_FOR_EACH(i, taps * chunk) {
-      const int tap = i >> s.chunk_shift, c = i & (chunk - 1);
-      smem[s.weights + i] = c < cn ? weights[p.weights.at(tap, 0, 0) + c_begin + c] : 0.f;
+    // The weights [taps][chunk] (zero past cn) unless the threads hold their taps, everything after them zero
+    // (16-byte stores; regions are 4-float aligned). A tap's offset in the weights and in weight_partial
+    // is 32-bit (context_bwd checks taps x its tap stride).
+    if constexpr (kRegisterTaps == 0) {
+      const float* const chunk_weights = weights + c_begin;
+      const int weight_tap = int(p.weights.sb);
+      FF_FOR_EACH(i, taps * chunk) {
+        const int tap = i >> s.chunk_shift, c = i & (chunk - 1);
+        smem[s.weights + i] = c < cn ? chunk_weights[tap * weight_tap + c] : 0.f;
+      }
     }
     FF_FOR_EACH(i, (s.total - s.sums) / 4) {
       const float zero[4] = {};
@@ -605,12 +611,17 @@ FF_NO_UNROLL
       columns = smem;
       FF_BARRIER();
     }
+    float* const partial =
+        static_cast<float*>(p.weight_partial.ptr) + p.weight_partial.at(band.partial_row(), 0, 0) + c_begin;
+    const int partial_tap = int(p.weight_partial.sy);
     FF_FOR_EACH(item, taps * chunk) {
       const int tap = item >> s.chunk_shift, c = item & (chunk - 1);
       if (c < cn) {
+        const float* column = columns + tap * s.threads + c;
         float sum = 0.f;
-        for (int t = c; t < s.threads; t += chunk) sum += columns[tap * s.threads + t];
-        static_cast<float*>(p.weight_partial.ptr)[p.weight_partial.at(band.partial_row(), tap, 0) + c_begin + c] = sum;
+FF_NO_UNROLL
+        for (int t = 0; t < s.threads; t += chunk) sum += column[t];
+        partial[tap * partial_tap + c] = sum;
       }
     }
   }
@@ -794,10 +805,10 @@ void dispatch_kernel_size(int k, F&& f) {
 
 }  // namespace
 
-// The layout of a Chain's blocks: sums in shared memory unless its threads hold them in registers.
+// The layout of a Chain's blocks: taps and sums in shared memory unless its threads hold them in registers.
 template <class Chain>
 ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk, int strip) {
-  return ContextBwdLayout(levels, W, chunk, strip, kBwdRegisterSums<Chain> == 0);
+  return ContextBwdLayout(levels, W, chunk, strip, kBwdRegisterTaps<Chain> == 0, kBwdRegisterSums<Chain> == 0);
 }
 
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int strip) {
@@ -809,6 +820,11 @@ int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int 
 }
 
 void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
+  const int64_t taps = p.levels.taps_before(p.levels.L);  // a tap's offset is 32-bit (ContextBwd::run)
+  if (taps * p.weights.sb >= (int64_t(1) << 31) || taps * p.weight_partial.sy >= (int64_t(1) << 31)) {
+    throw std::invalid_argument("focalfast context_bwd: taps x channels must be under 2^31, got " +
+                                std::to_string(taps) + " taps of " + std::to_string(p.weights.sb) + " channels");
+  }
   const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
   dispatch_chain(p.levels, [&](auto chain) {
     using Chain = decltype(chain);
