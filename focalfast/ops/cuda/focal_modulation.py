@@ -45,8 +45,8 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   3.35 / 6.77 (the forward 3.63 / 7.06; stages 2-4: 4.55 / 7.56, 5.30 / 8.02, 6.40 / 9.03);
                   FMA floor 1.06 / 2.59
-    context_bwd   11.52 / 22.36 (the backward 12.32 / 23.21; stages 2-4: 12.70 / 24.54, 13.93 / 36.50,
-                  17.86 / 44.50); FMA floor 3.19 / 7.78
+    context_bwd   11.51 / 22.35 (the backward 12.31 / 23.20; stages 2-4: 12.66 / 24.50, 13.79 / 36.34,
+                  17.34 / 43.86); FMA floor 3.19 / 7.78
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 127 / 127 registers, context_bwd
 168 / 226 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
