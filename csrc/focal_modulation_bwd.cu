@@ -43,8 +43,9 @@ void dispatch_bwd_strip(int strip, F&& f) {
 //   gelu_grad_l  GELU'(pre_l), 2R - 2 o_{l+1} + 1 rows: written at lag o_{l+1}, read at lag_l
 //   grad_pre_l   k_l rows: read by level l - 1's adjoint conv (grad_ctx for l = 0)
 //                and by level l's weight gradient
-//   gates        gates_0 .. gates_{L-1} (a "channel" per level), 2R - r_0 + 1 rows: loaded at lag 0 (once per
-//                pixel, not once per channel), read by ctx_local (lag R) and the adjoints (up to lag_0 = 2R - r_0)
+//   gates        scale * gates_0 .. gates_{L-1} (a "channel" per level), 2R - r_0 + 1 rows: loaded at lag 0
+//                (once per pixel, not once per channel), read by ctx_local (lag R) and the adjoints (up to
+//                lag_0 = 2R - r_0)
 //   gate_terms   a row per level l <= L of grad_ctx_all * z_{l+1} (l < L) and grad_ctx_all * G (l = L) at the row
 //                of level l's adjoint (lag_l; the global level at lag_{L-1}): written by the adjoints, summed over
 //                the chunk's channels by gate_partials. Pixel-major (term_offset): a pixel's chunk channels are
@@ -52,8 +53,8 @@ void dispatch_bwd_strip(int strip, F&& f) {
 // Every ring row has one pitch and pad (ring_pad of the largest k; the gates' rows are shorter, L channels): a
 // conv item's offset in any of them is the same (Item::at), computed once a sweep.
 // Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights [taps][chunk] and, where
-// its weight-gradient sums are not (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the end in [taps][threads] at
-// offset 0, over the rings (total covers it).
+// its weight-gradient sums are not (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the
+// end in [taps][threads] at offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
   int pad = 0;                             // zero columns on each side of every ring row: ring_pad of the largest k
@@ -337,8 +338,9 @@ FF_UNROLL
     }
   };
 
-  // ctx_local = scale * sum_l gates_l z_{l+1} at the item's strip of row y = y_top + R (of the band), summed in level
-  // order as context_fwd does: z_1 .. z_{L-1} from their rings, z_L the last level's fresh strip.
+  // ctx_local = sum_l (scale gates_l) z_{l+1} at the item's strip of row y = y_top + R (of the band), summed in level
+  // order as context_fwd does (the gates ring holds the scaled gates, as context_fwd's): z_1 .. z_{L-1} from their
+  // rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
                                         const float* smem, int y_top, int R, const Item& it, const float (&z_last)[S]) {
     const int L = Chain::levels(p.levels);
@@ -358,7 +360,7 @@ FF_UNROLL
 FF_UNROLL
     for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
     store_strip<T>(p.ctx_local, band.b, y_top + R, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0,
-                   p.scale, acc);
+                   1.f, acc);
   }
 
   template <int K, class Level>
@@ -427,7 +429,7 @@ FF_UNROLL
         load_run(z_row + it.at, term);
 FF_UNROLL
         for (int u = 0; u < S; ++u) {
-          grad_pre[u] = fmaf(p.scale * gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];
+          grad_pre[u] = fmaf(gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];  // gate: scale * gates_l
           term[u] *= grad_ctx_all[u];  // the gate gradient's term: grad_ctx_all * z_{l+1}
         }
         float* terms = terms_row + s.term_offset(it.x0) + it.c;  // x0 + u, u < S, are in x0's group of 8 pixels
@@ -565,6 +567,8 @@ FF_NO_UNROLL
           const int strip = it.item / L, l = it.item - strip * L, x0 = strip * S;
           float gate[S];
           load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
+FF_UNROLL
+          for (int u = 0; u < S; ++u) gate[u] *= p.scale;  // the ring holds scale * gates, as context_fwd's
           store_run(gates_row + s.gates.channel(l) + x0, gate);
         }
       }
