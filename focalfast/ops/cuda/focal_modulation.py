@@ -45,16 +45,16 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   3.35 / 6.77 (the forward 3.63 / 7.06; stages 2-4: 4.55 / 7.56, 5.30 / 8.02, 6.40 / 9.03);
                   FMA floor 1.06 / 2.59
-    context_bwd   11.51 / 22.35 (the backward 12.31 / 23.20; stages 2-4: 12.66 / 24.50, 13.79 / 36.34,
-                  17.34 / 43.86); FMA floor 3.19 / 7.78
+    context_bwd   11.43 / 22.20 (the backward 12.22 / 23.05; stages 2-4: 12.56 / 24.35, 13.68 / 36.14,
+                  17.21 / 43.63); FMA floor 3.19 / 7.78
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 127 / 127 registers, context_bwd
-168 / 226 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
+172 / 228 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
 warp per block where a level's items fit one (7x7 maps);
 context_bwd's rings are deeper (the adjoint trails the recompute by up to 2R rows) and take 8 channels at stage 1
-(72 KB srf: 3 blocks of 2 warps per SM; 167 KB lrf: one). Shared memory, not registers, sets the occupancy.
+(71 KB srf: 3 blocks of 2 warps per SM; 167 KB lrf: one). Shared memory, not registers, sets the occupancy.
 A context_bwd block has as many warps as its conv items (strips x chunk) fill, one at small maps (stage 2 lrf,
 stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. Where 8-pixel
 items would fill at most half a warp (stage 3-4 lrf: 14x14 with 8 channels, 7x7 with 16) its strips are 4 pixels
