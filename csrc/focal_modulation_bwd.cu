@@ -155,6 +155,7 @@ struct BwdRingShape {
   static FF_HD constexpr int gelu_grad_depth(int) { return 0; }
   static FF_HD constexpr int grad_pre_depth(int) { return 0; }
   static FF_HD constexpr int gates_depth() { return 0; }
+  static FF_HD constexpr int output_depth(int) { return 0; }
 };
 template <int K0, int kLevels>
 struct BwdRingShape<FixedChain<K0, kLevels>> {
@@ -167,6 +168,7 @@ struct BwdRingShape<FixedChain<K0, kLevels>> {
   static FF_HD constexpr int gelu_grad_depth(int l) { return l < 0 ? 0 : 2 * (R - offset(l + 1)) + 1; }
   static FF_HD constexpr int grad_pre_depth(int l) { return l < 0 ? 0 : Chain::size(l); }
   static FF_HD constexpr int gates_depth() { return lag_bwd(0) + 1; }
+  static FF_HD constexpr int output_depth(int l) { return l < 0 ? 0 : z_depth(l + 1); }  // z_{l+1}'s ring
 };
 
 // The level of a LevelIndex, -1 for a run-time level (int).
@@ -230,9 +232,9 @@ struct ContextBwd {
     if constexpr (kDepth > 0) {
       const unsigned n = unsigned(y_top + kSlotBias * kDepth) % unsigned(kDepth) + unsigned(lag % kDepth);
       const unsigned wrapped = n - unsigned(kDepth);
-      return r.base + r.checked(int(wrapped < n ? wrapped : n)) * r.row_floats;
+      return r.offset(int(wrapped < n ? wrapped : n));
     } else {
-      return r.base + r.checked(r.slot(y_top + lag)) * r.row_floats;
+      return r.offset(r.slot(y_top + lag));
     }
   }
   // Level l's lag, of its recompute (lag_fwd) or of its adjoint and gradients (kAdjoint: lag_bwd): BwdRingShape's where
@@ -349,8 +351,7 @@ FF_UNROLL
     Chain::template for_each_level<0, false>(p.levels, [&](auto l, auto) {
       if (l + 1 < L) {
         float z[S];
-        load_run(smem + row_at<Shape::z_depth(kStaticLevel<decltype(l)> < 0 ? -1 : kStaticLevel<decltype(l)> + 1)>(
-                            s.z[l + 1], y_top, R) + it.at, z);
+        load_run(smem + row_at<Shape::output_depth(kStaticLevel<decltype(l)>)>(s.z[l + 1], y_top, R) + it.at, z);
         load_run(gates + s.gates.channel(l), gate);
 FF_UNROLL
         for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
@@ -370,7 +371,7 @@ FF_UNROLL
     const bool inside = y >= 0 && y < p.geo.H, local = l == Chain::levels(p.levels) - 1 && band.owns(y);
     constexpr int I = kStaticLevel<Level>;
     const ConvRows<K, Shape::z_depth(I)> in(s.z[l], y_top, lag_l - K / 2);
-    float* out_row = smem + row_at<Shape::z_depth(I < 0 ? -1 : I + 1)>(s.z[l + 1], y_top, lag_l);
+    float* out_row = smem + row_at<Shape::output_depth(I)>(s.z[l + 1], y_top, lag_l);
     float* dg_row = smem + row_at<Shape::gelu_grad_depth(I)>(s.gelu_grad[l], y_top, lag_l);
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);
@@ -407,7 +408,7 @@ FF_UNROLL
     float* out_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
     const float* gate_run =
         smem + row_at<Shape::gates_depth()>(s.gates, y_top, lag_l) + s.gates.channel(l) + s.gates.pad;
-    const float* z_row = smem + row_at<Shape::z_depth(I < 0 ? -1 : I + 1)>(s.z[l + 1], y_top, lag_l);
+    const float* z_row = smem + row_at<Shape::output_depth(I)>(s.z[l + 1], y_top, lag_l);
     float* terms_row = smem + s.gate_terms + l * s.term_level;
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);

@@ -80,8 +80,9 @@ struct RowRing {
     const unsigned n = unsigned(y + kSlotBias * depth);
     return int(mul_high(n * magic, unsigned(depth)));
   }
-  FF_HD float* row(float* smem, int slot) const { return smem + base + checked(slot) * row_floats; }
-  FF_HD const float* row(const float* smem, int slot) const { return smem + base + checked(slot) * row_floats; }
+  FF_HD int offset(int slot) const { return base + checked(slot) * row_floats; }  // of the slot's row in smem
+  FF_HD float* row(float* smem, int slot) const { return smem + offset(slot); }
+  FF_HD const float* row(const float* smem, int slot) const { return smem + offset(slot); }
   // The slot itself on the GPU; on the host, a slot outside the ring throws (the GPU would read or write
   // shared memory out of bounds there).
   FF_HD int checked(int slot) const {
