@@ -258,6 +258,25 @@ int64_t sweep_bands(const Checks& c, int band_rows, const Geometry& geo) {
   return (geo.H + band_rows - 1) / band_rows;
 }
 
+// Bands of context_bwd: `stack` whole images each (stack > 1, band_rows H), else sweep_bands' per image. A stack's
+// band rows v (-2R .. stack period + 2R, 2R < kSlotBias) are decoded exactly while (v + kSlotBias period) period <
+// 2^32 (SweepBand::row), period = H + gap.
+int64_t stacked_bands(const Checks& c, int band_rows, int stack, int gap, const Geometry& geo) {
+  if (stack < 1) c.fail_value("stack", "expected a positive number of images, got " + std::to_string(stack));
+  const int64_t bands = sweep_bands(c, band_rows, geo);
+  if (stack == 1) return geo.B * bands;
+  if (bands != 1) {
+    c.fail_value("stack", "stacks whole images: band_rows must be H = " + std::to_string(geo.H) + ", got " +
+                              std::to_string(band_rows));
+  }
+  const int64_t period = int64_t(geo.H) + gap;
+  if (((int64_t(stack) + kSlotBias) * period + kSlotBias) * period >= (int64_t(1) << 32)) {
+    c.fail_value("stack", std::to_string(stack) + " images of " + std::to_string(geo.H) +
+                              " rows are too many rows for a band");
+  }
+  return (geo.B + stack - 1) / stack;
+}
+
 // context_bwd's pixels per conv item: 0 (its choice), 4 or 8.
 int bwd_strip(const Checks& c, int strip) {
   if (strip != 0 && strip != 4 && strip != 8) {
@@ -307,7 +326,7 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
                     const TensorArg& gates, float scale, int chunk, int band_rows, const TensorArg& grad_ctx_all,
                     const TensorArg& grad_mean, const TensorArg& pooled, const TensorArg& ctx_local,
                     const TensorArg& grad_ctx, const TensorArg& weight_partial, const TensorArg& gate_partial,
-                    int strip, uintptr_t stream) {
+                    int strip, int stack, uintptr_t stream) {
   Checks c("context_bwd");
   ContextBwdParams p;
   p.geo = c.geometry(ctx, "ctx");
@@ -327,9 +346,9 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.ctx_local = c.view(ctx_local, "ctx_local", p.dtype, pixel_shape(geo), true, geo.C);
   p.grad_ctx = c.view(grad_ctx, "grad_ctx", p.dtype, pixel_shape(geo), true, geo.C);
   p.band_rows = band_rows;
-  const int64_t bands = sweep_bands(c, band_rows, geo);
-  p.weight_partial =
-      c.view(weight_partial, "weight_partial", DType::kFloat32, {geo.B * bands, taps, geo.C}, true, geo.C);
+  p.stack = stack;
+  const int64_t bands = stacked_bands(c, band_rows, stack, p.levels.largest_radius(), geo);
+  p.weight_partial = c.view(weight_partial, "weight_partial", DType::kFloat32, {bands, taps, geo.C}, true, geo.C);
   const int64_t chunks = (geo.C + p.chunk - 1) / p.chunk;
   c.device(gate_partial, "gate_partial");
   c.dtype(gate_partial, "gate_partial", DType::kFloat32);
@@ -578,7 +597,7 @@ PYBIND11_MODULE(_C, m) {
         "band_rows"_a, "ctx_local"_a, "pooled_sum"_a, "stream"_a);
   m.def("context_bwd", &context_bwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
         "band_rows"_a, "grad_ctx_all"_a, "grad_mean"_a, "pooled"_a, "ctx_local"_a, "grad_ctx"_a,
-        "weight_partial"_a, "gate_partial"_a, "strip"_a, "stream"_a);
+        "weight_partial"_a, "gate_partial"_a, "strip"_a, "stack"_a, "stream"_a);
   m.def("conv_level_fwd", &conv_level_fwd_py, "z_in"_a, "weight"_a, "gates"_a, "level"_a, "scale"_a, "acc_in"_a,
         "acc_out"_a, "z_out"_a, "ctx_out"_a, "pool_partial"_a, "pixels_per_strip"_a, "stream"_a);
   m.def("output_fwd", &output_fwd_py, "q"_a, "linear"_a, "gates"_a, "global_term"_a, "scale"_a, "out"_a,

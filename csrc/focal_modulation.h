@@ -28,6 +28,7 @@ constexpr int kMaxKernelSize = 13;
 constexpr int kMaxFocalLevel = 4;
 constexpr int kMaxGridItems = (1 << 30) - 1;  // threads along a row of a grid (focal_modulation_common.cuh)
 constexpr int kMaxSweepRows = 1 << 24;  // taller images take the level-at-a-time kernels (RowRing::slot)
+constexpr int kSlotBias = 64;  // more than any lag of a sweep (2R <= 48); kMaxSweepRows: 2^24 + 64 * 49 < 2^32 / 49
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
@@ -197,6 +198,11 @@ struct SweepLevels {
     for (int m = 0; m < l; ++m) o += k[m] / 2;
     return o;
   }
+  FF_HD int largest_radius() const {  // max_l k_l / 2: the rows between stacked images (SweepBand)
+    int r = 0;
+    for (int m = 0; m < L; ++m) r = k[m] / 2 > r ? k[m] / 2 : r;
+    return r;
+  }
   FF_HD int taps_before(int l) const {  // level l's first row in the concatenated [sum k^2, C] weights
     int t = 0;
     for (int m = 0; m < l; ++m) t += k[m] * k[m];
@@ -226,12 +232,13 @@ struct ContextFwdParams {
   View pooled_sum;  // fp32 [B * bands, C] or absent
 };
 
-// The fused backward of the context part, one block per (image, band, chunk), rows bottom to top. It
-// recomputes the levels from ctx in the same sweep and runs the adjoint chain a few rows behind:
+// The fused backward of the context part, one block per (band, chunk), rows bottom to top; a band is rows of one
+// image, or `stack` whole images swept as one (SweepBand). It recomputes the levels from ctx in the same sweep and
+// runs the adjoint chain a few rows behind:
 //   ctx_local = scale * sum_l gates_l * z_{l+1}  T [B, H, W, C] (as context_fwd's: the h GEMMs' operand)
 //   grad_ctx                                    T [B, H, W, C]
-//   weight_partial[b * bands + band, tap, c] = sum over the band's pixels of grad_pre_l * z_l (shifted)
-//                                                                                  fp32 [B * bands, taps, C]
+//   weight_partial[band, tap, c] = sum over the band's pixels of grad_pre_l * z_l (shifted)
+//       fp32 [bands, taps, C]; bands: B * ceil(H / band_rows), or ceil(B / stack) for stacks
 //   gate_partial[b, y, x, l, chunk] = scale * sum over the chunk's channels of
 //       grad_ctx_all * z_{l+1}  (l < L),  grad_ctx_all * G  (l = L)           fp32 [B, H, W, L + 1, chunks]
 struct ContextBwdParams {
@@ -240,6 +247,7 @@ struct ContextBwdParams {
   SweepLevels levels;
   int chunk;
   int band_rows;
+  int stack;      // whole images per band (band_rows H), or 1
   View ctx;      // T [B, H, W, C]
   View weights;  // fp32 [taps, C]
   GateView gates;
@@ -249,7 +257,7 @@ struct ContextBwdParams {
   View pooled;        // fp32 [B, C]: G
   View ctx_local;       // T [B, H, W, C]
   View grad_ctx;        // T [B, H, W, C]
-  View weight_partial;  // fp32 [B * bands, taps, C]
+  View weight_partial;  // fp32 [bands, taps, C]
   float* gate_partial;  // fp32 [B, H, W, L + 1, chunks], contiguous
 };
 

@@ -177,10 +177,12 @@ constexpr int kStaticLevel = -1;
 template <int I>
 constexpr int kStaticLevel<LevelIndex<I>> = I;
 
-// A block: image b, rows [y0, y1), channels [c_begin, c_begin + chunk), bottom to top from row
-// y_start = y1 - 1 + 2R (the halo; H - 1 at most); step t handles, for a quantity produced `lag` rows
-// behind, row y = y_start - t + lag (outputs: rows of the band only). Items are (strip of S pixels,
-// channel) unless said otherwise:
+// A block: a band (SweepBand: rows [y0, y1) of image b, or a stack of whole images swept as one tall image), channels
+// [c_begin, c_begin + chunk), bottom to top from band row y_start = y1 - 1 + 2R of its last image (the halo; H - 1 at
+// most); step t handles, for a quantity produced `lag` rows behind, band row v = y_start - t + lag (SweepBand::row:
+// its image and image row; rows outside the band's images are zeros; outputs: rows of the band only). A stack pays
+// the 2R halo steps once, not once an image (7x7, lrf: 10 + 9 / stack steps an image instead of 19). Items are
+// (strip of S pixels, channel) unless said otherwise:
 //   load          ctx row (lag 0) into z_0 (load_ctx_strip); its gates, (strip, level) of the first items, level fastest
 //   recompute     level l at lag o_{l+1}: pre_l = dwconv_l(z_l), z_{l+1} = GELU(pre_l), GELU'(pre_l); at the
 //                 last level (lag R) also ctx_local = scale * sum_l gates_l z_{l+1} of the row (band rows only):
@@ -204,7 +206,7 @@ constexpr int kStaticLevel<LevelIndex<I>> = I;
 // FMAs; gate partials a shared load and an add per level (the last level two); ctx_local an
 // FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
 // shared load each, none where the thread holds them (kBwdRegisterTaps).
-template <typename T, class Chain, int S>
+template <typename T, class Chain, int S, bool kStacked>
 struct ContextBwd {
   using Params = ContextBwdParams;
   static constexpr int kRegisterTaps = kBwdRegisterTaps<Chain>;
@@ -344,7 +346,8 @@ FF_UNROLL
   // order as context_fwd does (the gates ring holds the scaled gates, as context_fwd's): z_1 .. z_{L-1} from their
   // rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
-                                        const float* smem, int y_top, int R, const Item& it, const float (&z_last)[S]) {
+                                        const float* smem, int y_top, int R, const SweepRow& row, const Item& it,
+                                        const float (&z_last)[S]) {
     const int L = Chain::levels(p.levels);
     const float* gates = smem + row_at<Shape::gates_depth()>(s.gates, y_top, R) + s.gates.pad + it.x0;
     float acc[S] = {}, gate[S];
@@ -360,15 +363,16 @@ FF_UNROLL
     load_run(gates + s.gates.channel(L - 1), gate);
 FF_UNROLL
     for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
-    store_strip<T>(p.ctx_local, band.b, y_top + R, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0,
-                   1.f, acc);
+    store_strip<T>(p.ctx_local, row.b, row.y, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f,
+                   acc);
   }
 
   template <int K, class Level>
   static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
                               ThreadTaps& taps, Level l, int y_top, const Item& first) {
-    const int lag_l = lag<false>(s, l), y = y_top + lag_l, W = p.geo.W, chunk = p.chunk;
-    const bool inside = y >= 0 && y < p.geo.H, local = l == Chain::levels(p.levels) - 1 && band.owns(y);
+    const int lag_l = lag<false>(s, l), W = p.geo.W, chunk = p.chunk;
+    const SweepRow row = band.row<kStacked>(y_top + lag_l);
+    const bool inside = row.inside, local = l == Chain::levels(p.levels) - 1 && band.owns(row);
     constexpr int I = kStaticLevel<Level>;
     const ConvRows<K, Shape::z_depth(I)> in(s.z[l], y_top, lag_l - K / 2);
     float* out_row = smem + row_at<Shape::output_depth(I)>(s.z[l + 1], y_top, lag_l);
@@ -389,7 +393,7 @@ FF_UNROLL
             dg[u] = it.x0 + u < W ? dg[u] : 0.f;
           }
         }
-        if (local) store_local_context(p, s, band, smem, y_top, lag_l, it, z);
+        if (local) store_local_context(p, s, band, smem, y_top, lag_l, row, it, z);
       }
       store_run(out_row + it.at, z);
       store_run(dg_row + it.at, dg);
@@ -399,8 +403,9 @@ FF_UNROLL
   template <int K_next, class Level>
   static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
                             ThreadTaps& taps, Level l, int y_top, const Item& first) {
-    const int lag_l = lag<true>(s, l), y = y_top + lag_l, W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
-    const bool inside = y >= 0 && y < p.geo.H, last = l == L - 1;
+    const int lag_l = lag<true>(s, l), W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
+    const SweepRow row = band.row<kStacked>(y_top + lag_l);
+    const bool inside = row.inside, last = l == L - 1;
     const auto l_next = next_level(l, L);
     constexpr int I = kStaticLevel<Level>, I_next = kStaticLevel<std::decay_t<decltype(l_next)>>;
     const ConvRows<K_next, Shape::grad_pre_depth(I_next)> next(s.grad_pre[l_next], y_top, lag_l - K_next / 2);
@@ -416,7 +421,7 @@ FF_UNROLL
       if (inside && it.c < band.cn) {
         const int64_t bc = band.c_begin + it.c;
         if (last) {
-          const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(band.b, 0, 0) + bc];
+          const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(row.b, 0, 0) + bc];
 FF_UNROLL
           for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
         } else {
@@ -425,7 +430,7 @@ FF_UNROLL
         }
         float dg[S], gate[S], grad_ctx_all[S], term[S];
         load_run(dg_row + it.at, dg);
-        load_strip<T>(p.grad_ctx_all, band.b, y, it.x0, bc, W - it.x0, grad_ctx_all);
+        load_strip<T>(p.grad_ctx_all, row.b, row.y, it.x0, bc, W - it.x0, grad_ctx_all);
         load_run(gate_run + it.x0, gate);
         load_run(z_row + it.at, term);
 FF_UNROLL
@@ -437,7 +442,7 @@ FF_UNROLL
 FF_UNROLL
         for (int u = 0; u < S; ++u) terms[u * s.term_pixel] = term[u];
         if (last) {  // the global level's: grad_ctx_all * G
-          const float pooled = static_cast<const float*>(p.pooled.ptr)[p.pooled.at(band.b, 0, 0) + bc];
+          const float pooled = static_cast<const float*>(p.pooled.ptr)[p.pooled.at(row.b, 0, 0) + bc];
 FF_UNROLL
           for (int u = 0; u < S; ++u) terms[s.term_level + u * s.term_pixel] = grad_ctx_all[u] * pooled;
         }
@@ -469,18 +474,18 @@ FF_UNROLL
     }
   }
 
-  // grad_ctx of row y_top + 2R (in the band): the adjoint conv of level 0 on grad_pre_0's rows.
+  // grad_ctx of row y_top + 2R (`row`, in the band): the adjoint conv of level 0 on grad_pre_0's rows.
   template <int K0>
   static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                                 ThreadTaps& taps, int y_top, int R, const Item& first) {
+                                 ThreadTaps& taps, int y_top, int R, const SweepRow& row, const Item& first) {
     const ConvRows<K0, Shape::grad_pre_depth(0)> g(s.grad_pre[0], y_top, 2 * R - K0 / 2);
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);
       float grad[S] = {};
       conv_strip<K0, true>([&](int i) { return smem + g.row[i] + it.at; },
                            level_taps(taps, smem, s, LevelIndex<0>{}, it.c, p.chunk), grad);
-      store_strip<T>(p.grad_ctx, band.b, y_top + 2 * R, it.x0, band.c_begin + it.c,
-                     it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, grad);
+      store_strip<T>(p.grad_ctx, row.b, row.y, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f,
+                     grad);
     }
   }
 
@@ -503,10 +508,12 @@ FF_NO_UNROLL
                                   int chunks, int y_top) {
     const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels);
     FF_FOR_EACH(item, L * W) {
-      const int x = item / L, l = item - x * L, y = y_top + s.lag_bwd[l];
-      if (band.owns(y)) {
+      const int x = item / L, l = item - x * L;
+      const SweepRow row = band.row<kStacked>(y_top + s.lag_bwd[l]);
+      if (band.owns(row)) {
         const float* terms = smem + s.gate_terms + l * s.term_level + s.term_offset(x);
-        float* out = p.gate_partial + ((int64_t(band.b) * p.geo.H + y) * W + x) * (L + 1) * chunks + band.chunk_index;
+        float* out =
+            p.gate_partial + ((int64_t(row.b) * p.geo.H + row.y) * W + x) * (L + 1) * chunks + band.chunk_index;
         out[l * chunks] = p.scale * channel_sum(terms, cn);
         if (l == L - 1) out[L * chunks] = p.scale * channel_sum(terms + s.term_level, cn);
       }
@@ -519,10 +526,10 @@ FF_NO_UNROLL
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
     const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk));
-    const SweepBand band(block, geo, p.band_rows, chunk);
-    const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
-    const int y_start = min_int(H - 1, band.y1 - 1 + 2 * R);
+    const SweepBand band(block, geo, p.band_rows, p.stack, lv.largest_radius(), chunk);
+    const int c_begin = band.c_begin, cn = band.cn;
+    const int y_start = (band.images - 1) * band.period + min_int(H - 1, band.y1 - 1 + 2 * R);  // a band row
     const float* weights = static_cast<const float*>(p.weights.ptr);
     const int strips = s.strips;
     const View gate_view = gates_as_view(p.gates);
@@ -557,17 +564,18 @@ FF_NO_UNROLL
     static_assert(kMaxFocalLevel <= kGroup, "the load phase's gate items are among its ctx items (L <= chunk)");
     const Item first = first_item(s);
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
-      const int y_top = y_start - t;  // the row at lag 0
+      const int y_top = y_start - t;  // the band row at lag 0
+      const SweepRow top = band.row<kStacked>(y_top);
       float* z0_row = smem + row_at<Shape::z_depth(0)>(s.z[0], y_top, 0);
       float* gates_row = smem + row_at<Shape::gates_depth()>(s.gates, y_top, 0) + s.gates.pad;
       // One pass: an item loads a ctx strip and, for the first L * strips items, a gate strip too (one loop's
       // overhead a step).
       FF_FOR_EACH_ITEM(it, first, s) {
-        load_ctx_strip<T, S>(p.ctx, z0_row + it.at, it.c, it.x0, b, y_top, H, W, c_begin, cn);
-        if (it.item < L * strips && y_top >= 0) {  // rows above the image: nothing reads their gates
+        load_ctx_strip<T, S>(p.ctx, z0_row + it.at, it.c, it.x0, top, W, c_begin, cn);
+        if (it.item < L * strips && top.inside) {  // rows outside the images: nothing reads their gates
           const int strip = it.item / L, l = it.item - strip * L, x0 = strip * S;
           float gate[S];
-          load_strip<T>(gate_view, b, y_top, x0, l * p.gates.sl, W - x0, gate);
+          load_strip<T>(gate_view, top.b, top.y, x0, l * p.gates.sl, W - x0, gate);
 FF_UNROLL
           for (int u = 0; u < S; ++u) gate[u] *= p.scale;  // the ring holds scale * gates, as context_fwd's
           store_run(gates_row + s.gates.channel(l) + x0, gate);
@@ -586,15 +594,16 @@ FF_UNROLL
 
       // Reduce (one phase): grad_ctx, the weight gradients (an item per strip and channel), the gate partials of the
       // rows in the band.
-      if (band.owns(y_top + 2 * R)) {
+      const SweepRow out_row = band.row<kStacked>(y_top + 2 * R);
+      if (band.owns(out_row)) {
         Chain::with_first_size(lv, [&](auto k0) {
-          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top, R, first);
+          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top, R, out_row, first);
         });
       }
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
         constexpr int K = decltype(k)::value, I = kStaticLevel<decltype(l)>;
         const int lag_l = lag<true>(s, l);
-        if (band.owns(y_top + lag_l)) {
+        if (band.owns(band.row<kStacked>(y_top + lag_l))) {
           const ConvRows<K, Shape::z_depth(I)> z(s.z[l], y_top, lag_l - K / 2);
           const float* grad_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
           FF_FOR_EACH_ITEM(it, first, s) {
@@ -830,14 +839,17 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
     throw std::invalid_argument("focalfast context_bwd: taps x channels must be under 2^31, got " +
                                 std::to_string(taps) + " taps of " + std::to_string(p.weights.sb) + " channels");
   }
-  const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
+  const int64_t bands = p.stack > 1 ? ceil_div(p.geo.B, p.stack) : p.geo.B * ceil_div(p.geo.H, p.band_rows);
+  const int blocks = int(bands * ceil_div(p.geo.C, p.chunk));
   dispatch_chain(p.levels, [&](auto chain) {
     using Chain = decltype(chain);
     const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk, strip);
     dispatch_dtype(p.dtype, [&](auto t_tag) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
-        launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value>>(
-            {p, layout}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
+        dispatch_bool(p.stack > 1, [&](auto stacked) {
+          launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value, decltype(stacked)::value>>(
+              {p, layout}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
+        });
       });
     });
   });

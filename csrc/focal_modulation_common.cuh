@@ -444,6 +444,13 @@ void dispatch_dtype(DType dtype, F&& f) {
   throw std::invalid_argument("focalfast: unknown dtype code");
 }
 
+// Calls f(std::bool_constant<value>{}): a run-time flag as a template parameter.
+template <class F>
+void dispatch_bool(bool value, F&& f) {
+  if (value) return f(std::true_type{});
+  f(std::false_type{});
+}
+
 // Calls f(Z{}) with Z the storage type of a level input: fp32 scratch, or ctx in T.
 template <typename T, class F>
 void dispatch_level_input(bool fp32, F&& f) {

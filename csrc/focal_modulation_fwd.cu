@@ -335,7 +335,7 @@ FF_NO_UNROLL
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
     const int chunk = p.chunk;
-    const SweepBand band(block, geo, p.band_rows, chunk);
+    const SweepBand band(block, geo, p.band_rows, 1, 0, chunk);
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L);
 

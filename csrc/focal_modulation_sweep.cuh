@@ -69,8 +69,6 @@ FF_HD int wrap(int slot, int depth) { return slot >= depth ? slot - depth : slot
 // magic * n / 2^32 = n / depth + e with 0 <= e < n / 2^32 < 1 / depth, so its fraction times depth floors to the
 // remainder. That covers rows -kSlotBias <= y < kMaxSweepRows (the binding checks H). Host and GPU run the same
 // arithmetic, so the host path checks it.
-constexpr int kSlotBias = 64;  // more than any lag of a sweep (2R <= 48); kMaxSweepRows: 2^24 + 64 * 49 < 2^32 / 49
-
 struct RowRing {
   int base = 0, row_floats = 0, depth = 1, pitch = 0, pad = 0;
   unsigned magic = 0;
@@ -240,14 +238,21 @@ FF_UNROLL
   }
 }
 
-// Image row y of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (dst: its pixel x0):
-// channel c of the block's chunk, columns x0 .. x0 + S - 1; zeros outside the image and past cn. S 2-byte global
-// loads and converts, S / 4 16-byte shared stores.
+// A row of a sweep band (SweepBand::row): image b's row y, and whether that is a row of one of the band's images
+// (rows outside them read as zeros).
+struct SweepRow {
+  int b, y;
+  bool inside;
+};
+
+// Row `row` of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (dst: its pixel x0): channel c of
+// the block's chunk, columns x0 .. x0 + S - 1; zeros outside the band's images and past cn. S 2-byte global loads
+// and converts, S / 4 16-byte shared stores.
 template <typename T, int S = kStrip>
-FF_HD void load_ctx_strip(const View& ctx, float* dst, int c, int x0, int b, int y, int H, int W, int c_begin,
+FF_HD void load_ctx_strip(const View& ctx, float* dst, int c, int x0, const SweepRow& row, int W, int c_begin,
                           int cn) {
   float v[S];
-  load_strip<T>(ctx, b, y, x0, c_begin + c, y >= 0 && y < H && c < cn ? W - x0 : 0, v);
+  load_strip<T>(ctx, row.b, row.y, x0, c_begin + c, row.inside && c < cn ? W - x0 : 0, v);
   store_run(dst, v);
 }
 
@@ -338,25 +343,58 @@ void dispatch_chain(const SweepLevels& lv, F&& f) {
   f(GenericChain{});
 }
 
-// The image, band of rows and chunk of channels of a sweep block (block = (b * bands + band) * chunks + chunk).
+// The images, rows and chunk of channels of a sweep block (block = band * chunks + chunk). A band is either rows
+// [y0, y1) of one image b (stack 1; several bands an image when the images are too few to fill the GPU), or `stack`
+// whole images b, b + 1, ... (the last band: those left) swept as one tall image, so that a band's sweep pays the
+// halo of its lags once, not once an image (context_bwd's small maps). In a stack, row y of image b + i is the band's
+// row v = i * period + y, period = H + gap: the gap's rows are outside every image (zeros, as the rows around a
+// single image), and with gap >= the chain's largest conv radius no conv reaches from one image into the next.
 // A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's
-// direction and writes rows y0 .. y1 - 1 only: why that is exact is in focalfast/ops/sweep_geometry.py.
+// direction and writes rows y0 .. y1 - 1 of its images only: why that is exact is in focalfast/ops/sweep_geometry.py.
 struct SweepBand {
-  int b, band, bands, y0, y1, c_begin, cn, chunk_index;
+  int b, images, H, y0, y1, c_begin, cn, chunk_index, index;
+  int period = 0;                            // band rows from one image to the next (stacks)
+  unsigned magic = 0, row_bias = 0, image_bias = 0;  // row(): 0 but in stacks
 
-  FF_HD SweepBand(int block, const Geometry& geo, int band_rows, int chunk) {
+  FF_HD SweepBand(int block, const Geometry& geo, int band_rows, int stack, int gap, int chunk) : H(geo.H) {
     const int chunks = int(ceil_div(geo.C, chunk));
-    bands = int(ceil_div(geo.H, band_rows));
     chunk_index = block % chunks;
-    band = block / chunks % bands;
-    b = block / chunks / bands;
-    y0 = band * band_rows;
-    y1 = min_int(y0 + band_rows, geo.H);
+    index = block / chunks;
+    if (stack > 1) {
+      b = index * stack;
+      images = min_int(stack, geo.B - b);
+      y0 = 0;
+      y1 = geo.H;
+      period = geo.H + gap;
+      magic = 0xFFFFFFFFu / unsigned(period) + 1u;
+      image_bias = unsigned(kSlotBias);
+      row_bias = image_bias * unsigned(period);
+    } else {
+      const int bands = int(ceil_div(geo.H, band_rows));
+      b = index / bands;
+      images = 1;
+      y0 = index % bands * band_rows;
+      y1 = min_int(y0 + band_rows, geo.H);
+    }
     c_begin = chunk_index * chunk;
     cn = min_int(chunk, geo.C - c_begin);
   }
-  FF_HD bool owns(int y) const { return y >= y0 && y < y1; }
-  FF_HD int64_t partial_row() const { return int64_t(b) * bands + band; }
+  // The band's row v: image b's row v, or in a stack (kStacked; v >= -kSlotBias) image b + q's row v - q period, q =
+  // floor(v / period) by a direct quotient, mul_high(v + kSlotBias period, magic) - kSlotBias with magic = ceil(2^32 /
+  // period), exact while (v + kSlotBias period) period < 2^32 (the binding checks its stacks' rows). A sweep that
+  // never stacks is compiled without the quotient (two instructions a row instead of seven).
+  template <bool kStacked>
+  FF_HD SweepRow row(int v) const {
+    if constexpr (kStacked) {
+      const int q = int(mul_high(unsigned(v) + row_bias, magic) - image_bias), y = v - q * period;
+      return {b + q, y, unsigned(q) < unsigned(images) && unsigned(y) < unsigned(H)};
+    } else {
+      return {b, v, unsigned(v) < unsigned(H)};
+    }
+  }
+  FF_HD bool owns(int y) const { return y >= y0 && y < y1; }  // of image b (one-image bands)
+  FF_HD bool owns(const SweepRow& r) const { return r.inside && r.y >= y0 && r.y < y1; }
+  FF_HD int64_t partial_row() const { return index; }
 };
 
 // Threads of a sweep block: one per item of the conv phases (strips x chunk), whole warps, 64 to kSweepThreads.

@@ -174,18 +174,21 @@ HOST_CASES = [
     (2, 17, 6, 12, (3, 5, 7), torch.float32, False, True, "views"),  # rings wrap; a 4-channel chunk tail
     (2, 5, 9, 16, (3,), torch.bfloat16, True, False, "views"),  # the one-level fixed chain
     (1, 3, 72, 40, (3,), torch.bfloat16, False, True, "views"),  # 32-channel chunks: 288 items, two passes of 256
+    (5, 4, 6, 12, (3, 5, 7), torch.float32, True, True, "views"),  # stacks of 2 and 3 images: ragged last stacks
 ]
 
 # How the host test runs the context part: the fused sweep with 8-, 16- or 32-channel chunks (32 > C: one
-# partial chunk), whole images or bands of 2 or 3 rows (halos longer than a band, ragged last bands), the
-# backward's own strip or one forced (4 or 8 pixels an item: the tuner's schedules), or the level-at-a-time
-# fallback with 1- or 4-pixel pooling strips.
+# partial chunk), whole images, bands of 2 or 3 rows (halos longer than a band, ragged last bands) or stacks of 2 or
+# 3 whole images in the backward's bands (ragged last stacks), the backward's own strip or one forced (4 or 8 pixels
+# an item: the tuner's schedules), or the level-at-a-time fallback with 1- or 4-pixel pooling strips.
 PATHS = {
     "sweep8": dict(SWEEP_CHUNKS=(8,)),
     "sweep32": dict(SWEEP_CHUNKS=(32,)),
     "sweep16-strip4": dict(SWEEP_CHUNKS=(16,), SWEEP_BWD_STRIP=4),
     "sweep8-bands2": dict(SWEEP_CHUNKS=(8,), SWEEP_BAND_ROWS=2),
     "sweep32-bands3-strip8": dict(SWEEP_CHUNKS=(32,), SWEEP_BAND_ROWS=3, SWEEP_BWD_STRIP=8),
+    "sweep8-stack2": dict(SWEEP_CHUNKS=(8,), SWEEP_BWD_STACK=2),
+    "sweep16-stack3-strip4": dict(SWEEP_CHUNKS=(16,), SWEEP_BWD_STACK=3, SWEEP_BWD_STRIP=4),
     "levels1": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=1),
     "levels4": dict(SWEEP_SMEM_BYTES=0, PIXELS_PER_STRIP=4),
 }
@@ -350,6 +353,64 @@ def test_sweep_band_choice():
     assert cuda_op._sweep_band_rows(ks, 2, 56, 96, 8, True, CPU) == 48
     assert cuda_op._sweep_band_rows(ks, 8, 256, 96, 8, False, CPU) == 86  # 1024 px, B = 8: 96 blocks want 3 bands
     assert cuda_op._sweep_band_rows(ks, 1, 7, 768, 8, True, CPU) == 7
+
+
+def test_sweep_stack_choice():
+    """context_bwd stacks whole small images (H <= 4 halos) while enough blocks are left, at most MAX_STACK."""
+    lrf, srf = [3, 5, 7], [3, 5]  # backward halos 12 and 6 rows
+    assert cuda_op._sweep_stack(lrf, 128, 7, 768, 16, 7, CPU) == 6  # 22 stacks x 48 chunks: 8 blocks per SM
+    assert cuda_op._sweep_stack(lrf, 128, 14, 384, 8, 14, CPU) == 6
+    assert cuda_op._sweep_stack(srf, 128, 14, 384, 16, 14, CPU) == 2  # 24 chunks an image: 64 x 24 blocks
+    assert cuda_op._sweep_stack(srf, 128, 28, 192, 16, 28, CPU) == 1  # 28 rows > 4 halos of 6
+    assert cuda_op._sweep_stack(lrf, 1024, 7, 768, 16, 7, CPU) == 8  # MAX_STACK
+    assert cuda_op._sweep_stack(lrf, 2, 7, 768, 16, 4, CPU) == 1  # bands of rows: no stacks
+    assert cuda_op._sweep_stack(lrf, 4, 7, 16, 16, 7, CPU) == 1  # few blocks: one image a band
+
+
+def test_host_stacks_change_no_pixel_math(ext, monkeypatch):
+    """Stacking images in context_bwd's bands changes no pixel's arithmetic: the gradients of q, ctx, gates and h are
+    bitwise those of one image a band; the depthwise weight gradients add the same terms in another order (a partial
+    per band)."""
+    _, inputs, _ = focal_case(5, 4, 6, 12, (3, 5, 7))
+    labels, leaves = differentiable(inputs)
+    results = []
+    for stack in (1, 3):
+        monkeypatch.setattr(cuda_op, "SWEEP_BWD_STACK", stack)
+        names = launched_kernels(monkeypatch)
+        out = focal_modulation_cuda(**inputs)
+        results.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+        assert "context_bwd" in names, names
+    for label, a, b in zip(labels, *results):
+        if label.startswith("weights"):
+            assert rel_err(a, b) < 1e-6, label
+        else:
+            assert torch.equal(a, b), f"{label} depends on the stack"
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(stack=0), "stack: expected a positive number of images, got 0"),
+    (dict(stack=2, band_rows=2), "stack: stacks whole images: band_rows must be H = 3, got 2"),
+    (dict(stack=2, weight_partial=torch.empty(3, 34, 8)), "weight_partial: expected shape [2, 34, 8]"),
+    (dict(stack=2, ctx=torch.randn(3, 1 << 13, 4, 8)), "stack: 2 images of 8192 rows are too many rows for a band"),
+])
+def test_binding_rejects_bad_stacks(ext, change, words):
+    """context_bwd's stacks: whole images only, a weight partial per stack, rows its band decode handles."""
+    B, H, W, C = 3, 3, 4, 8
+    kwargs = dict(ctx=torch.randn(B, H, W, C), weights=torch.randn(34, C), kernel_sizes=[3, 5],
+                  gates=torch.randn(B, H, W, 3), scale=1.0, chunk=8, band_rows=H, grad_ctx_all=None,
+                  grad_mean=torch.randn(B, C), pooled=torch.randn(B, C), ctx_local=None, grad_ctx=None,
+                  weight_partial=torch.empty(2, 34, C), gate_partial=None, strip=0)
+    kwargs.update(change)
+    shape = tuple(kwargs["ctx"].shape)
+    for name in ("grad_ctx_all", "ctx_local", "grad_ctx"):
+        kwargs[name] = torch.empty(shape)
+    kwargs["gates"] = torch.randn(*shape[:3], 3)
+    kwargs["gate_partial"] = torch.empty(*shape[:3], 3, 1)
+    if "band_rows" not in change:
+        kwargs["band_rows"] = shape[1]
+    with pytest.raises(ValueError) as info:
+        _Kernels(torch.device("cpu")).launch("context_bwd", **kwargs)
+    assert words in str(info.value)
 
 
 @pytest.mark.parametrize("change,words", [

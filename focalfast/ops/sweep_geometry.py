@@ -15,12 +15,21 @@ sweep's lag: D_L forward, B_0 backward); a stage whose inputs above that start a
 zero rows) is wrong only in its first rows, and by induction over the stages everything the band
 writes (its own rows, its share of the pool and of the weight gradients) is exact. The halo is
 recomputed, so bands are at least MIN_HALOS halos high.
+
+Stacks (the CUDA backward): the other way round, when images are small beside the halo (H at most
+MIN_HALOS halos: 14x14 and 7x7 maps), a band takes several whole images, swept as one tall image with
+zero rows between them (at least the largest conv radius, so that no conv reaches across), and pays
+the halo's steps once a band instead of once an image; as many images as keep STACK_PROGRAMS_PER_SM
+programs per multiprocessor, at most MAX_STACK. Every pixel's arithmetic is that of a sweep of its
+image alone; only the per-band partial sums (weight gradients) add the same terms in another order.
 """
 
 from typing import Optional, Sequence, Tuple
 
 MIN_HALOS = 4  # recompute at most 1 / MIN_HALOS of a band
 PROGRAMS_PER_SM = 2  # bands are cut until the sweep has this many programs per multiprocessor
+STACK_PROGRAMS_PER_SM = 8  # stacks stop where fewer programs than this per multiprocessor would be left
+MAX_STACK = 8  # images per stack: the halo's share of a band's steps is then at most 1 / MAX_STACK of one image's
 HOST_SM_COUNT = 132  # an H100 SXM / H200: what CPU runs of the GPU code plan for (tests, static cost)
 
 
@@ -57,3 +66,17 @@ def rows_per_band(H: int, halo: int, programs: int, sm_count: Optional[int], min
 def band_count(H: int, band_rows: int) -> int:
     """Bands of ``band_rows`` rows that cover H rows."""
     return -(-H // band_rows)
+
+
+def images_per_band(B: int, H: int, band_rows: int, halo: int, programs_per_image: int,
+                    sm_count: Optional[int]) -> int:
+    """Whole images per band of a stacking sweep: 1 unless whole-image bands (``band_rows`` H) of small
+    images (H <= MIN_HALOS halos); then the most, up to MAX_STACK, that leave STACK_PROGRAMS_PER_SM
+    programs (``programs_per_image`` each) per multiprocessor. ``sm_count`` None keeps one image."""
+    if sm_count is None or band_rows < H or H > MIN_HALOS * halo:
+        return 1
+    wanted = STACK_PROGRAMS_PER_SM * sm_count
+    stack = 1
+    while stack < min(MAX_STACK, B) and -(-B // (stack + 1)) * programs_per_image >= wanted:
+        stack += 1
+    return stack

@@ -8,7 +8,9 @@ with the count build of the extension (``cuda_count_build``) and the SM count pa
    dynamic shared memory instead of running (``Stream::record``);
 2. with ``set_host_sample(B)``: the host path runs each launch's first 1/B of threads or blocks
    (image 0: every kernel orders its threads and blocks image-major) and the loop counters give
-   the trip counts of every source loop, scaled by B.
+   the trip counts of every source loop, scaled by B; a sweep's counts by its blocks over the
+   blocks run (the same where a block has one image; where context_bwd stacks images, the blocks
+   run are whole stacks, and a ragged last stack counts as a whole one: an overcount).
 
 Warp-level counts from host counts (``_keys``): code that every thread of a block runs (the
 sweeps' row and level loops, run once per block on the host) runs once per warp; an
@@ -200,6 +202,7 @@ def _keys(launch: CudaLaunch, warps: int) -> Dict[LoopKey, Dict[int, float]]:
     """
     root = launch.counts  # the host launch loop over image 0's threads or blocks
     per_block = root["iterations"] == -(-launch.blocks // launch.sample)
+    scale = launch.blocks / root["iterations"] if per_block else launch.sample  # the launch over the run
     trips: Dict[LoopKey, Dict[int, float]] = {}
 
     def walk(node, parent, per_item):  # per_item: warp-passes per item above, None for per-block code
@@ -214,7 +217,7 @@ def _keys(launch: CudaLaunch, warps: int) -> Dict[LoopKey, Dict[int, float]]:
         else:
             own = 1.0 if per_item is None else per_item
         key = LoopKey(parent, ((file, node["line"]),), node["ordinal"])
-        factor = launch.sample * own / (1 if per_item is None else warps)
+        factor = scale * own / (1 if per_item is None else warps)
         trips[key] = {n: e * factor for n, e in hist.items()}
         for child in node["children"]:
             walk(child, key, per_item)

@@ -12,9 +12,10 @@ Backward, in this order: grad_mod = grad_out * q needs no modulator, so nothing 
 before the levels' own backward sweep, which recomputes the levels once and gives ctx_local on the way:
     output_bwd           grad_mod = grad_out * q, per-thread sums of grad_mod and g_L * grad_mod
     cuBLAS               grad_ctx_all = grad_mod W
-    context_bwd          one bottom-to-top sweep per (image, chunk): recomputes the levels, writes ctx_local
+    context_bwd          one bottom-to-top sweep per (band, chunk; a band: an image, rows of one, or a stack of
+                         small images, below): recomputes the levels, writes ctx_local
                          (the last level's recompute; z_1 .. z_{L-1} of that row are still in their rings) and
-                         runs their adjoint chain a few rows behind; writes grad_ctx, per-image partials of the
+                         runs their adjoint chain a few rows behind; writes grad_ctx, per-band partials of the
                          depthwise weight gradients and per-chunk partials of the gate gradients
     cuBLAS               grad_W = grad_mod^T ctx_local + s * u^T G,  linear = ctx_local W^T + b
     output_fwd           grad_q = grad_out * (linear + s * gates_L * (G W^T)), in place on linear
@@ -67,7 +68,9 @@ pixel's channels with 16-byte loads.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
 cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
-(forward) or 2R (backward).
+(forward) or 2R (backward). The other way round, context_bwd sweeps small images (H at most four halos: 14x14, 7x7)
+in stacks of whole images (``_sweep_stack``, ``SWEEP_BWD_STACK``), one tall image with zero rows between them, so
+that a block pays the 2R halo steps once a stack, not once an image.
 
 The sweep keeps every level's rows in shared memory, whose size grows with W (``sweep_smem_bytes``).
 Images too wide for it even with 8-channel chunks take the level-at-a-time kernels instead
@@ -88,7 +91,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focalfast.ops.sweep_geometry import HOST_SM_COUNT, PROGRAMS_PER_SM, rows_per_band
+from focalfast.ops.sweep_geometry import HOST_SM_COUNT, PROGRAMS_PER_SM, images_per_band, rows_per_band
 from focalfast.ops.cuda import extension
 
 # The pooling level of the fallback (conv_level_fwd) gives a thread a strip of up to PIXELS_PER_STRIP
@@ -109,6 +112,7 @@ SWEEP_SMEM_BYTES: Optional[int] = None
 HOST_SMEM_BYTES = 227 * 1024  # CPU tensors follow an H100's choices
 SWEEP_BAND_ROWS: Optional[int] = None  # rows per band of the sweeps (None: _sweep_band_rows decides)
 SWEEP_BWD_STRIP = 0  # pixels per conv item of context_bwd, 4 or 8 (0: context_bwd_strip in csrc decides)
+SWEEP_BWD_STACK: Optional[int] = None  # whole images per band of context_bwd (None: _sweep_stack decides)
 MAX_SWEEP_ROWS = 1 << 24  # taller images take the level-at-a-time kernels (the sweep's ring slots: csrc)
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -209,6 +213,16 @@ def _sweep_band_rows(kernel_sizes: List[int], B: int, H: int, C: int, chunk: int
     return rows_per_band(H, halo, B * -(-C // chunk), _sm_count(device))
 
 
+def _sweep_stack(kernel_sizes: List[int], B: int, H: int, C: int, chunk: int, band_rows: int,
+                 device: torch.device) -> int:
+    """Whole images per band of context_bwd (swept as one tall image, its halo once): 1 but for small maps
+    (SWEEP_BWD_STACK forces it where the bands are whole images)."""
+    if SWEEP_BWD_STACK is not None:
+        return min(SWEEP_BWD_STACK, B) if band_rows == H else 1
+    halo = 2 * sum(k // 2 for k in kernel_sizes)
+    return images_per_band(B, H, band_rows, halo, -(-C // chunk), _sm_count(device))
+
+
 def _gelu_grad(x: Tensor) -> Tensor:
     """d GELU(x) / dx for the exact (erf) GELU."""
     cdf = 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
@@ -300,18 +314,19 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
     kernel_sizes = [w.shape[-1] for w in weights]
     taps_concat = _taps_concat(weights)
     band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True, ctx.device)
-    bands = -(-H // band_rows)
+    stack = _sweep_stack(kernel_sizes, B, H, C, chunk, band_rows, ctx.device)
+    bands = -(-B // stack) if stack > 1 else B * -(-H // band_rows)
     f32 = dict(dtype=torch.float32, device=ctx.device)
     ctx_local = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
-    weight_partial = torch.empty((B * bands, taps_concat.shape[0], C), **f32)
+    weight_partial = torch.empty((bands, taps_concat.shape[0], C), **f32)
     gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
     kernels.launch(
         "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
         chunk=chunk, band_rows=band_rows, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled,
         ctx_local=ctx_local, grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial,
-        strip=SWEEP_BWD_STRIP)
-    grad_taps = kernels.reduce_sum(weight_partial.reshape(1, B * bands, -1)).reshape(-1, C)
+        strip=SWEEP_BWD_STRIP, stack=stack)
+    grad_taps = kernels.reduce_sum(weight_partial.reshape(1, bands, -1)).reshape(-1, C)
     grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
     return ctx_local, grad_ctx, grad_gates, _split_taps(grad_taps, weights)
 

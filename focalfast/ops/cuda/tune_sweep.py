@@ -28,7 +28,7 @@ from focalfast.bench import schedule_search
 from focalfast.ops.cuda import focal_modulation as cuda_op
 from focalfast.testing import random_focal_inputs
 
-OVERRIDES = ("SWEEP_CHUNKS", "SWEEP_BAND_ROWS", "SWEEP_BWD_STRIP")
+OVERRIDES = ("SWEEP_CHUNKS", "SWEEP_BAND_ROWS", "SWEEP_BWD_STRIP", "SWEEP_BWD_STACK")
 
 
 @contextlib.contextmanager
@@ -48,8 +48,9 @@ def schedule_overrides(option: dict):
 
 
 def resolved(shape, backward: bool, device, option: dict) -> Optional[tuple]:
-    """``(chunk, band_rows, strip)`` the op runs under ``option`` (strip: context_bwd's pixels per item, 0 in the
-    forward), or None where no chunk's block fits (the level-at-a-time kernels would run instead)."""
+    """``(chunk, band_rows, strip, stack)`` the op runs under ``option`` (strip and stack: context_bwd's pixels per
+    item and images per band, 0 in the forward), or None where no chunk's block fits (the level-at-a-time kernels
+    would run instead)."""
     B, H, W, C, ks = shape.batch, shape.height, shape.width, shape.channels, list(shape.kernel_sizes)
     with schedule_overrides(option):
         kernels = cuda_op._Kernels(device)
@@ -58,7 +59,8 @@ def resolved(shape, backward: bool, device, option: dict) -> Optional[tuple]:
             return None
         band_rows = cuda_op._sweep_band_rows(ks, B, H, C, chunk, backward, device)
         strip = cuda_op.SWEEP_BWD_STRIP or kernels.ext.context_bwd_strip(W, chunk) if backward else 0
-        return chunk, band_rows, strip
+        stack = cuda_op._sweep_stack(ks, B, H, C, chunk, band_rows, device) if backward else 0
+        return chunk, band_rows, strip, stack
 
 
 def candidates(shape, backward: bool, device, limit: Optional[int] = None) -> List[dict]:
@@ -68,6 +70,7 @@ def candidates(shape, backward: bool, device, limit: Optional[int] = None) -> Li
     options += [dict(SWEEP_BAND_ROWS=-(-shape.height // parts)) for parts in (2, 4)]
     if backward:
         options += [dict(SWEEP_BWD_STRIP=strip) for strip in (4, 8)]
+        options += [dict(SWEEP_BWD_STACK=stack) for stack in (1, 2, 4, 8)]
     for option in options:
         schedule = resolved(shape, backward, device, option)
         if schedule is not None and schedule not in seen:
@@ -77,8 +80,9 @@ def candidates(shape, backward: bool, device, limit: Optional[int] = None) -> Li
 
 
 def describe(schedule: tuple, default: bool) -> str:
-    chunk, band_rows, strip = schedule
+    chunk, band_rows, strip, stack = schedule
     text = f"chunk {chunk} band {band_rows} rows" + (f" strip {strip}" if strip else "")
+    text += f" stack {stack}" if stack > 1 else ""
     return text + (" (default)" if default else "")
 
 
