@@ -44,12 +44,12 @@ once per step, a pixel stride (a 64-bit add) per value.
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.35 / 6.77 (the forward 3.63 / 7.06; stages 2-4: 4.55 / 7.56, 5.30 / 8.02, 6.40 / 9.03);
+    context_fwd   3.32 / 6.77 (the forward 3.60 / 7.06; stages 2-4: 4.51 / 7.56, 5.24 / 8.02, 6.32 / 9.03);
                   FMA floor 1.06 / 2.59
-    context_bwd   11.43 / 22.20 (the backward 12.22 / 23.05; stages 2-4: 12.56 / 24.35, 13.68 / 36.14,
-                  17.21 / 43.63); FMA floor 3.19 / 7.78
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 127 / 127 registers, context_bwd
-172 / 228 (a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
+    context_bwd   11.42 / 22.20 (the backward 12.20 / 23.04; stages 2-4: 12.55 / 24.17, 13.66 / 33.51,
+                  16.02 / 35.47: stacks of small images); FMA floor 3.19 / 7.78
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 126 / 123 registers, context_bwd
+176 / 226 (178 / 230 where it stacks images; a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
 per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
