@@ -199,9 +199,9 @@ import json, warnings
 warnings.filterwarnings("ignore")
 from focalfast.static_cost import cuda_backend
 from focalfast.static_cost.cases import Case
+from focalfast.ops.cuda import focal_modulation as cuda_op
 
-case = Case(0, "srf", "fp32", "views", batch=3, size=(9, 11, 24))
-def totals(sample_images):
+def totals(case, sample_images):
     captured = cuda_backend.capture(case, 4, host_sample=sample_images)
     out = []
     for direction, (launches, _) in captured.items():
@@ -220,22 +220,30 @@ def totals(sample_images):
 def id_of(key):
     return "" if key.parent is None else key.parent.describe() + "/" + id_of(key.parent)
 
-print("COUNTS", json.dumps({"sampled": totals(True), "full": totals(False)}))
+case = Case(0, "srf", "fp32", "views", batch=3, size=(9, 11, 24))
+counts = {"sampled": totals(case, True), "full": totals(case, False)}
+# context_bwd in stacks of 4 images (8 images, one 32-channel chunk): the sample is band 0's block, half the blocks
+# (not an eighth)
+cuda_op.SWEEP_BWD_STACK = 4
+stacked = Case(0, "srf", "fp32", "views", batch=8, size=(9, 11, 32))
+counts.update({"stacked sampled": totals(stacked, True), "stacked full": totals(stacked, False)})
+print("COUNTS", json.dumps(counts))
 """
 
 
 @pytest.mark.slow
 def test_cuda_loop_counts_sample_one_image():
-    """The CUDA trip counts run each launch on image 0 and scale by B; running every image of a
-    3-image case on the host gives the same warp-level counts, loop by loop, the same shares of the
-    loops' iterations that take each branch or enter each inner loop, and the same recorded launches
-    (blocks, threads)."""
+    """The CUDA trip counts run each launch on image 0 and scale by B (a sweep's, by its blocks over the blocks
+    run); running every image of a 3-image case on the host gives the same warp-level counts, loop by loop, the same
+    shares of the loops' iterations that take each branch or enter each inner loop, and the same recorded launches
+    (blocks, threads). So does an 8-image case whose backward sweeps stacks of 4 images."""
     if not _cuda_toolchain():
         pytest.skip("nvcc is needed to build the count build of the CUDA extension")
     stdout = _run(["-c", _CUDA_SAMPLE_CHECK], _compiler_env(), timeout=1800)
     counts = json.loads(stdout.split("COUNTS", 1)[1])
-    sampled, full = counts["sampled"], counts["full"]
+    sampled, full = counts["sampled"] + counts["stacked sampled"], counts["full"] + counts["stacked full"]
     assert [s[:4] for s in sampled] == [f[:4] for f in full] and sampled
+    assert any(s[1] == "context_bwd" and s[2] == 2 for s in counts["stacked sampled"])  # 2 stacks x 1 chunk
     for s, f in zip(sampled, full):
         assert s[4].keys() == f[4].keys()
         for key in s[4]:
