@@ -270,6 +270,9 @@ int64_t stacked_bands(const Checks& c, int band_rows, int stack, int gap, const 
                               std::to_string(band_rows));
   }
   const int64_t period = int64_t(geo.H) + gap;
+  if (period < 2) {  // magic = ceil(2^32 / period) would wrap to 0; a 1x1 chain of one-row images has no halo to share
+    c.fail_value("stack", "one-row images of 1x1 kernels (no halo) are not stacked, got stack " + std::to_string(stack));
+  }
   if (((int64_t(stack) + kSlotBias) * period + kSlotBias) * period >= (int64_t(1) << 32)) {
     c.fail_value("stack", std::to_string(stack) + " images of " + std::to_string(geo.H) +
                               " rows are too many rows for a band");

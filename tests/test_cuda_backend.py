@@ -392,6 +392,8 @@ def test_host_stacks_change_no_pixel_math(ext, monkeypatch):
     (dict(stack=2, band_rows=2), "stack: stacks whole images: band_rows must be H = 3, got 2"),
     (dict(stack=2, weight_partial=torch.empty(3, 34, 8)), "weight_partial: expected shape [2, 34, 8]"),
     (dict(stack=2, ctx=torch.randn(3, 1 << 13, 4, 8)), "stack: 2 images of 8192 rows are too many rows for a band"),
+    (dict(stack=2, ctx=torch.randn(3, 1, 4, 8), kernel_sizes=[1, 1], weights=torch.randn(2, 8)),
+     "stack: one-row images of 1x1 kernels (no halo) are not stacked, got stack 2"),
 ])
 def test_binding_rejects_bad_stacks(ext, change, words):
     """context_bwd's stacks: whole images only, a weight partial per stack, rows its band decode handles."""
