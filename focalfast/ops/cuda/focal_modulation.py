@@ -91,7 +91,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focalfast.ops.sweep_geometry import HOST_SM_COUNT, PROGRAMS_PER_SM, images_per_band, rows_per_band
+from focalfast.ops.sweep_geometry import (HOST_SM_COUNT, PROGRAMS_PER_SM, band_count, images_per_band,
+                                          rows_per_band)
 from focalfast.ops.cuda import extension
 
 # The pooling level of the fallback (conv_level_fwd) gives a thread a strip of up to PIXELS_PER_STRIP
@@ -286,7 +287,7 @@ def _forward(q: Tensor, ctx: Tensor, gates: Tensor, weights: List[Tensor], h_wei
         chunk = _sweep_chunk(kernels, kernel_sizes, B, H, W, C, False, q.device)
         if chunk is not None:
             band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, False, q.device)
-            bands = -(-H // band_rows)
+            bands = band_count(H, band_rows)
             ctx_local = torch.empty((B, H, W, C), dtype=q.dtype, device=q.device)
             pooled_sum = torch.empty((B * bands, C), dtype=torch.float32, device=q.device)
             kernels.launch("context_fwd", ctx=ctx, weights=_taps_concat(weights), kernel_sizes=kernel_sizes,
@@ -315,7 +316,7 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
     taps_concat = _taps_concat(weights)
     band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True, ctx.device)
     stack = _sweep_stack(kernel_sizes, B, H, C, chunk, band_rows, ctx.device)
-    bands = -(-B // stack) if stack > 1 else B * -(-H // band_rows)
+    bands = band_count(B, stack) if stack > 1 else B * band_count(H, band_rows)  # context_bwd's weight partials
     f32 = dict(dtype=torch.float32, device=ctx.device)
     ctx_local = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
