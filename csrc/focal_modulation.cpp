@@ -260,24 +260,20 @@ int64_t sweep_bands(const Checks& c, int band_rows, const Geometry& geo) {
 
 // Bands of context_bwd: `stack` whole images each (stack > 1, band_rows H), else sweep_bands' per image. A stack's
 // band rows v (-2R .. stack period + 2R, 2R < kSlotBias) are decoded exactly while (v + kSlotBias period) period <
-// 2^32 (SweepBand::row), period = H + gap.
+// 2^32 (SweepBand::row), period = stack_period(H, gap).
 int64_t stacked_bands(const Checks& c, int band_rows, int stack, int gap, const Geometry& geo) {
   if (stack < 1) c.fail_value("stack", "expected a positive number of images, got " + std::to_string(stack));
   const int64_t bands = sweep_bands(c, band_rows, geo);
-  if (stack == 1) return geo.B * bands;
-  if (bands != 1) {
+  if (stack > 1 && bands != 1) {
     c.fail_value("stack", "stacks whole images: band_rows must be H = " + std::to_string(geo.H) + ", got " +
                               std::to_string(band_rows));
   }
-  const int64_t period = int64_t(geo.H) + gap;
-  if (period < 2) {  // magic = ceil(2^32 / period) would wrap to 0; a 1x1 chain of one-row images has no halo to share
-    c.fail_value("stack", "one-row images of 1x1 kernels (no halo) are not stacked, got stack " + std::to_string(stack));
-  }
-  if (((int64_t(stack) + kSlotBias) * period + kSlotBias) * period >= (int64_t(1) << 32)) {
+  const int64_t period = stack_period(geo.H, gap);
+  if (stack > 1 && ((int64_t(stack) + kSlotBias) * period + kSlotBias) * period >= (int64_t(1) << 32)) {
     c.fail_value("stack", std::to_string(stack) + " images of " + std::to_string(geo.H) +
                               " rows are too many rows for a band");
   }
-  return (geo.B + stack - 1) / stack;
+  return sweep_band_count(geo, band_rows, stack);
 }
 
 // context_bwd's pixels per conv item: 0 (its choice), 4 or 8.
@@ -320,8 +316,9 @@ void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.chunk = sweep_chunk(c, chunk);
   p.ctx_local = c.view(ctx_local, "ctx_local", p.dtype, pixel_shape(geo), true, geo.C);
   p.band_rows = band_rows;
-  const int64_t bands = sweep_bands(c, band_rows, geo);
-  p.pooled_sum = c.optional_view(pooled_sum, "pooled_sum", DType::kFloat32, {geo.B * bands, geo.C}, true, geo.C);
+  sweep_bands(c, band_rows, geo);
+  p.pooled_sum = c.optional_view(pooled_sum, "pooled_sum", DType::kFloat32,
+                                 {sweep_band_count(geo, band_rows, 1), geo.C}, true, geo.C);
   context_fwd(p, c.stream(stream));
 }
 

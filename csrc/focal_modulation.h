@@ -38,6 +38,18 @@ struct Geometry {
   FF_HD int groups() const { return (C + kGroup - 1) / kGroup; }
 };
 
+// Bands of a sweep over the batch (SweepBand): stacks of `stack` whole images (stack > 1), else ceil(H / band_rows)
+// bands an image.
+FF_HD int64_t sweep_band_count(const Geometry& geo, int band_rows, int stack) {
+  return stack > 1 ? (int64_t(geo.B) + stack - 1) / stack
+                   : int64_t(geo.B) * ((int64_t(geo.H) + band_rows - 1) / band_rows);
+}
+
+// Band rows from one image of a stack to the next (SweepBand): H and a gap of zero rows, at least the chain's largest
+// conv radius (no conv reaches from one image into the next) and at least one row (a period >= 2, whose band-decode
+// magic ceil(2^32 / period) fits 32 bits: one-row images of 1x1 kernels stack too).
+FF_HD int stack_period(int H, int gap) { return H + (gap > 1 ? gap : 1); }
+
 // A tensor indexed by (b, y, x, channel) with contiguous channels; strides in elements. Tensors of
 // fewer dims fill (b, y, x) from the left, the rest stride 0: weights [k, k, C] are indexed (i, j, 0),
 // per-image vectors [B, C] (b, 0, 0), bias [C] (0, 0, 0), strip partials [B, strips, C] (b, strip, 0).

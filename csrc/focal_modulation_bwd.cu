@@ -52,7 +52,7 @@ void dispatch_bwd_strip(int strip, F&& f) {
 //                consecutive, so a gate item reads them with 16-byte loads
 // Every ring row has one pitch and pad (ring_pad of the largest k; the gates' rows are shorter, L channels): a
 // conv item's offset in any of them is the same (Item::at), computed once a sweep.
-// Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights [taps][chunk] and, where
+// Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights as TapRows and, where
 // its weight-gradient sums are not (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the
 // end in [taps][threads] at offset 0, over the rings (total covers it).
 struct ContextBwdLayout {
@@ -61,10 +61,10 @@ struct ContextBwdLayout {
   int strips = 0, items = 0;               // strips a row (of context_bwd_strip pixels); conv-phase items: strips x chunk
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
-  int level_taps[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * chunk: level l's weights
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
   int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
+  TapRows taps;  // last: the fields above keep their 8-byte pairs
 
   // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
   ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool taps_in_smem, bool sums_in_smem) {
@@ -74,7 +74,8 @@ struct ContextBwdLayout {
     items = strips * chunk;
     threads = context_bwd_threads(items);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
-    weights = int(a.take(taps_in_smem ? int64_t(lv.taps()) * chunk : 0));
+    taps = TapRows(lv);
+    weights = int(a.take(taps_in_smem ? int64_t(taps.pitch) * chunk : 0));
     sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
     for (int l = 0; l < lv.L; ++l) pad = max_int(pad, ring_pad(lv.k[l]));
     for (int l = 0; l <= lv.L; ++l) z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, pad);
@@ -83,7 +84,6 @@ struct ContextBwdLayout {
       grad_pre[l] = row_ring(a, lv.k[l], W, chunk, pad);
       lag_fwd[l] = lv.offset(l + 1);
       lag_bwd[l] = 2 * R - lv.offset(l + 1);
-      level_taps[l] = lv.taps_before(l) * chunk;
       level_sums[l] = lv.taps_before(l) * threads;
     }
     gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, pad);
@@ -204,8 +204,8 @@ constexpr int kStaticLevel<LevelIndex<I>> = I;
 // 1/4 16-byte shared store (two at the last level); weight gradient K^2 FMAs with K (S + 2 ring_pad(K)) / 4 / S
 // 16-byte loads (and a shared load and store per tap and S FMAs where the sums are not in registers); grad_ctx k_0^2
 // FMAs; gate partials a shared load and an add per level (the last level two); ctx_local an
-// FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a
-// shared load each, none where the thread holds them (kBwdRegisterTaps).
+// FMA and 1/4 (1/2 but the last level) 16-byte shared loads per level, and a 2-byte global store. Conv taps: a kernel
+// row's tap_row_width(K) / 4 16-byte shared loads per K S FMAs, none where the thread holds them (kBwdRegisterTaps).
 template <typename T, class Chain, int S, bool kStacked>
 struct ContextBwd {
   using Params = ContextBwdParams;
@@ -287,18 +287,17 @@ struct ContextBwd {
   }
 #define FF_FOR_EACH_ITEM(it, first, s) for (Item it = (first); it.item < (s).items; it = next_item((s), it))
 
-  // Level l's taps for channel c: the thread's registers or the [taps][chunk] weights in shared memory.
-  static FF_HD StridedTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c,
-                                      int chunk) {
-    return StridedTaps{smem + s.weights + s.level_taps[l] + c, chunk};
+  // Level l's taps for channel c: the thread's registers or the channel's TapRows row in shared memory.
+  static FF_HD RowTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c) {
+    return RowTaps{smem + s.weights + c * s.taps.pitch + s.taps.level[l]};
   }
   template <int I>
   static FF_HD auto level_taps(const ThreadTaps& taps, const float* smem, const ContextBwdLayout& s, LevelIndex<I> l,
-                               int c, int chunk) {
+                               int c) {
     if constexpr (kRegisterTaps > 0) {  // all levels
       return taps.template level<Chain::taps_before(I)>();
     } else {
-      return level_taps(taps, smem, s, int(l), c, chunk);
+      return level_taps(taps, smem, s, int(l), c);
     }
   }
   // A level's weight-gradient sums of the thread that runs `item`: its registers, or its column of `columns`.
@@ -370,7 +369,7 @@ FF_UNROLL
   template <int K, class Level>
   static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
                               ThreadTaps& taps, Level l, int y_top, const Item& first) {
-    const int lag_l = lag<false>(s, l), W = p.geo.W, chunk = p.chunk;
+    const int lag_l = lag<false>(s, l), W = p.geo.W;
     const SweepRow row = band.row<kStacked>(y_top + lag_l);
     const bool inside = row.inside, local = l == Chain::levels(p.levels) - 1 && band.owns(row);
     constexpr int I = kStaticLevel<Level>;
@@ -383,7 +382,7 @@ FF_UNROLL
       if (inside) {
         float pre[S] = {};
         conv_strip<K, false>([&](int i) { return smem + in.row[i] + it.at; },
-                             level_taps(taps, smem, s, l, it.c, chunk), pre);
+                             level_taps(taps, smem, s, l, it.c), pre);
 FF_UNROLL
         for (int u = 0; u < S; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
         if (it.x0 + S > W) {  // columns past W stay zero (z_{l+1} is read with its padding; dg zeroes grad_pre)
@@ -403,7 +402,7 @@ FF_UNROLL
   template <int K_next, class Level>
   static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
                             ThreadTaps& taps, Level l, int y_top, const Item& first) {
-    const int lag_l = lag<true>(s, l), W = p.geo.W, chunk = p.chunk, L = Chain::levels(p.levels);
+    const int lag_l = lag<true>(s, l), W = p.geo.W, L = Chain::levels(p.levels);
     const SweepRow row = band.row<kStacked>(y_top + lag_l);
     const bool inside = row.inside, last = l == L - 1;
     const auto l_next = next_level(l, L);
@@ -426,7 +425,7 @@ FF_UNROLL
           for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
         } else {
           conv_strip<K_next, true>([&](int i) { return smem + next.row[i] + it.at; },
-                                   level_taps(taps, smem, s, l_next, it.c, chunk), grad_pre);
+                                   level_taps(taps, smem, s, l_next, it.c), grad_pre);
         }
         float dg[S], gate[S], grad_ctx_all[S], term[S];
         load_run(dg_row + it.at, dg);
@@ -483,7 +482,7 @@ FF_UNROLL
       load_item_taps(taps, p, band, it.c);
       float grad[S] = {};
       conv_strip<K0, true>([&](int i) { return smem + g.row[i] + it.at; },
-                           level_taps(taps, smem, s, LevelIndex<0>{}, it.c, p.chunk), grad);
+                           level_taps(taps, smem, s, LevelIndex<0>{}, it.c), grad);
       store_strip<T>(p.grad_ctx, row.b, row.y, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f,
                      grad);
     }
@@ -530,21 +529,13 @@ FF_NO_UNROLL
     const SweepBand band(block, geo, p.band_rows, p.stack, lv.largest_radius(), chunk);
     const int c_begin = band.c_begin, cn = band.cn;
     const int y_start = (band.images - 1) * band.period + min_int(H - 1, band.y1 - 1 + 2 * R);  // a band row
-    const float* weights = static_cast<const float*>(p.weights.ptr);
     const int strips = s.strips;
     const View gate_view = gates_as_view(p.gates);
 
-    // The weights [taps][chunk] (zero past cn) unless the threads hold their taps, everything after them zero
+    // The weights as TapRows (zero past cn) unless the threads hold their taps, everything after them zero
     // (16-byte stores; regions are 4-float aligned). A tap's offset in the weights and in weight_partial
     // is 32-bit (context_bwd checks taps x its tap stride).
-    if constexpr (kRegisterTaps == 0) {
-      const float* const chunk_weights = weights + c_begin;
-      const int weight_tap = int(p.weights.sb);
-      FF_FOR_EACH(i, taps * chunk) {
-        const int tap = i >> s.chunk_shift, c = i & (chunk - 1);
-        smem[s.weights + i] = c < cn ? chunk_weights[tap * weight_tap + c] : 0.f;
-      }
-    }
+    if constexpr (kRegisterTaps == 0) s.taps.fill(smem + s.weights, lv, p.weights, c_begin, cn, s.chunk_shift);
     FF_FOR_EACH(i, (s.total - s.sums) / 4) {
       const float zero[4] = {};
       store_run(smem + s.sums + 4 * i, zero);
@@ -839,8 +830,7 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
     throw std::invalid_argument("focalfast context_bwd: taps x channels must be under 2^31, got " +
                                 std::to_string(taps) + " taps of " + std::to_string(p.weights.sb) + " channels");
   }
-  const int64_t bands = p.stack > 1 ? ceil_div(p.geo.B, p.stack) : p.geo.B * ceil_div(p.geo.H, p.band_rows);
-  const int blocks = int(bands * ceil_div(p.geo.C, p.chunk));
+  const int blocks = int(sweep_band_count(p.geo, p.band_rows, p.stack) * ceil_div(p.geo.C, p.chunk));
   dispatch_chain(p.levels, [&](auto chain) {
     using Chain = decltype(chain);
     const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk, strip);

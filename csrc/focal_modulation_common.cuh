@@ -76,6 +76,17 @@ FF_HD float bits_to_float(uint32_t bits) {
 #endif
 }
 
+// The bits of an fp32 value (free on the GPU): bits_to_float's inverse.
+FF_HD uint32_t float_to_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+#endif
+}
+
 // The high 32 bits of the 64-bit product a * b (one IMAD.HI on the GPU).
 FF_HD unsigned mul_high(unsigned a, unsigned b) {
 #ifdef __CUDA_ARCH__

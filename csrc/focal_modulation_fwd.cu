@@ -16,14 +16,14 @@ constexpr int kRowsPerStep = 2;
 // ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a
 // ring of k_l + kRowsPerStep - 1 rows (RowRing, padded by ring_pad(k_l)), deep enough for l >= 1 to still hold
 // the rows the last level outputs (R - o_l + kRowsPerStep: the last level gates them, see ContextFwd); per-item
-// pooling sums. Everything from `zeroed` on starts as zeros.
+// pooling sums; the rings' slot tables. Everything from `zeroed` to `tables` starts as zeros.
 struct ContextFwdLayout {
-  int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, total = 0, width = 0, chunk_shift = 0;
+  int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, tables = 0, total = 0, width = 0, chunk_shift = 0;
   int strip_shift = 0;  // 2^strip_shift >= width / kStrip: the gate load's items (level, strip) without a division
   int lag[kMaxFocalLevel] = {};        // o_{l+1}: level l's output row trails the ctx row by this much
   int level_taps[kMaxFocalLevel] = {};  // level l's tap 0 in a channel's weight row
-  RowRing gates;  // a "channel" per level
-  RowRing z[kMaxFocalLevel + 1];  // z[L] unused: the last level's output goes out
+  TabledRing gates;  // a "channel" per level
+  TabledRing z[kMaxFocalLevel + 1];  // z[L] unused: the last level's output goes out
 
   ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
     SmemAllocator a;
@@ -33,14 +33,17 @@ struct ContextFwdLayout {
     weight_pitch = lv.taps() | 1;
     weights = int(a.take(int64_t(weight_pitch) * chunk));
     zeroed = int(a.used);
-    gates = row_ring(a, lv.offset(lv.L) + kRowsPerStep, W, lv.L, 0);
+    gates = tabled_ring(a, lv.offset(lv.L) + kRowsPerStep, W, lv.L, 0);
     for (int l = 0; l < lv.L; ++l) {
       const int held = l == 0 ? 0 : lv.offset(lv.L) - lv.offset(l) + kRowsPerStep;
-      z[l] = row_ring(a, max_int(lv.k[l] + kRowsPerStep - 1, held), W, chunk, ring_pad(lv.k[l]));
+      z[l] = tabled_ring(a, max_int(lv.k[l] + kRowsPerStep - 1, held), W, chunk, ring_pad(lv.k[l]));
       lag[l] = lv.offset(l + 1);
       level_taps[l] = lv.taps_before(l);
     }
     pool = int(a.take(int64_t(width / kStrip) * chunk));
+    tables = int(a.used);
+    add_slot_table(a, gates);
+    for (int l = 0; l < lv.L; ++l) add_slot_table(a, z[l]);
     total = int(a.used);
   }
 };
@@ -76,17 +79,24 @@ FF_UNROLL
 
 // The depthwise conv of one channel at one strip of kRowsPerStep consecutive output rows y, y + 1, ...:
 // acc[v][p] += sum_{i,j < K} w[i, j] z[y + v + i - r, x0 + p + j - r], r = K / 2. z's rows y - r .. y + r +
-// kRowsPerStep - 1 are in the ring's slots slot0, slot0 + 1, ... (wrapping); chan = ring.channel(c). Each of the
-// K + kRowsPerStep - 1 window rows is loaded once and feeds every output row it touches. centre[v] = z[y + v,
-// x0 .. x0 + kStrip - 1] (the windows' centre columns: the input itself).
+// kRowsPerStep - 1 are in the ring's slots slot0, slot0 + 1, ... (its slot table's entries); chan = ring.channel(c).
+// Each of the K + kRowsPerStep - 1 window rows and each kernel row is loaded once and feeds every output row it
+// touches. centre[v] = z[y + v, x0 .. x0 + kStrip - 1] (the windows' centre columns: the input itself).
 template <int K, class Taps>
-FF_HD void conv_rows(const float* smem, const RowRing& ring, int slot0, int chan, int x0, const Taps& taps,
+FF_HD void conv_rows(const float* smem, const TabledRing& ring, int slot0, int chan, int x0, const Taps& taps,
                      float (&acc)[kRowsPerStep][kStrip], float (&centre)[kRowsPerStep][kStrip]) {
   constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+  float w[kRowsPerStep][tap_row_width(K)] = {};  // at window row i, w[v] is kernel row i - v (loaded at row i - v)
 FF_UNROLL
   for (int i = 0; i < K + kRowsPerStep - 1; ++i) {
     float window[n];
-    load_run(ring.row(smem, wrap(slot0 + i, ring.depth)) + chan + x0, window);
+    load_run(smem + ring.table_offset(smem, slot0 + i) + chan + x0, window);
+FF_UNROLL
+    for (int v = kRowsPerStep - 1; v > 0; --v) {
+FF_UNROLL
+      for (int j = 0; j < tap_row_width(K); ++j) w[v][j] = w[v - 1][j];
+    }
+    if (i < K) taps.template row<K>(i, w[0]);
 FF_UNROLL
     for (int v = 0; v < kRowsPerStep; ++v) {
       if (i - v == r) {
@@ -96,7 +106,7 @@ FF_UNROLL
       if (i - v < 0 || i - v >= K) continue;
 FF_UNROLL
       for (int j = 0; j < K; ++j) {
-        const float wv = taps((i - v) * K + j);
+        const float wv = w[v][j];
 FF_UNROLL
         for (int p = 0; p < kStrip; ++p) acc[v][p] = fmaf(wv, window[pad - r + p + j], acc[v][p]);
       }
@@ -163,7 +173,8 @@ FF_UNROLL
 //
 // Cost per output element (one item's strip, one level of size K, fp32 FMAs and shared-memory accesses;
 // the counted SASS is in the module docstring of focalfast/ops/cuda/focal_modulation.py):
-//   K^2 FMAs, (K + 1) (8 + 2 ring_pad(K)) / 64 16-byte window loads, one GELU,
+//   K^2 FMAs, (K + 1) (8 + 2 ring_pad(K)) / 64 16-byte window loads, one GELU, K^2 / 16 tap loads where the taps
+//   are in shared memory (a tap feeds both output rows; none from registers),
 //   1/4 16-byte z stores; at the last level 1/4 16-byte gate loads per level and 1/4 16-byte loads of each of
 //   z_1 .. z_{L-2}; once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store)
 //   and the ctx_local store (a convert, a 2-byte global store). A global row's start is formed once per step, an
@@ -197,7 +208,7 @@ struct ContextFwd {
     if constexpr (in_registers<Level>()) {
       return taps.template level<Chain::taps_before(Level::value)>();
     } else {
-      return SharedTaps{smem + s.weights + c * s.weight_pitch + s.level_taps[l]};
+      return RunTaps{smem + s.weights + c * s.weight_pitch + s.level_taps[l]};
     }
   }
 
@@ -211,7 +222,7 @@ struct ContextFwd {
                              const float (&below)[kStrip], float& pooled) {
     const int W = p.geo.W, L = Chain::levels(p.levels), row = y + v;
     if (l != L - 1) {
-      const RowRing& next = s.z[l + 1];
+      const TabledRing& next = s.z[l + 1];
       if constexpr (kChecked) {
         if (unsigned(row) < unsigned(p.geo.H)) {
           gelu_strip(z, x0, W);
@@ -223,7 +234,7 @@ FF_UNROLL
 FF_UNROLL
         for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
       }
-      store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, z);
+      store_run(smem + next.table_offset(smem, next_slot + v) + next.channel(c) + next.pad + x0, z);
       return;
     }
     if constexpr (kChecked) {
@@ -233,7 +244,7 @@ FF_UNROLL
 FF_UNROLL
       for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
     }
-    const float* gates = s.gates.row(smem, wrap(gate_slot + v, s.gates.depth)) + x0;
+    const float* gates = smem + s.gates.table_offset(smem, gate_slot + v) + x0;
     float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {};
 FF_UNROLL
     for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
@@ -276,14 +287,14 @@ FF_UNROLL
 
   // The step's rows y, y + 1, ... of ring `next` set to zero, an item per (strip, channel) as in level_items: rows
   // past the image, which the next level reads as its padding.
-  static FF_HD void zero_rows(const ContextFwdLayout& s, const RowRing& next, float* smem, int chunk, int y) {
+  static FF_HD void zero_rows(const ContextFwdLayout& s, const TabledRing& next, float* smem, int chunk, int y) {
     const int next_slot = next.slot(y);
     FF_FOR_EACH(item, s.width / kStrip * chunk) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       const float zero[kStrip] = {};
 FF_NO_UNROLL
       for (int v = 0; v < kRowsPerStep; ++v) {
-        store_run(next.row(smem, wrap(next_slot + v, next.depth)) + next.channel(c) + next.pad + x0, zero);
+        store_run(smem + next.table_offset(smem, next_slot + v) + next.channel(c) + next.pad + x0, zero);
       }
     }
   }
@@ -292,7 +303,7 @@ FF_NO_UNROLL
   static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                                 ThreadTaps& taps, Level l, int y, bool last) {
     const int W = p.geo.W, H = p.geo.H, chunk = p.chunk, L = Chain::levels(p.levels);
-    const RowRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
+    const TabledRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
     const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
     const int64_t out_sx = p.ctx_local.sx;
     T* const out_row = row_start<T>(p.ctx_local, band.b, y) + band.c_begin;  // the last level's row y
@@ -339,11 +350,14 @@ FF_NO_UNROLL
     const int b = band.b, c_begin = band.c_begin, cn = band.cn;
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L);
 
-    // Zeros from s.zeroed on (16-byte stores); the weights of the levels not in registers (zero past cn).
-    FF_FOR_EACH(i, (s.total - s.zeroed) / 4) {
+    // Zeros from s.zeroed to the slot tables (16-byte stores), the tables; the weights of the levels not in
+    // registers (zero past cn).
+    FF_FOR_EACH(i, (s.tables - s.zeroed) / 4) {
       float zero[4] = {};
       store_run(smem + s.zeroed + 4 * i, zero);
     }
+    s.gates.fill_table(smem);
+    for (int l = 0; l < L; ++l) s.z[l].fill_table(smem);
     ThreadTaps taps;
 #ifdef __CUDA_ARCH__
     const int thread_channel = int(threadIdx.x) & (chunk - 1);  // the thread's channel in every phase (see above)
@@ -362,7 +376,7 @@ FF_NO_UNROLL
 
     const int strips = s.width / kStrip;
     const int64_t ctx_sx = p.ctx.sx, gate_sx = p.gates.sx;
-    const RowRing& z0 = s.z[0];
+    const TabledRing& z0 = s.z[0];
     for (int t = max_int(0, band.y0 - R); t < band.y1 + R; t += kRowsPerStep) {
       // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image and past cn) into ring 0, an item per (strip,
       // channel) as in the levels; those gates rows (scaled: the last level's sum comes out scaled), an item per
@@ -372,12 +386,12 @@ FF_NO_UNROLL
       FF_FOR_EACH(item, strips << s.chunk_shift) {
         const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip, valid = c < cn ? W - x0 : 0;
         const T* in = ctx_row + (x0 * ctx_sx + c);
-        float* run = z0.row(smem, 0) + z0.channel(c) + z0.pad + x0;  // slot 0 of the ring
+        float* run = smem + z0.channel(c) + z0.pad + x0;  // a ring row's offset away
 FF_NO_UNROLL
         for (int v = 0; v < kRowsPerStep; ++v, in += p.ctx.sy) {
           float z[kStrip];
           load_pixels(in, ctx_sx, t + v < H ? valid : 0, z);
-          store_run(run + wrap(z0_slot + v, z0.depth) * z0.row_floats, z);
+          store_run(run + z0.table_offset(smem, z0_slot + v), z);
         }
       }
       const T* const gate_row = static_cast<const T*>(p.gates.ptr) + (b * p.gates.sb + t * p.gates.sy);
@@ -385,14 +399,14 @@ FF_NO_UNROLL
         const int l = item >> s.strip_shift, x0 = (item & ((1 << s.strip_shift) - 1)) * kStrip;
         if (x0 < s.width) {
           const T* in = gate_row + (x0 * gate_sx + l * p.gates.sl);
-          float* run = s.gates.row(smem, 0) + s.gates.channel(l) + x0;
+          float* run = smem + s.gates.channel(l) + x0;  // a ring row's offset away
 FF_NO_UNROLL
           for (int v = 0; v < kRowsPerStep; ++v, in += p.gates.sy) {
             float gate[kStrip];
             load_pixels(in, gate_sx, t + v < H ? W - x0 : 0, gate);
 FF_UNROLL
             for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;
-            store_run(run + wrap(gate_slot + v, s.gates.depth) * s.gates.row_floats, gate);
+            store_run(run + s.gates.table_offset(smem, gate_slot + v), gate);
           }
         }
       }
@@ -523,7 +537,7 @@ int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
 }
 
 void context_fwd(const ContextFwdParams& p, const Stream& stream) {
-  const int blocks = p.geo.B * int(ceil_div(p.geo.H, p.band_rows) * ceil_div(p.geo.C, p.chunk));
+  const int blocks = int(sweep_band_count(p.geo, p.band_rows, 1) * ceil_div(p.geo.C, p.chunk));
   const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
   // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the

@@ -48,7 +48,7 @@ struct SmemAllocator {
 // A conv item computes one channel at a strip of kStrip consecutive pixels of one output row. For each
 // of the K input rows it loads the strip's window (kStrip + 2 pad floats: 16-byte loads) into registers
 // once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the ring's
-// row slots wrap with a compare, never a division. Items run channel fastest: a warp reads one window
+// row offsets come from its slot table, never a division. Items run channel fastest: a warp reads one window
 // offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips). Rings are laid out for kStrip-pixel strips
 // (strip_width); a strip of S = 4 pixels (context_bwd where kStrip-pixel items fill less than a warp) reads the
 // same rings, twice as many items a row.
@@ -57,8 +57,6 @@ constexpr int kStrip = 8;
 // Zero columns on each side of a ring row read by a conv of size k: k / 2 rounded up to a multiple of 4,
 // so that every strip's window starts 16-byte aligned.
 FF_HD constexpr int ring_pad(int k) { return (k / 2 + 3) / 4 * 4; }
-
-FF_HD int wrap(int slot, int depth) { return slot >= depth ? slot - depth : slot; }
 
 // A ring of `depth` rows (row y in slot y mod depth); a row holds `chunk` channels, each a run of `pitch`
 // floats with image column x at pad + x and zeros around it. Channel c starts at c * pitch + (c / 8) * 8:
@@ -108,6 +106,40 @@ inline RowRing row_ring(SmemAllocator& a, int depth, int W, int chunk, int pad) 
   return r;
 }
 
+// A ring with a slot table (context_fwd's; context_bwd finds its slots from compile-time depths): 2 depth ints in
+// shared memory, entry s the offset of slot s mod depth. A step's rows slot0, slot0 + 1, ... (slot0 < depth, fewer
+// than depth rows) are then one shared load each (table_offset: the warp's lanes read one word, a broadcast), with
+// neither a wrap nor a multiply-add. (A separate type: a field more in RowRing would shift context_bwd's ring fields
+// off the 8-byte pairs its constant-bank loads take two at a time.)
+struct TabledRing : RowRing {
+  int table = 0;  // the slot table's offset in shared memory (floats holding int bits)
+
+  // offset(s mod depth) for 0 <= s < 2 depth, from the slot table.
+  FF_HD int table_offset(const float* smem, int s) const {
+#ifndef __CUDA_ARCH__
+    if (s < 0 || s >= 2 * depth) {
+      throw std::out_of_range("focalfast: slot table entry " + std::to_string(s) + " of a ring of depth " +
+                              std::to_string(depth));
+    }
+#endif
+    return int(float_to_bits(smem[table + s]));
+  }
+  // Writes the slot table, the block's threads sharing the entries (before the barrier that ends the set-up).
+  FF_HD void fill_table(float* smem) const {
+    FF_FOR_EACH(s, 2 * depth) smem[table + s] = bits_to_float(uint32_t(offset(s < depth ? s : s - depth)));
+  }
+};
+
+// A TabledRing of row_ring's rows; its table is placed by add_slot_table.
+inline TabledRing tabled_ring(SmemAllocator& a, int depth, int W, int chunk, int pad) {
+  TabledRing r;
+  static_cast<RowRing&>(r) = row_ring(a, depth, W, chunk, pad);
+  return r;
+}
+
+// Places ring r's slot table (2 depth ints) in shared memory.
+inline void add_slot_table(SmemAllocator& a, TabledRing& r) { r.table = int(a.take(2 * int64_t(r.depth))); }
+
 // N consecutive floats of shared memory (16-byte aligned, N a multiple of 4) to or from registers.
 template <int N>
 FF_HD void load_run(const float* src, float (&dst)[N]) {
@@ -137,20 +169,67 @@ FF_UNROLL
 #endif
 }
 
-// The K * K weights of one channel's conv, as conv_strip reads them: taps(i) is tap i = row * K + column.
-// SharedTaps: the channel's taps in a row of shared memory (w[i]: one load at a constant offset per tap);
-// StridedTaps: a [taps][chunk] array in shared memory (w[i * chunk]); RegisterTaps: kCount weights in
-// registers, a level's taps from `first` on (a thread whose channel is fixed loads them once per sweep; every
-// index is a compile-time constant once the tap loops unroll); NoThreadTaps: none in registers.
-struct SharedTaps {
-  const float* w;  // the channel's tap 0
-  FF_HD float operator()(int tap) const { return w[tap]; }
+// ---- A channel's conv weights -----------------------------------------------------------------------
+//
+// A conv reads its K x K taps a kernel row at a time: taps.row<K>(i, w) sets w[j] = tap (i, j) for j < K (w has
+// tap_row_width(K) floats; the rest are zeros or padding that no FMA reads).
+// RowTaps: the channel's row of a block's TapRows in shared memory (tap_row_width(K) / 4 16-byte loads a kernel row:
+// K = 7 takes 2 loads, not 7; context_bwd); RunTaps: the channel's taps as one run of shared memory (a load at a
+// constant offset a tap; context_fwd, whose items cover so few pixels at 7x7 that TapRows' longer fill cost more than
+// it saved); RegisterTaps: kCount weights in registers, a level's taps from `first` on (a thread whose channel is
+// fixed loads them once per sweep; every index is a compile-time constant once the tap loops unroll); NoThreadTaps:
+// none in registers.
+FF_HD constexpr int tap_row_width(int k) { return (k + 3) / 4 * 4; }
+
+// The layout of a block's taps in shared memory: a row of `pitch` floats per channel of the chunk; in it, level l's
+// kernel row i at level[l] + i * tap_row_width(k_l), zero-padded to a multiple of 4 floats (16-byte aligned).
+// pitch / 4 is odd: the 16-byte loads of 8 consecutive channels (a quarter warp's) fall in distinct banks.
+struct TapRows {
+  int pitch = 0;
+  int level[kMaxFocalLevel] = {};
+
+  TapRows() = default;
+  explicit TapRows(const SweepLevels& lv) {
+    int used = 0;
+    for (int l = 0; l < lv.L; ++l) {
+      level[l] = used;
+      used += lv.k[l] * tap_row_width(lv.k[l]);
+    }
+    pitch = used / 4 % 2 == 1 ? used : used + 4;
+  }
+  // Writes every level's taps of the chunk's channels (zero past cn) into the rows at dst, from the tap-major fp32
+  // weights [taps, C]: an item per (tap, channel), its kernel row i = tap / k by a multiply (exact for tap < 2^16 /
+  // k), no division. The padding is not written: no FMA reads it.
+  FF_HD void fill(float* dst, const SweepLevels& lv, const View& weights, int c_begin, int cn, int chunk_shift) const {
+    const int chunk = 1 << chunk_shift, tap_stride = int(weights.sb);  // C: the binding's tap-major copy
+    for (int l = 0; l < lv.L; ++l) {
+      const int k = lv.k[l], width = tap_row_width(k);
+      const unsigned inverse = (65536u + unsigned(k) - 1u) / unsigned(k);  // ceil(2^16 / k)
+      const float* src = static_cast<const float*>(weights.ptr) + weights.at(lv.taps_before(l), 0, 0) + c_begin;
+      float* const rows = dst + level[l];
+      FF_FOR_EACH(e, (k * k) << chunk_shift) {
+        const int c = e & (chunk - 1), tap = e >> chunk_shift, i = int((unsigned(tap) * inverse) >> 16);
+        rows[c * pitch + i * width + tap - i * k] = c < cn ? src[tap * tap_stride + c] : 0.f;
+      }
+    }
+  }
 };
 
-struct StridedTaps {
-  const float* w;  // the channel's tap 0
-  int chunk;       // floats from one tap to the next
-  FF_HD float operator()(int tap) const { return w[tap * chunk]; }
+struct RowTaps {
+  const float* w;  // the level's kernel row 0 in the channel's row of TapRows (16-byte aligned)
+  template <int K>
+  FF_HD void row(int i, float (&out)[tap_row_width(K)]) const {
+    load_run(w + i * tap_row_width(K), out);
+  }
+};
+
+struct RunTaps {
+  const float* w;  // the level's tap 0 in the channel's run
+  template <int K>
+  FF_HD void row(int i, float (&out)[tap_row_width(K)]) const {
+FF_UNROLL
+    for (int j = 0; j < tap_row_width(K); ++j) out[j] = j < K ? w[i * K + j] : 0.f;
+  }
 };
 
 struct NoThreadTaps {
@@ -169,7 +248,11 @@ FF_UNROLL
   template <int kFirst>
   struct Level {
     const float (&w)[kCount];
-    FF_HD float operator()(int tap) const { return w[kFirst + tap]; }
+    template <int K>
+    FF_HD void row(int i, float (&out)[tap_row_width(K)]) const {
+FF_UNROLL
+      for (int j = 0; j < tap_row_width(K); ++j) out[j] = j < K ? w[kFirst + i * K + j] : 0.f;
+    }
   };
   template <int kFirst>
   FF_HD Level<kFirst> level() const {
@@ -180,19 +263,21 @@ FF_UNROLL
 // acc[p] += sum_{i,j < K} w[i, j] z[y + i - r, x0 + p + j - r] for p < S, r = K / 2: the depthwise conv
 // of one channel at a strip of S pixels (kStrip; context_bwd's narrow maps: 4). rows(i) points at pixel x0 of
 // z's row y - r + i in a ring row (16-byte aligned, with at least ring_pad(K) columns of padding on each side);
-// taps(i * K + j) = w[i, j] (SharedTaps, StridedTaps, RegisterTaps). kFlip uses w[K-1-i, K-1-j]: the adjoint
-// conv (the gradient of a conv's input from the gradient of its output).
-// Per input row: (S + 2 pad) / 4 16-byte loads, K weight reads, K * S FMAs.
+// taps.row<K>(i, w): w[j] = w[i, j] (RowTaps, RunTaps, RegisterTaps). kFlip uses w[K-1-i, K-1-j]: the adjoint conv (the
+// gradient of a conv's input from the gradient of its output).
+// Per input row: (S + 2 pad) / 4 16-byte loads, a kernel row of taps (tap_row_width(K) / 4 16-byte loads from
+// shared memory, none from registers), K * S FMAs.
 template <int K, bool kFlip, class Rows, class Taps, int S>
 FF_HD void conv_strip(const Rows& rows, const Taps& taps, float (&acc)[S]) {
   constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad;
 FF_UNROLL
   for (int i = 0; i < K; ++i) {
-    float window[n];
+    float window[n], w[tap_row_width(K)];
     load_run(rows(i) - pad, window);
+    taps.template row<K>(kFlip ? K - 1 - i : i, w);
 FF_UNROLL
     for (int j = 0; j < K; ++j) {
-      const float wv = taps(kFlip ? K * K - 1 - (i * K + j) : i * K + j);
+      const float wv = w[kFlip ? K - 1 - j : j];
 FF_UNROLL
       for (int p = 0; p < S; ++p) acc[p] = fmaf(wv, window[pad - r + p + j], acc[p]);
     }
@@ -347,8 +432,9 @@ void dispatch_chain(const SweepLevels& lv, F&& f) {
 // [y0, y1) of one image b (stack 1; several bands an image when the images are too few to fill the GPU), or `stack`
 // whole images b, b + 1, ... (the last band: those left) swept as one tall image, so that a band's sweep pays the
 // halo of its lags once, not once an image (context_bwd's small maps). In a stack, row y of image b + i is the band's
-// row v = i * period + y, period = H + gap: the gap's rows are outside every image (zeros, as the rows around a
-// single image), and with gap >= the chain's largest conv radius no conv reaches from one image into the next.
+// row v = i * period + y, period = H + gap (stack_period: gap >= 1): the gap's rows are outside every image (zeros, as
+// the rows around a single image), and with gap >= the chain's largest conv radius no conv reaches from one image
+// into the next.
 // A band [y0, y1) is swept from a halo of rows (the sweep's largest lag) before its first row in the sweep's
 // direction and writes rows y0 .. y1 - 1 of its images only: why that is exact is in focalfast/ops/sweep_geometry.py.
 struct SweepBand {
@@ -365,7 +451,7 @@ struct SweepBand {
       images = min_int(stack, geo.B - b);
       y0 = 0;
       y1 = geo.H;
-      period = geo.H + gap;
+      period = stack_period(geo.H, gap);
       magic = 0xFFFFFFFFu / unsigned(period) + 1u;
       image_bias = unsigned(kSlotBias);
       row_bias = image_bias * unsigned(period);

@@ -367,11 +367,12 @@ def test_sweep_stack_choice():
     assert cuda_op._sweep_stack(lrf, 4, 7, 16, 16, 7, CPU) == 1  # few blocks: one image a band
 
 
-def test_host_stacks_change_no_pixel_math(ext, monkeypatch):
+@pytest.mark.parametrize("H,kernel_sizes", [(4, (3, 5, 7)), (1, (1, 1))])  # (1, 1): no halo, a one-row gap
+def test_host_stacks_change_no_pixel_math(ext, monkeypatch, H, kernel_sizes):
     """Stacking images in context_bwd's bands changes no pixel's arithmetic: the gradients of q, ctx, gates and h are
     bitwise those of one image a band; the depthwise weight gradients add the same terms in another order (a partial
     per band)."""
-    _, inputs, _ = focal_case(5, 4, 6, 12, (3, 5, 7))
+    _, inputs, _ = focal_case(5, H, 6, 12, kernel_sizes)
     labels, leaves = differentiable(inputs)
     results = []
     for stack in (1, 3):
@@ -392,8 +393,6 @@ def test_host_stacks_change_no_pixel_math(ext, monkeypatch):
     (dict(stack=2, band_rows=2), "stack: stacks whole images: band_rows must be H = 3, got 2"),
     (dict(stack=2, weight_partial=torch.empty(3, 34, 8)), "weight_partial: expected shape [2, 34, 8]"),
     (dict(stack=2, ctx=torch.randn(3, 1 << 13, 4, 8)), "stack: 2 images of 8192 rows are too many rows for a band"),
-    (dict(stack=2, ctx=torch.randn(3, 1, 4, 8), kernel_sizes=[1, 1], weights=torch.randn(2, 8)),
-     "stack: one-row images of 1x1 kernels (no halo) are not stacked, got stack 2"),
 ])
 def test_binding_rejects_bad_stacks(ext, change, words):
     """context_bwd's stacks: whole images only, a weight partial per stack, rows its band decode handles."""
