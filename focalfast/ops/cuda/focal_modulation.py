@@ -44,13 +44,16 @@ once per step, a pixel stride (a 64-bit add) per value.
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.32 / 6.77 (the forward 3.60 / 7.06; stages 2-4: 4.51 / 7.56, 5.24 / 8.02, 6.32 / 9.03);
+    context_fwd   3.25 / 6.58 (the forward 3.53 / 6.87; stages 2-4: 4.43 / 7.36, 5.16 / 7.82, 6.27 / 8.83);
                   FMA floor 1.06 / 2.59
-    context_bwd   11.42 / 22.20 (the backward 12.20 / 23.04; stages 2-4: 12.55 / 24.17, 13.66 / 33.51,
-                  16.02 / 35.47: stacks of small images); FMA floor 3.19 / 7.78
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 126 / 123 registers, context_bwd
-176 / 226 (178 / 230 where it stacks images; a thread keeps its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block
-per SM, else it squeezes lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
+    context_bwd   11.42 / 21.00 (the backward 12.20 / 21.85; stages 2-4: 12.55 / 22.67, 13.66 / 30.37,
+                  16.02 / 32.47: stacks of small images); FMA floor 3.19 / 7.78
+context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
+reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row).
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 124 / 102 registers, context_bwd
+176 / 234 (178 / 230 where it stacks images, 220 at 4-pixel strips; a thread keeps its weight-gradient sums in
+registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes lrf into 64 registers
+with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
 warp per block where a level's items fit one (7x7 maps);
