@@ -100,7 +100,7 @@ struct ContextBwdLayout {
 
 // How many taps a thread keeps in registers for its channel (the conv phases' items run channel fastest on a
 // multiple of chunk threads, so a thread's channel is the same in every phase): all of a FixedChain of at most
-// two levels (FocalNet srf: 34), none otherwise (those read [taps][chunk] in shared memory).
+// two levels (FocalNet srf: 34), none otherwise (those read the block's TapRows in shared memory).
 template <class Chain>
 constexpr int kBwdRegisterTaps = 0;
 template <int K0, int kLevels>
