@@ -47,11 +47,11 @@ struct SmemAllocator {
 //
 // A conv item computes one channel at a strip of kStrip consecutive pixels of one output row. For each
 // of the K input rows it loads the strip's window (kStrip + 2 pad floats: 16-byte loads) into registers
-// once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the ring's
-// row offsets come from its slot table, never a division. Items run channel fastest: a warp reads one window
-// offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips). Rings are laid out for kStrip-pixel strips
-// (strip_width); a strip of S = 4 pixels (context_bwd where kStrip-pixel items fill less than a warp) reads the
-// same rings, twice as many items a row.
+// once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the rings' row
+// offsets come from slot tables (context_fwd) or compile-time depths (context_bwd), never a division. Items run
+// channel fastest: a warp reads one window offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips). Rings
+// are laid out for kStrip-pixel strips (strip_width); a strip of S = 4 pixels (context_bwd where kStrip-pixel items
+// fill less than a warp) reads the same rings, twice as many items a row.
 constexpr int kStrip = 8;
 
 // Zero columns on each side of a ring row read by a conv of size k: k / 2 rounded up to a multiple of 4,
@@ -182,8 +182,9 @@ FF_UNROLL
 FF_HD constexpr int tap_row_width(int k) { return (k + 3) / 4 * 4; }
 
 // The layout of a block's taps in shared memory: a row of `pitch` floats per channel of the chunk; in it, level l's
-// kernel row i at level[l] + i * tap_row_width(k_l), zero-padded to a multiple of 4 floats (16-byte aligned).
-// pitch / 4 is odd: the 16-byte loads of 8 consecutive channels (a quarter warp's) fall in distinct banks.
+// kernel row i at level[l] + i * tap_row_width(k_l), padded to a multiple of 4 floats (16-byte aligned; the padding
+// is loaded with its row, never read by an FMA, and not written). pitch / 4 is odd: the 16-byte loads of 8
+// consecutive channels (a quarter warp's) fall in distinct banks.
 struct TapRows {
   int pitch = 0;
   int level[kMaxFocalLevel] = {};
