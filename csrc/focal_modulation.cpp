@@ -252,19 +252,18 @@ void sweep_rows(const Checks& c, const Geometry& geo) {
   }
 }
 
-// Rows per band of a sweep (1 .. H); returns the number of bands.
-int64_t sweep_bands(const Checks& c, int band_rows, const Geometry& geo) {
+// Rows per band of a sweep (>= 1; sweep_band_count counts the bands).
+void check_band_rows(const Checks& c, int band_rows) {
   if (band_rows < 1) c.fail_value("band_rows", "expected a positive number of rows, got " + std::to_string(band_rows));
-  return (geo.H + band_rows - 1) / band_rows;
 }
 
-// Bands of context_bwd: `stack` whole images each (stack > 1, band_rows H), else sweep_bands' per image. A stack's
-// band rows v (-2R .. stack period + 2R, 2R < kSlotBias) are decoded exactly while (v + kSlotBias period) period <
+// Bands of context_bwd: `stack` whole images each (stack > 1, band_rows >= H), else ceil(H / band_rows) an image. A
+// stack's band rows v (-2R .. stack period + 2R, 2R < kSlotBias) are decoded exactly while (v + kSlotBias period) period <
 // 2^32 (SweepBand::row), period = stack_period(H, gap).
 int64_t stacked_bands(const Checks& c, int band_rows, int stack, int gap, const Geometry& geo) {
   if (stack < 1) c.fail_value("stack", "expected a positive number of images, got " + std::to_string(stack));
-  const int64_t bands = sweep_bands(c, band_rows, geo);
-  if (stack > 1 && bands != 1) {
+  check_band_rows(c, band_rows);
+  if (stack > 1 && band_rows < geo.H) {
     c.fail_value("stack", "stacks whole images: band_rows must be H = " + std::to_string(geo.H) + ", got " +
                               std::to_string(band_rows));
   }
@@ -316,7 +315,7 @@ void context_fwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.chunk = sweep_chunk(c, chunk);
   p.ctx_local = c.view(ctx_local, "ctx_local", p.dtype, pixel_shape(geo), true, geo.C);
   p.band_rows = band_rows;
-  sweep_bands(c, band_rows, geo);
+  check_band_rows(c, band_rows);
   p.pooled_sum = c.optional_view(pooled_sum, "pooled_sum", DType::kFloat32,
                                  {sweep_band_count(geo, band_rows, 1), geo.C}, true, geo.C);
   context_fwd(p, c.stream(stream));
