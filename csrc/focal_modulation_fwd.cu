@@ -11,6 +11,13 @@ namespace {
 // per-row set-up (slots, addresses, item decomposition, barriers) is paid once per kRowsPerStep rows.
 constexpr int kRowsPerStep = 2;
 
+// Widest rows (in strips) whose gates context_fwd loads a value an item, not a strip of both rows an item
+// (ContextFwdLayout::gates_by_value). Measured (static cost, bf16 views, FocalNet-T): by value, stage 4 srf / lrf
+// 6.15 / 8.74 -> 5.64 / 8.14 and stage 3 5.06 / 7.72 -> 4.94 / 7.68 warp-instructions an element; stage 2 srf (4
+// strips) 4.33 -> 4.37 and stage 1 srf (7 strips) 3.45 -> 3.53, where strip items fill a warp.
+constexpr int kGateStripsByValue = 2;
+static_assert(kRowsPerStep == 2, "a gate item by value holds its row in one bit");
+
 // Shared memory of context_fwd (fp32): the block's weights, a row of weight_pitch (odd: the lanes' channels hit
 // distinct banks) per channel, the levels' taps concatenated (only those not in registers are loaded: see
 // ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a
@@ -19,7 +26,12 @@ constexpr int kRowsPerStep = 2;
 // pooling sums; the rings' slot tables. Everything from `zeroed` to `tables` starts as zeros.
 struct ContextFwdLayout {
   int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, tables = 0, total = 0, width = 0, chunk_shift = 0;
-  int strip_shift = 0;  // 2^strip_shift >= width / kStrip: the gate load's items (level, strip) without a division
+  int items = 0;        // a row's (strip, channel) items: width / kStrip * chunk
+  // The gate load's items, decoded by shifts: by value where a row has at most kGateStripsByValue strips (items of
+  // whole strips would leave most of a warp idle): item = (x << (gate_shift + 1)) | (v << gate_shift) | l, 2^gate_shift
+  // >= L; else by strip of both rows: item = (l << gate_shift) | strip, 2^gate_shift >= width / kStrip.
+  bool gates_by_value = false;
+  int gate_shift = 0, gate_items = 0;
   int lag[kMaxFocalLevel] = {};        // o_{l+1}: level l's output row trails the ctx row by this much
   int level_taps[kMaxFocalLevel] = {};  // level l's tap 0 in a channel's weight row
   TabledRing gates;  // a "channel" per level
@@ -29,7 +41,15 @@ struct ContextFwdLayout {
     SmemAllocator a;
     width = strip_width(W);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
-    while ((1 << strip_shift) * kStrip < width) ++strip_shift;
+    gates_by_value = width / kStrip <= kGateStripsByValue;
+    if (gates_by_value) {
+      while ((1 << gate_shift) < lv.L) ++gate_shift;
+      gate_items = width << (gate_shift + 1);
+    } else {
+      while ((1 << gate_shift) * kStrip < width) ++gate_shift;
+      gate_items = lv.L << gate_shift;
+    }
+    items = width / kStrip * chunk;
     weight_pitch = lv.taps() | 1;
     weights = int(a.take(int64_t(weight_pitch) * chunk));
     zeroed = int(a.used);
@@ -181,7 +201,9 @@ FF_UNROLL
 //   item's pixels are a pixel stride apart (a 64-bit add, two integer instructions, a value). An item whose rows
 //   and columns are all inside (the image for inner levels, the band for the last; no strip past W, no channel past
 //   cn) takes the rows unrolled, without tests or row selects (item_row<false>); the others a loop of tested rows.
-template <typename T, class Chain>
+// kGatesByValue: the layout's gates_by_value (a template parameter: a loop that a launch never runs still counts in
+// the static cost report, once a step).
+template <typename T, class Chain, bool kGatesByValue>
 struct ContextFwd {
   using Params = ContextFwdParams;
   using ThreadTaps = typename ThreadTapsOf<Chain>::type;
@@ -272,14 +294,14 @@ FF_UNROLL
 
   template <int K, class Level>
   static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
-                          ThreadTaps& taps, Level l, int t) {
+                          ThreadTaps& taps, Level l, int t, T* out_row) {
     const int L = Chain::levels(p.levels), y = t - s.lag[l];
     if (l == L - 1) {
-      if (y < band.y1 && y + kRowsPerStep > band.y0) level_items<K>(p, s, band, smem, taps, l, y, true);
+      if (y < band.y1 && y + kRowsPerStep > band.y0) level_items<K>(p, s, band, smem, taps, l, y, true, out_row);
     } else if (y < p.geo.H) {
       // Rows above the image are zero: their slots are still zero from the block's start (no row was
       // written before them). Rows below it only need zeros for the next level's padding: zero_rows.
-      if (y + kRowsPerStep > 0) level_items<K>(p, s, band, smem, taps, l, y, false);
+      if (y + kRowsPerStep > 0) level_items<K>(p, s, band, smem, taps, l, y, false, out_row);
     } else {
       zero_rows(s, s.z[l + 1], smem, p.chunk, y);
     }
@@ -289,7 +311,7 @@ FF_UNROLL
   // past the image, which the next level reads as its padding.
   static FF_HD void zero_rows(const ContextFwdLayout& s, const TabledRing& next, float* smem, int chunk, int y) {
     const int next_slot = next.slot(y);
-    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       const float zero[kStrip] = {};
 FF_NO_UNROLL
@@ -301,16 +323,15 @@ FF_NO_UNROLL
 
   template <int K, class Level>
   static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
-                                ThreadTaps& taps, Level l, int y, bool last) {
+                                ThreadTaps& taps, Level l, int y, bool last, T* out_row) {
     const int W = p.geo.W, H = p.geo.H, chunk = p.chunk, L = Chain::levels(p.levels);
     const TabledRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
     const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
     const int64_t out_sx = p.ctx_local.sx;
-    T* const out_row = row_start<T>(p.ctx_local, band.b, y) + band.c_begin;  // the last level's row y
     // The step's rows all inside the image (inner levels: their outputs are the next level's input) or the band
     // (the last level: the rows it writes).
     const bool inside = last ? y >= band.y0 && y + kRowsPerStep <= band.y1 : y >= 0 && y + kRowsPerStep <= H;
-    FF_FOR_EACH(item, s.width / kStrip * chunk) {
+    FF_FOR_EACH(item, s.items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
 #ifndef __CUDA_ARCH__
       taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
@@ -377,13 +398,18 @@ FF_NO_UNROLL
     const int strips = s.width / kStrip;
     const int64_t ctx_sx = p.ctx.sx, gate_sx = p.gates.sx;
     const TabledRing& z0 = s.z[0];
-    for (int t = max_int(0, band.y0 - R); t < band.y1 + R; t += kRowsPerStep) {
+    // The step's rows: ctx's and the gates' row t, the last level's output row t - R (channel c_begin, pixel 0).
+    const int t0 = max_int(0, band.y0 - R);
+    const T* ctx_row = row_start<const T>(p.ctx, b, t0) + c_begin;
+    const T* gate_row = static_cast<const T*>(p.gates.ptr) + (b * p.gates.sb + t0 * p.gates.sy);
+    T* out_row = row_start<T>(p.ctx_local, b, t0 - R) + c_begin;
+    for (int t = t0; t < band.y1 + R; t += kRowsPerStep, ctx_row += kRowsPerStep * p.ctx.sy,
+             gate_row += kRowsPerStep * p.gates.sy, out_row += kRowsPerStep * p.ctx_local.sy) {
       // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image and past cn) into ring 0, an item per (strip,
       // channel) as in the levels; those gates rows (scaled: the last level's sum comes out scaled), an item per
-      // (level, strip).
-      const T* const ctx_row = row_start<const T>(p.ctx, b, t) + c_begin;
+      // value or per (level, strip) (ContextFwdLayout::gates_by_value).
       const int z0_slot = z0.slot(t), gate_slot = s.gates.slot(t);
-      FF_FOR_EACH(item, strips << s.chunk_shift) {
+      FF_FOR_EACH(item, s.items) {
         const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip, valid = c < cn ? W - x0 : 0;
         const T* in = ctx_row + (x0 * ctx_sx + c);
         float* run = smem + z0.channel(c) + z0.pad + x0;  // a ring row's offset away
@@ -394,26 +420,36 @@ FF_NO_UNROLL
           store_run(run + z0.table_offset(smem, z0_slot + v), z);
         }
       }
-      const T* const gate_row = static_cast<const T*>(p.gates.ptr) + (b * p.gates.sb + t * p.gates.sy);
-      FF_FOR_EACH(item, L << s.strip_shift) {  // level l, strip: item = l * 2^strip_shift + strip
-        const int l = item >> s.strip_shift, x0 = (item & ((1 << s.strip_shift) - 1)) * kStrip;
-        if (x0 < s.width) {
-          const T* in = gate_row + (x0 * gate_sx + l * p.gates.sl);
-          float* run = smem + s.gates.channel(l) + x0;  // a ring row's offset away
+      if constexpr (kGatesByValue) {
+        FF_FOR_EACH(item, s.gate_items) {
+          const int x = item >> (s.gate_shift + 1), v = (item >> s.gate_shift) & 1, l = item & ((1 << s.gate_shift) - 1);
+          if (l < L) {
+            const bool inside = x < W && t + v < H;
+            const float gate = inside ? to_float(gate_row[v * p.gates.sy + x * gate_sx + l * p.gates.sl]) : 0.f;
+            smem[s.gates.table_offset(smem, gate_slot + v) + s.gates.channel(l) + x] = p.scale * gate;
+          }
+        }
+      } else {
+        FF_FOR_EACH(item, s.gate_items) {
+          const int l = item >> s.gate_shift, x0 = (item & ((1 << s.gate_shift) - 1)) * kStrip;
+          if (x0 < s.width) {
+            const T* in = gate_row + (x0 * gate_sx + l * p.gates.sl);
+            float* run = smem + s.gates.channel(l) + x0;  // a ring row's offset away
 FF_NO_UNROLL
-          for (int v = 0; v < kRowsPerStep; ++v, in += p.gates.sy) {
-            float gate[kStrip];
-            load_pixels(in, gate_sx, t + v < H ? W - x0 : 0, gate);
+            for (int v = 0; v < kRowsPerStep; ++v, in += p.gates.sy) {
+              float gate[kStrip];
+              load_pixels(in, gate_sx, t + v < H ? W - x0 : 0, gate);
 FF_UNROLL
-            for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;
-            store_run(run + s.gates.table_offset(smem, gate_slot + v), gate);
+              for (int u = 0; u < kStrip; ++u) gate[u] *= p.scale;
+              store_run(run + s.gates.table_offset(smem, gate_slot + v), gate);
+            }
           }
         }
       }
       FF_BARRIER();
 
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        level<decltype(k)::value>(p, s, band, smem, taps, l, t);
+        level<decltype(k)::value>(p, s, band, smem, taps, l, t, out_row);
         FF_BARRIER();
       });
     }
@@ -551,10 +587,18 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
     using T = decltype(t_tag);
     dispatch_chain(p.levels, [&](auto chain) {
       using Chain = decltype(chain);
+      const auto launch = [&](auto chain_tag) {
+        using C = decltype(chain_tag);
+        if (layout.gates_by_value) {
+          launch_sweep<ContextFwd<T, C, true>>({p, layout}, blocks, threads, smem_bytes, stream);
+        } else {
+          launch_sweep<ContextFwd<T, C, false>>({p, layout}, blocks, threads, smem_bytes, stream);
+        }
+      };
       if (Chain::kFixed && threads % p.chunk != 0) {  // a thread's channel would change between items
-        launch_sweep<ContextFwd<T, GenericChain>>({p, layout}, blocks, threads, smem_bytes, stream);
+        launch(GenericChain{});
       } else {
-        launch_sweep<ContextFwd<T, Chain>>({p, layout}, blocks, threads, smem_bytes, stream);
+        launch(chain);
       }
     });
   });
