@@ -578,7 +578,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
   // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the
   // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
-  // (ptxas sm_90a: 121 srf, 126 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
+  // (ptxas sm_90a: 125 srf, 106 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
   // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
   const int items = strip_width(p.geo.W) / kStrip * p.chunk;
   const int threads = items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);

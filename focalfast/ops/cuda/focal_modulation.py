@@ -38,19 +38,20 @@ its Phi (csrc/focal_modulation_common.cuh). context_fwd advances two output
 rows per step: an item's K + 1 window rows feed both rows' FMAs, and the per-row bookkeeping (ring slots, global
 addresses, barriers, the load phase) is paid once per two rows. An item whose rows and columns are all inside
 runs its two rows unrolled without tests; the others (image and band edges, the strip past W) run them as a
-one-copy row loop, so the static cost report counts their branches exactly. Global addresses: a row's start
-once per step, a pixel stride (a 64-bit add) per value.
+one-copy row loop, so the static cost report counts their branches exactly. Global addresses: a row pointer
+stepped once per step, a pixel stride (a 64-bit add) per value. Maps of at most two strips a row (7x7, 14x14) load
+their gates a value an item, not a strip an item (a warp's lanes all work).
 
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.25 / 6.58 (the forward 3.53 / 6.87; stages 2-4: 4.43 / 7.36, 5.16 / 7.82, 6.27 / 8.83);
+    context_fwd   3.16 / 6.45 (the forward 3.45 / 6.74; stages 2-4: 4.33 / 7.24, 4.94 / 7.68, 5.64 / 8.14);
                   FMA floor 1.06 / 2.59
     context_bwd   11.42 / 21.00 (the backward 12.20 / 21.85; stages 2-4: 12.55 / 22.67, 13.66 / 30.37,
                   16.02 / 32.47: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row).
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 124 / 102 registers, context_bwd
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers, context_bwd
 176 / 234 (178 / 230 where it stacks images, 220 at 4-pixel strips; a thread keeps its weight-gradient sums in
 registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes lrf into 64 registers
 with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
