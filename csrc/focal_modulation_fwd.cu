@@ -197,7 +197,7 @@ FF_UNROLL
 //   are in shared memory (a tap feeds both output rows; none from registers),
 //   1/4 16-byte z stores; at the last level 1/4 16-byte gate loads per level and 1/4 16-byte loads of each of
 //   z_1 .. z_{L-2}; once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store)
-//   and the ctx_local store (a convert, a 2-byte global store). A global row's start is formed once per step, an
+//   and the ctx_local store (a convert, a 2-byte global store). A global row's pointer steps once per step, an
 //   item's pixels are a pixel stride apart (a 64-bit add, two integer instructions, a value). An item whose rows
 //   and columns are all inside (the image for inner levels, the band for the last; no strip past W, no channel past
 //   cn) takes the rows unrolled, without tests or row selects (item_row<false>); the others a loop of tested rows.
@@ -580,8 +580,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
   // (ptxas sm_90a: 125 srf, 106 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
   // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
-  const int items = strip_width(p.geo.W) / kStrip * p.chunk;
-  const int threads = items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
+  const int threads = layout.items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
   const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
