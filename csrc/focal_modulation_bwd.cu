@@ -55,6 +55,8 @@ void dispatch_bwd_strip(int strip, F&& f) {
 // Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights as TapRows and, where
 // its weight-gradient sums are not (sums_in_smem), a column of [taps][threads] per thread. Register sums meet at the
 // end in [taps][threads] at offset 0, over the rings (total covers it).
+constexpr int kMaxStepRows = 5 + 3 * kMaxFocalLevel;
+
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
   int pad = 0;                             // zero columns on each side of every ring row: ring_pad of the largest k
@@ -64,6 +66,7 @@ struct ContextBwdLayout {
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
   int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
+  int step_rows = 0;  // two tables of kMaxStepRows StepRow entries (BwdRowPlan), a step's and the next one's
   TapRows taps;  // last: the fields above keep their 8-byte pairs
 
   // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
@@ -90,6 +93,7 @@ struct ContextBwdLayout {
     term_pixel = chunk + 4;
     term_level = (term_offset(strip_width(W)) + 3) / 4 * 4;
     gate_terms = int(a.take(int64_t(lv.L + 1) * term_level));
+    step_rows = int(a.take(2 * 4 * kMaxStepRows));
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
   }
@@ -97,6 +101,59 @@ struct ContextBwdLayout {
   // so that a warp's stores (channels of 1 to 4 strips) fall in distinct banks but for 16-channel chunks (2-way).
   FF_HD int term_offset(int x) const { return x * term_pixel + (x >> 3) * 8; }
 };
+
+// The global rows a context_bwd step reads or writes, decoded once a step for all its phases: entry e is band row
+// y_top + lag[e] (SweepBand::row) as flags (inside the band's images, owned by the band) and the element offset
+// b sb[e] + y sy[e] of its row in one view (zero strides: the flags alone). Lanes decode the entries side by side
+// (one entry's instructions a warp, not one a phase and row: a stack's row is a quotient, a view's row a 64-bit
+// multiply-add); a phase reads its row with one 16-byte shared load. Entries (BwdRowPlan::*): ctx and gates at lag 0,
+// grad_ctx at 2R, grad_mean and pooled (image only), and per level l the recompute's row (lag_fwd; the last level's
+// in ctx_local), the adjoint's (lag_bwd, in grad_ctx_all) and the gate partials' (lag_bwd, in gate_partial).
+struct BwdRowPlan {
+  int64_t sb[kMaxStepRows] = {}, sy[kMaxStepRows] = {};
+  int lag[kMaxStepRows] = {};
+  int count = 0;
+  static constexpr int kCtx = 0, kGates = 1, kGradCtx = 2, kGradMean = 3, kPooled = 4;
+  static FF_HD constexpr int recompute(int l) { return 5 + l; }
+  static FF_HD constexpr int adjoint(int L, int l) { return 5 + L + l; }
+  static FF_HD constexpr int partial(int L, int l) { return 5 + 2 * L + l; }
+
+  BwdRowPlan() = default;
+  BwdRowPlan(const ContextBwdParams& p, const ContextBwdLayout& s) {
+    const int L = p.levels.L, R = p.levels.offset(L);
+    const int64_t pixel_partials = int64_t(L + 1) * ceil_div(p.geo.C, p.chunk);  // gate_partial [B, H, W, L + 1, chunks]
+    count = 5 + 3 * L;
+    put(kCtx, 0, p.ctx.sb, p.ctx.sy);
+    put(kGates, 0, p.gates.sb, p.gates.sy);
+    put(kGradCtx, 2 * R, p.grad_ctx.sb, p.grad_ctx.sy);
+    put(kGradMean, R, p.grad_mean.sb, 0);
+    put(kPooled, R, p.pooled.sb, 0);
+    for (int l = 0; l < L; ++l) {
+      put(recompute(l), s.lag_fwd[l], l == L - 1 ? p.ctx_local.sb : 0, l == L - 1 ? p.ctx_local.sy : 0);
+      put(adjoint(L, l), s.lag_bwd[l], p.grad_ctx_all.sb, p.grad_ctx_all.sy);
+      put(partial(L, l), s.lag_bwd[l], p.geo.H * p.geo.W * pixel_partials, p.geo.W * pixel_partials);
+    }
+  }
+  void put(int e, int lag_e, int64_t sb_e, int64_t sy_e) {
+    lag[e] = lag_e;
+    sb[e] = sb_e;
+    sy[e] = sy_e;
+  }
+};
+
+// A decoded BwdRowPlan entry: its row's flags and its element offset in the entry's view.
+struct StepRow {
+  bool inside, owns;
+  int64_t offset;
+};
+
+// The view t from element `offset` on (a row of it: at(0, 0, x) is pixel x of that row).
+template <typename T>
+FF_HD View view_from(const View& t, int64_t offset) {
+  View v = t;
+  v.ptr = static_cast<T*>(t.ptr) + offset;
+  return v;
+}
 
 // How many taps a thread keeps in registers for its channel (the conv phases' items run channel fastest on a
 // multiple of chunk threads, so a thread's channel is the same in every phase): all of a FixedChain of at most
@@ -219,6 +276,7 @@ struct ContextBwd {
   struct Args {
     Params p;
     ContextBwdLayout s;
+    BwdRowPlan rows;
   };
   static constexpr const char* kName = "context_bwd";
   using Shape = BwdRingShape<Chain>;
@@ -345,7 +403,7 @@ FF_UNROLL
   // order as context_fwd does (the gates ring holds the scaled gates, as context_fwd's): z_1 .. z_{L-1} from their
   // rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
-                                        const float* smem, int y_top, int R, const SweepRow& row, const Item& it,
+                                        const float* smem, int y_top, int R, const View& ctx_local, const Item& it,
                                         const float (&z_last)[S]) {
     const int L = Chain::levels(p.levels);
     const float* gates = smem + row_at<Shape::gates_depth()>(s.gates, y_top, R) + s.gates.pad + it.x0;
@@ -362,16 +420,15 @@ FF_UNROLL
     load_run(gates + s.gates.channel(L - 1), gate);
 FF_UNROLL
     for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
-    store_strip<T>(p.ctx_local, row.b, row.y, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f,
-                   acc);
+    store_strip<T>(ctx_local, 0, 0, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, acc);
   }
 
   template <int K, class Level>
   static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                              ThreadTaps& taps, Level l, int y_top, const Item& first) {
+                              ThreadTaps& taps, const float* rows, Level l, int y_top, const Item& first) {
     const int lag_l = lag<false>(s, l), W = p.geo.W;
-    const SweepRow row = band.row<kStacked>(y_top + lag_l);
-    const bool inside = row.inside, local = l == Chain::levels(p.levels) - 1 && band.owns(row);
+    const StepRow row = step_row(rows, BwdRowPlan::recompute(l));
+    const bool inside = row.inside, local = l == Chain::levels(p.levels) - 1 && row.owns;
     constexpr int I = kStaticLevel<Level>;
     const ConvRows<K, Shape::z_depth(I)> in(s.z[l], y_top, lag_l - K / 2);
     float* out_row = smem + row_at<Shape::output_depth(I)>(s.z[l + 1], y_top, lag_l);
@@ -392,7 +449,7 @@ FF_UNROLL
             dg[u] = it.x0 + u < W ? dg[u] : 0.f;
           }
         }
-        if (local) store_local_context(p, s, band, smem, y_top, lag_l, row, it, z);
+        if (local) store_local_context(p, s, band, smem, y_top, lag_l, view_from<T>(p.ctx_local, row.offset), it, z);
       }
       store_run(out_row + it.at, z);
       store_run(dg_row + it.at, dg);
@@ -401,10 +458,11 @@ FF_UNROLL
 
   template <int K_next, class Level>
   static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                            ThreadTaps& taps, Level l, int y_top, const Item& first) {
+                            ThreadTaps& taps, const float* rows, Level l, int y_top, const Item& first) {
     const int lag_l = lag<true>(s, l), W = p.geo.W, L = Chain::levels(p.levels);
-    const SweepRow row = band.row<kStacked>(y_top + lag_l);
+    const StepRow row = step_row(rows, BwdRowPlan::adjoint(L, l));
     const bool inside = row.inside, last = l == L - 1;
+    const View grad_ctx_all_row = view_from<T>(p.grad_ctx_all, row.offset);
     const auto l_next = next_level(l, L);
     constexpr int I = kStaticLevel<Level>, I_next = kStaticLevel<std::decay_t<decltype(l_next)>>;
     const ConvRows<K_next, Shape::grad_pre_depth(I_next)> next(s.grad_pre[l_next], y_top, lag_l - K_next / 2);
@@ -420,7 +478,8 @@ FF_UNROLL
       if (inside && it.c < band.cn) {
         const int64_t bc = band.c_begin + it.c;
         if (last) {
-          const float grad_mean = static_cast<const float*>(p.grad_mean.ptr)[p.grad_mean.at(row.b, 0, 0) + bc];
+          const float grad_mean =
+              static_cast<const float*>(p.grad_mean.ptr)[step_row(rows, BwdRowPlan::kGradMean).offset + bc];
 FF_UNROLL
           for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
         } else {
@@ -429,7 +488,7 @@ FF_UNROLL
         }
         float dg[S], gate[S], grad_ctx_all[S], term[S];
         load_run(dg_row + it.at, dg);
-        load_strip<T>(p.grad_ctx_all, row.b, row.y, it.x0, bc, W - it.x0, grad_ctx_all);
+        load_strip<T>(grad_ctx_all_row, 0, 0, it.x0, bc, W - it.x0, grad_ctx_all);
         load_run(gate_run + it.x0, gate);
         load_run(z_row + it.at, term);
 FF_UNROLL
@@ -441,7 +500,7 @@ FF_UNROLL
 FF_UNROLL
         for (int u = 0; u < S; ++u) terms[u * s.term_pixel] = term[u];
         if (last) {  // the global level's: grad_ctx_all * G
-          const float pooled = static_cast<const float*>(p.pooled.ptr)[p.pooled.at(row.b, 0, 0) + bc];
+          const float pooled = static_cast<const float*>(p.pooled.ptr)[step_row(rows, BwdRowPlan::kPooled).offset + bc];
 FF_UNROLL
           for (int u = 0; u < S; ++u) terms[s.term_level + u * s.term_pixel] = grad_ctx_all[u] * pooled;
         }
@@ -476,17 +535,37 @@ FF_UNROLL
   // grad_ctx of row y_top + 2R (`row`, in the band): the adjoint conv of level 0 on grad_pre_0's rows.
   template <int K0>
   static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                                 ThreadTaps& taps, int y_top, int R, const SweepRow& row, const Item& first) {
+                                 ThreadTaps& taps, int y_top, int R, const View& grad_ctx, const Item& first) {
     const ConvRows<K0, Shape::grad_pre_depth(0)> g(s.grad_pre[0], y_top, 2 * R - K0 / 2);
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);
       float grad[S] = {};
       conv_strip<K0, true>([&](int i) { return smem + g.row[i] + it.at; },
                            level_taps(taps, smem, s, LevelIndex<0>{}, it.c), grad);
-      store_strip<T>(p.grad_ctx, row.b, row.y, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f,
-                     grad);
+      store_strip<T>(grad_ctx, 0, 0, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, grad);
     }
   }
+
+  // Writes the BwdRowPlan entries of the step whose lag-0 row is y_top to `table` (4 floats an entry: flags, 0, and
+  // the offset's low and high words), a thread an entry.
+  static FF_HD void decode_step_rows(const Args& args, const SweepBand& band, float* table, int y_top) {
+    const BwdRowPlan& plan = args.rows;
+    FF_FOR_EACH(e, plan.count) {
+      const SweepRow row = band.row<kStacked>(y_top + plan.lag[e]);
+      const uint64_t offset = uint64_t(int64_t(row.b) * plan.sb[e] + int64_t(row.y) * plan.sy[e]);
+      const float entry[4] = {bits_to_float(uint32_t(row.inside) | uint32_t(band.owns(row)) << 1), 0.f,
+                              bits_to_float(uint32_t(offset)), bits_to_float(uint32_t(offset >> 32))};
+      store_run(table + 4 * e, entry);
+    }
+  }
+  static FF_HD StepRow step_row(const float* table, int e) {
+    float entry[4];
+    load_run(table + 4 * e, entry);
+    const uint32_t flags = float_to_bits(entry[0]);
+    return {(flags & 1u) != 0, (flags & 2u) != 0,
+            int64_t(uint64_t(float_to_bits(entry[3])) << 32 | uint64_t(float_to_bits(entry[2])))};
+  }
+  static constexpr int kStepTable = 4 * kMaxStepRows;  // floats of one step's table
 
   // sum_{c < n} v[c] in channel order, n <= chunk rounded up to 4 (v 16-byte aligned, zero past n).
   static FF_HD float channel_sum(const float* v, int n) {
@@ -504,15 +583,14 @@ FF_NO_UNROLL
   // channels of level l's gate_terms (row lag_bwd[l]) in channel order, 16-byte loads (channels past cn are zero); the
   // item of level L - 1 also sums the global level's (same row). Per item: a 16-byte load and 4 adds a 4 channels.
   static FF_HD void gate_partials(const Params& p, const ContextBwdLayout& s, const SweepBand& band, const float* smem,
-                                  int chunks, int y_top) {
+                                  const float* rows, int chunks) {
     const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels);
     FF_FOR_EACH(item, L * W) {
       const int x = item / L, l = item - x * L;
-      const SweepRow row = band.row<kStacked>(y_top + s.lag_bwd[l]);
-      if (band.owns(row)) {
+      const StepRow row = step_row(rows, BwdRowPlan::partial(L, l));
+      if (row.owns) {
         const float* terms = smem + s.gate_terms + l * s.term_level + s.term_offset(x);
-        float* out =
-            p.gate_partial + ((int64_t(row.b) * p.geo.H + row.y) * W + x) * (L + 1) * chunks + band.chunk_index;
+        float* out = p.gate_partial + row.offset + int64_t(x) * (L + 1) * chunks + band.chunk_index;
         out[l * chunks] = p.scale * channel_sum(terms, cn);
         if (l == L - 1) out[L * chunks] = p.scale * channel_sum(terms + s.term_level, cn);
       }
@@ -550,23 +628,29 @@ FF_NO_UNROLL
     std::vector<float> host_sums(size_t(taps) * size_t(s.threads));
     float* const sum_columns = host_sums.data();
 #endif
+    float* const step_tables = smem + s.step_rows;
+    decode_step_rows(args, band, step_tables, y_start);  // step 0's rows
     FF_BARRIER();
 
     static_assert(kMaxFocalLevel <= kGroup, "the load phase's gate items are among its ctx items (L <= chunk)");
     const Item first = first_item(s);
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
       const int y_top = y_start - t;  // the band row at lag 0
-      const SweepRow top = band.row<kStacked>(y_top);
+      const float* rows = step_tables + (t & 1) * kStepTable;
+      const StepRow top = step_row(rows, BwdRowPlan::kCtx);
+      const View ctx_row = view_from<T>(p.ctx, top.offset);
+      const View gate_row = view_from<T>(gate_view, step_row(rows, BwdRowPlan::kGates).offset);
       float* z0_row = smem + row_at<Shape::z_depth(0)>(s.z[0], y_top, 0);
       float* gates_row = smem + row_at<Shape::gates_depth()>(s.gates, y_top, 0) + s.gates.pad;
       // One pass: an item loads a ctx strip and, for the first L * strips items, a gate strip too (one loop's
       // overhead a step).
+      decode_step_rows(args, band, step_tables + ((t + 1) & 1) * kStepTable, y_top - 1);  // the next step's
       FF_FOR_EACH_ITEM(it, first, s) {
-        load_ctx_strip<T, S>(p.ctx, z0_row + it.at, it.c, it.x0, top, W, c_begin, cn);
+        load_ctx_strip<T, S>(ctx_row, z0_row + it.at, it.c, it.x0, top.inside, W, c_begin, cn);
         if (it.item < L * strips && top.inside) {  // rows outside the images: nothing reads their gates
           const int strip = it.item / L, l = it.item - strip * L, x0 = strip * S;
           float gate[S];
-          load_strip<T>(gate_view, top.b, top.y, x0, l * p.gates.sl, W - x0, gate);
+          load_strip<T>(gate_row, 0, 0, x0, l * p.gates.sl, W - x0, gate);
 FF_UNROLL
           for (int u = 0; u < S; ++u) gate[u] *= p.scale;  // the ring holds scale * gates, as context_fwd's
           store_run(gates_row + s.gates.channel(l) + x0, gate);
@@ -575,26 +659,27 @@ FF_UNROLL
       FF_BARRIER();
 
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, l, y_top, first);
+        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, rows, l, y_top, first);
         FF_BARRIER();
       });
       Chain::template for_each_level<1, true>(lv, [&](auto l, auto k_next) {
-        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, l, y_top, first);
+        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, rows, l, y_top, first);
         FF_BARRIER();
       });
 
       // Reduce (one phase): grad_ctx, the weight gradients (an item per strip and channel), the gate partials of the
       // rows in the band.
-      const SweepRow out_row = band.row<kStacked>(y_top + 2 * R);
-      if (band.owns(out_row)) {
+      const StepRow out_row = step_row(rows, BwdRowPlan::kGradCtx);
+      if (out_row.owns) {
         Chain::with_first_size(lv, [&](auto k0) {
-          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top, R, out_row, first);
+          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top, R,
+                                            view_from<T>(p.grad_ctx, out_row.offset), first);
         });
       }
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
         constexpr int K = decltype(k)::value, I = kStaticLevel<decltype(l)>;
         const int lag_l = lag<true>(s, l);
-        if (band.owns(band.row<kStacked>(y_top + lag_l))) {
+        if (step_row(rows, BwdRowPlan::adjoint(L, l)).owns) {
           const ConvRows<K, Shape::z_depth(I)> z(s.z[l], y_top, lag_l - K / 2);
           const float* grad_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
           FF_FOR_EACH_ITEM(it, first, s) {
@@ -602,7 +687,7 @@ FF_UNROLL
           }
         }
       });
-      gate_partials(p, s, band, smem, chunks, y_top);
+      gate_partials(p, s, band, smem, rows, chunks);
       FF_BARRIER();
     }
 
@@ -838,7 +923,7 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         dispatch_bool(p.stack > 1, [&](auto stacked) {
           launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value, decltype(stacked)::value>>(
-              {p, layout}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
+              {p, layout, BwdRowPlan(p, layout)}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
         });
       });
     });

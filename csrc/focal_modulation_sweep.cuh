@@ -331,14 +331,14 @@ struct SweepRow {
   bool inside;
 };
 
-// Row `row` of ctx (T, [B, H, W, C]) at one strip of one channel into a ring row (dst: its pixel x0): channel c of
-// the block's chunk, columns x0 .. x0 + S - 1; zeros outside the band's images and past cn. S 2-byte global loads
+// A row of ctx (T, [B, H, W, C]; ctx_row: the view from that row on) at one strip of one channel into a ring row (dst:
+// its pixel x0): channel c of the block's chunk, columns x0 .. x0 + S - 1; zeros outside the band's images (inside
+// false) and past cn. S 2-byte global loads
 // and converts, S / 4 16-byte shared stores.
 template <typename T, int S = kStrip>
-FF_HD void load_ctx_strip(const View& ctx, float* dst, int c, int x0, const SweepRow& row, int W, int c_begin,
-                          int cn) {
+FF_HD void load_ctx_strip(const View& ctx_row, float* dst, int c, int x0, bool inside, int W, int c_begin, int cn) {
   float v[S];
-  load_strip<T>(ctx, row.b, row.y, x0, c_begin + c, row.inside && c < cn ? W - x0 : 0, v);
+  load_strip<T>(ctx_row, 0, 0, x0, c_begin + c, inside && c < cn ? W - x0 : 0, v);
   store_run(dst, v);
 }
 
