@@ -48,8 +48,8 @@ void dispatch_bwd_strip(int strip, F&& f) {
 //                lag_0 = 2R - r_0)
 //   gate_terms   a row per level l <= L of grad_ctx_all * z_{l+1} (l < L) and grad_ctx_all * G (l = L) at the row
 //                of level l's adjoint (lag_l; the global level at lag_{L-1}): written by the adjoints, summed over
-//                the chunk's channels by gate_partials. Pixel-major (term_offset): a pixel's chunk channels are
-//                consecutive, so a gate item reads them with 16-byte loads
+//                the chunk's channels by gate_partials. In blocks of 4 pixels (term_offset): [x / 4][c][x mod 4],
+//                so that an adjoint item stores its strip's terms with 16-byte stores (no per-pixel address)
 // Every ring row has one pitch and pad (ring_pad of the largest k; the gates' rows are shorter, L channels): a
 // conv item's offset in any of them is the same (Item::at), computed once a sweep.
 // Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights as TapRows and, where
@@ -65,7 +65,7 @@ struct ContextBwdLayout {
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
-  int gate_terms = 0, term_pixel = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
+  int gate_terms = 0, term_block = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
   int step_rows = 0;  // two tables of kMaxStepRows StepRow entries (BwdRowPlan), a step's and the next one's
   TapRows taps;  // last: the fields above keep their 8-byte pairs
 
@@ -90,16 +90,17 @@ struct ContextBwdLayout {
       level_sums[l] = lv.taps_before(l) * threads;
     }
     gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, pad);
-    term_pixel = chunk + 4;
-    term_level = (term_offset(strip_width(W)) + 3) / 4 * 4;
+    term_block = 4 * chunk + 4;
+    term_level = strip_width(W) / 4 * term_block;
     gate_terms = int(a.take(int64_t(lv.L + 1) * term_level));
     step_rows = int(a.take(2 * 4 * kMaxStepRows));
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
   }
-  // Pixel x's first channel in a gate_terms row: chunk + 4 floats a pixel (16-byte aligned) and 8 more every 8 pixels,
-  // so that a warp's stores (channels of 1 to 4 strips) fall in distinct banks but for 16-channel chunks (2-way).
-  FF_HD int term_offset(int x) const { return x * term_pixel + (x >> 3) * 8; }
+  // Pixel x's channel 0 in a gate_terms row (channel c at + 4 c): a block of 4 pixels holds the chunk's channels, 4
+  // floats each, and 4 floats more (term_block = 4 (mod 32) for chunks of 8 or more channels), so that the 16-byte
+  // stores of 8 channels of a strip, and the gate items' loads of 32 consecutive pixels, fall in distinct banks.
+  FF_HD int term_offset(int x) const { return (x >> 2) * term_block + (x & 3); }
 };
 
 // The global rows a context_bwd step reads or writes, decoded once a step for all its phases: entry e is band row
@@ -496,13 +497,13 @@ FF_UNROLL
           grad_pre[u] = fmaf(gate[u], grad_ctx_all[u], grad_pre[u]) * dg[u];  // gate: scale * gates_l
           term[u] *= grad_ctx_all[u];  // the gate gradient's term: grad_ctx_all * z_{l+1}
         }
-        float* terms = terms_row + s.term_offset(it.x0) + it.c;  // x0 + u, u < S, are in x0's group of 8 pixels
-FF_UNROLL
-        for (int u = 0; u < S; ++u) terms[u * s.term_pixel] = term[u];
+        float* terms = terms_row + (it.x0 >> 2) * s.term_block + 4 * it.c;  // x0 a multiple of 4: S / 4 blocks
+        store_blocks(terms, s.term_block, term);
         if (last) {  // the global level's: grad_ctx_all * G
           const float pooled = static_cast<const float*>(p.pooled.ptr)[step_row(rows, BwdRowPlan::kPooled).offset + bc];
 FF_UNROLL
-          for (int u = 0; u < S; ++u) terms[s.term_level + u * s.term_pixel] = grad_ctx_all[u] * pooled;
+          for (int u = 0; u < S; ++u) term[u] = grad_ctx_all[u] * pooled;
+          store_blocks(terms + s.term_level, s.term_block, term);
         }
       }
       store_run(out_row + it.at, grad_pre);
@@ -567,21 +568,36 @@ FF_UNROLL
   }
   static constexpr int kStepTable = 4 * kMaxStepRows;  // floats of one step's table
 
-  // sum_{c < n} v[c] in channel order, n <= chunk rounded up to 4 (v 16-byte aligned, zero past n).
+  // v[0 .. 3] to the 4 floats at dst, v[4 .. 7] to those at dst + block, ...: a strip's gate terms, a 16-byte store
+  // a block of 4 pixels. On the GPU an explicit st.shared.v4: nvcc splits these float4 stores into scalar ones (it
+  // keeps store_run's elsewhere); no memory clobber, as the terms are read only after the phase's barrier.
+  static FF_HD void store_blocks(float* dst, int block, const float (&v)[S]) {
+FF_UNROLL
+    for (int q = 0; q < S / 4; ++q) {
+#ifdef __CUDA_ARCH__
+      const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(dst + q * block));
+      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(at), "f"(v[4 * q]), "f"(v[4 * q + 1]),
+                   "f"(v[4 * q + 2]), "f"(v[4 * q + 3]));
+#else
+      for (int u = 0; u < 4; ++u) dst[q * block + u] = v[4 * q + u];
+#endif
+    }
+  }
+
+  // sum_{c < n} v[4 c] in channel order, 8 channels an iteration (n <= chunk rounded up to 8; zero past n).
   static FF_HD float channel_sum(const float* v, int n) {
     float sum = 0.f;
 FF_NO_UNROLL
-    for (int c = 0; c < n; c += 4) {
-      float q[4];
-      load_run(v + c, q);
-      sum = (((sum + q[0]) + q[1]) + q[2]) + q[3];
+    for (int c = 0; c < n; c += 8) {
+FF_UNROLL
+      for (int i = 0; i < 8; ++i) sum += v[4 * (c + i)];
     }
     return sum;
   }
 
   // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: the sum over the chunk's
-  // channels of level l's gate_terms (row lag_bwd[l]) in channel order, 16-byte loads (channels past cn are zero); the
-  // item of level L - 1 also sums the global level's (same row). Per item: a 16-byte load and 4 adds a 4 channels.
+  // channels of level l's gate_terms (row lag_bwd[l]) in channel order (channels past cn are zero); the item of level
+  // L - 1 also sums the global level's (same row). Per item: a shared load and an add a channel.
   static FF_HD void gate_partials(const Params& p, const ContextBwdLayout& s, const SweepBand& band, const float* smem,
                                   const float* rows, int chunks) {
     const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels);
