@@ -67,7 +67,8 @@ struct ContextBwdLayout {
   RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
   int gate_terms = 0, term_block = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
   int step_rows = 0;  // two tables of kMaxStepRows StepRow entries (BwdRowPlan), a step's and the next one's
-  TapRows taps;  // last: the fields above keep their 8-byte pairs
+  TapRows taps;  // the fields above keep their 8-byte pairs
+  int item_dx = 0;  // (threads / chunk) strips in pixels: a thread's next conv item, `threads` items on
 
   // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
   ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool taps_in_smem, bool sums_in_smem) {
@@ -96,6 +97,7 @@ struct ContextBwdLayout {
     step_rows = int(a.take(2 * 4 * kMaxStepRows));
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
+    item_dx = threads / chunk * (strip_width(W) / strips);
   }
   // Pixel x's channel 0 in a gate_terms row (channel c at + 4 c): a block of 4 pixels holds the chunk's channels, 4
   // floats each, and 4 floats more (term_block = 4 (mod 32) for chunks of 8 or more channels), so that the 16-byte
@@ -333,7 +335,7 @@ struct ContextBwd {
   }
   // The item `passes` x threads after it: the same channel, (threads / chunk) x passes strips on.
   static FF_HD Item later(const ContextBwdLayout& s, const Item& it, int passes) {
-    const int dx = passes * (s.threads >> s.chunk_shift) * S;
+    const int dx = passes * s.item_dx;
     return {it.item + passes * s.threads, it.x0 + dx, it.c, it.at + dx};
   }
   static FF_HD Item next_item(const ContextBwdLayout& s, const Item& it) {
