@@ -47,14 +47,14 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   3.16 / 6.45 (the forward 3.45 / 6.74; stages 2-4: 4.33 / 7.24, 4.94 / 7.68, 5.64 / 8.14);
                   FMA floor 1.06 / 2.59
-    context_bwd   10.83 / 19.80 (the backward 11.61 / 20.64; stages 2-4: 11.98 / 21.30, 13.07 / 27.74,
-                  15.10 / 29.67: stacks of small images); FMA floor 3.19 / 7.78
+    context_bwd   10.58 / 19.50 (the backward 11.36 / 20.34; stages 2-4: 11.74 / 21.00, 12.83 / 27.35,
+                  14.88 / 29.25: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) once, a thread an entry, into a table
 that every phase reads with one 16-byte shared load (``BwdRowPlan``).
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers, context_bwd
-172 / 222 (176 / 222 where it stacks images, 218 at 4-pixel strips; a thread keeps its weight-gradient sums in
+168 / 222 (168 / 222 where it stacks images, 218 at 4-pixel strips; a thread keeps its weight-gradient sums in
 registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes lrf into 64 registers
 with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
@@ -69,8 +69,8 @@ items would fill at most half a warp (stage 3-4 lrf: 14x14 with 8 channels, 7x7 
 leave one warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can. ``SWEEP_BWD_STRIP`` forces 4 or 8
 pixels an item, ``SWEEP_CHUNKS`` and ``SWEEP_BAND_ROWS`` the chunk and bands: the schedules that
 ``focalfast.ops.cuda.tune_sweep`` times on a GPU. Its gate gradients go through
-shared memory: each adjoint item writes grad_ctx_all * z_{l+1} for its strip, and an item per (pixel, level) sums a
-pixel's channels with 16-byte loads.
+shared memory: each adjoint item writes grad_ctx_all * z_{l+1} for its strip (blocks of 4 pixels, a 16-byte store
+each), and an item per (pixel, level) sums a pixel's channels in channel order.
 
 When images x chunks give fewer than PROGRAMS_PER_SM blocks per SM (small batch, high resolution), each image is
 cut into bands of rows (``focalfast.ops.sweep_geometry``), a block each, with a halo of R = sum_l k_l // 2 rows
