@@ -285,6 +285,17 @@ FF_UNROLL
   }
 }
 
+// p + step through an empty asm on the GPU: the pixels of a strip past W stay a pointer chain (a 64-bit add a pixel),
+// which nvcc otherwise turns into an address formed from a 64-bit multiply under each pixel's predicate.
+template <typename P>
+FF_HD P* next_pixel(P* p, int64_t step) {
+  p += step;
+#ifdef __CUDA_ARCH__
+  asm("" : "+l"(p));
+#endif
+  return p;
+}
+
 // v[u] = t[b, y, x0 + u, c] for u < min(valid, S), else 0: one channel of a strip from global memory
 // (c is an element offset: a channel, or a level times the gates' level stride).
 template <typename T, int S>
@@ -295,7 +306,7 @@ FF_UNROLL
     for (int u = 0; u < S; ++u) v[u] = to_float(in[u * t.sx]);
   } else {
 FF_UNROLL
-    for (int u = 0; u < S; ++u) v[u] = u < valid ? to_float(in[u * t.sx]) : 0.f;
+    for (int u = 0; u < S; ++u, in = next_pixel(in, t.sx)) v[u] = u < valid ? to_float(*in) : 0.f;
   }
 }
 
@@ -318,8 +329,8 @@ FF_UNROLL
     for (int u = 0; u < S; ++u) out[u * t.sx] = from_float<T>(scale * v[u]);
   } else {
 FF_UNROLL
-    for (int u = 0; u < S; ++u) {
-      if (u < valid) out[u * t.sx] = from_float<T>(scale * v[u]);
+    for (int u = 0; u < S; ++u, out = next_pixel(out, t.sx)) {
+      if (u < valid) *out = from_float<T>(scale * v[u]);
     }
   }
 }
