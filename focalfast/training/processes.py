@@ -61,6 +61,13 @@ class Processes:
         dist.all_gather(parts, tensor)
         return parts
 
+    def barrier(self) -> None:
+        """Waits until every process has come here."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def wrap(self, model):
         """``model`` in DistributedDataParallel when there are several processes."""
         if not self.distributed:

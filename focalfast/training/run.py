@@ -451,6 +451,8 @@ def train(config) -> dict:
     settings, checkpoint = resolve_settings(config)
     processes = Processes(settings.device)
     try:
-        return TrainingRun(settings, processes, checkpoint).fit()
+        summary = TrainingRun(settings, processes, checkpoint).fit()
+        processes.barrier()  # no process leaves the group while another is still in it (gloo aborts)
+        return summary
     finally:
         processes.close()
