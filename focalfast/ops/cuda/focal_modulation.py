@@ -47,8 +47,8 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   3.16 / 6.45 (the forward 3.45 / 6.74; stages 2-4: 4.33 / 7.24, 4.94 / 7.68, 5.64 / 8.14);
                   FMA floor 1.06 / 2.59
-    context_bwd   10.58 / 19.50 (the backward 11.36 / 20.34; stages 2-4: 11.74 / 21.00, 12.83 / 27.35,
-                  14.88 / 29.25: stacks of small images); FMA floor 3.19 / 7.78
+    context_bwd   10.56 / 19.46 (the backward 11.34 / 20.31; stages 2-4: 11.57 / 20.83, 12.50 / 27.28,
+                  14.29 / 29.13: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) once, a thread an entry, into a table
