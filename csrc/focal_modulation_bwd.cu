@@ -660,9 +660,9 @@ FF_UNROLL
       const View gate_row = view_from<T>(gate_view, step_row(rows, BwdRowPlan::kGates).offset);
       float* z0_row = smem + row_at<Shape::z_depth(0)>(s.z[0], y_top, 0);
       float* gates_row = smem + row_at<Shape::gates_depth()>(s.gates, y_top, 0) + s.gates.pad;
+      decode_step_rows(args, band, step_tables + ((t + 1) & 1) * kStepTable, y_top - 1);  // the next step's
       // One pass: an item loads a ctx strip and, for the first L * strips items, a gate strip too (one loop's
       // overhead a step).
-      decode_step_rows(args, band, step_tables + ((t + 1) & 1) * kStepTable, y_top - 1);  // the next step's
       FF_FOR_EACH_ITEM(it, first, s) {
         load_ctx_strip<T, S>(ctx_row, z0_row + it.at, it.c, it.x0, top.inside, W, c_begin, cn);
         if (it.item < L * strips && top.inside) {  // rows outside the images: nothing reads their gates
@@ -941,7 +941,8 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         dispatch_bool(p.stack > 1, [&](auto stacked) {
           launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value, decltype(stacked)::value>>(
-              {p, layout, BwdRowPlan(p, layout)}, blocks, layout.threads, int64_t(layout.total) * int64_t(sizeof(float)), stream);
+              {p, layout, BwdRowPlan(p, layout)}, blocks, layout.threads,
+              int64_t(layout.total) * int64_t(sizeof(float)), stream);
         });
       });
     });
