@@ -57,6 +57,47 @@ void dispatch_bwd_strip(int strip, F&& f) {
 // end in [taps][threads] at offset 0, over the rings (total covers it).
 constexpr int kMaxStepRows = 5 + 3 * kMaxFocalLevel;
 
+// The rings of ContextBwdLayout::ring: z_0 .. z_L, gelu_grad_0 .. gelu_grad_{L-1}, grad_pre_0 .., gates.
+FF_HD constexpr int kZ(int l) { return l; }
+FF_HD constexpr int kGeluGrad(int l) { return kMaxFocalLevel + 1 + l; }
+FF_HD constexpr int kGradPre(int l) { return 2 * kMaxFocalLevel + 1 + l; }
+constexpr int kGates = 3 * kMaxFocalLevel + 1, kBwdRings = kGates + 1;
+
+// Where a step's ring rows sit in its table (BwdRingPlan): a phase's rows are one group, from a multiple of 4 on
+// (a 16-byte shared load per 4 rows; k_L = 1 past the last level, as Chain::size):
+//   load         z_0, gates at lag 0
+//   local        gates, z_1 .. z_{L-1} at R (ctx_local's)
+//   grad_ctx     grad_pre_0's k_0 rows from 2R - r_0
+//   and per level l:
+//   recompute    z_l's k_l rows from lag_fwd_l - r_l, then z_{l+1} and gelu_grad_l at lag_fwd_l
+//   adjoint      grad_pre_{l+1}'s k_{l+1} rows from lag_bwd_l - r_{l+1} (the last level's: none read), then
+//                gelu_grad_l, grad_pre_l, gates and z_{l+1} at lag_bwd_l
+//   weight_grad  z_l's k_l rows from lag_bwd_l - r_l, then grad_pre_l at lag_bwd_l
+// Chain fixes the sizes at compile time (the indices fold to constants) or reads them from the levels.
+template <class Chain>
+struct BwdRingIndex {
+  static FF_HD constexpr int round4(int n) { return (n + 3) & ~3; }
+  static constexpr int kLoad = 0, kLocal = 4, kGradCtx = 4 + kMaxFocalLevel;
+  // Entries of level m's three groups.
+  static FF_HD int level_rows(const SweepLevels& lv, int m) {
+    const int k = Chain::size(lv, m);
+    return round4(k + 2) + round4(Chain::size(lv, m + 1) + 4) + round4(k + 1);
+  }
+  // Written out, not a loop: a constant where the chain's sizes and the level are.
+  static FF_HD int recompute(const SweepLevels& lv, int l) {
+    static_assert(kMaxFocalLevel == 4, "recompute adds the groups of up to 4 levels");
+    return kGradCtx + round4(Chain::size(lv, 0)) + (l > 0 ? level_rows(lv, 0) : 0) + (l > 1 ? level_rows(lv, 1) : 0) +
+           (l > 2 ? level_rows(lv, 2) : 0) + (l > 3 ? level_rows(lv, 3) : 0);
+  }
+  static FF_HD int adjoint(const SweepLevels& lv, int l) { return recompute(lv, l) + round4(Chain::size(lv, l) + 2); }
+  static FF_HD int weight_grad(const SweepLevels& lv, int l) {
+    return adjoint(lv, l) + round4(Chain::size(lv, l + 1) + 4);
+  }
+  static FF_HD int count(const SweepLevels& lv) { return recompute(lv, Chain::levels(lv)); }
+};
+constexpr int kMaxRingRows = 4 + kMaxFocalLevel + 16 + kMaxFocalLevel * (16 + 20 + 16);  // k <= 13
+constexpr int kRingTable = 4 * kMaxStepRows;  // a step table: kMaxStepRows StepRow entries, then its ring rows
+
 struct ContextBwdLayout {
   int weights = 0, sums = 0, total = 0, chunk_shift = 0, threads = 0;
   int pad = 0;                             // zero columns on each side of every ring row: ring_pad of the largest k
@@ -64,9 +105,10 @@ struct ContextBwdLayout {
   int lag_fwd[kMaxFocalLevel] = {};        // o_{l+1}: the recompute of level l trails the ctx row by this much
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
-  RowRing z[kMaxFocalLevel + 1], gelu_grad[kMaxFocalLevel], grad_pre[kMaxFocalLevel], gates;
+  RowRing ring[kBwdRings];                 // z_0 .. z_L, gelu_grad_0 .., grad_pre_0 .., gates: by kZ, kGeluGrad, ...
   int gate_terms = 0, term_block = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
-  int step_rows = 0;  // two tables of kMaxStepRows StepRow entries (BwdRowPlan), a step's and the next one's
+  int step_rows = 0;   // two step tables (StepTable), a step's and the next one's
+  int step_table = 0;  // floats of one: kRingTable + BwdRingPlan's count
   TapRows taps;  // the fields above keep their 8-byte pairs
   int item_dx = 0;  // (threads / chunk) strips in pixels: a thread's next conv item, `threads` items on
 
@@ -82,19 +124,20 @@ struct ContextBwdLayout {
     weights = int(a.take(taps_in_smem ? int64_t(taps.pitch) * chunk : 0));
     sums = int(a.take(sums_in_smem ? int64_t(lv.taps()) * threads : 0));
     for (int l = 0; l < lv.L; ++l) pad = max_int(pad, ring_pad(lv.k[l]));
-    for (int l = 0; l <= lv.L; ++l) z[l] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, pad);
+    for (int l = 0; l <= lv.L; ++l) ring[kZ(l)] = row_ring(a, 2 * (R - lv.offset(l)) + 1, W, chunk, pad);
     for (int l = 0; l < lv.L; ++l) {
-      gelu_grad[l] = row_ring(a, 2 * (R - lv.offset(l + 1)) + 1, W, chunk, pad);
-      grad_pre[l] = row_ring(a, lv.k[l], W, chunk, pad);
+      ring[kGeluGrad(l)] = row_ring(a, 2 * (R - lv.offset(l + 1)) + 1, W, chunk, pad);
+      ring[kGradPre(l)] = row_ring(a, lv.k[l], W, chunk, pad);
       lag_fwd[l] = lv.offset(l + 1);
       lag_bwd[l] = 2 * R - lv.offset(l + 1);
       level_sums[l] = lv.taps_before(l) * threads;
     }
-    gates = row_ring(a, lag_bwd[0] + 1, W, lv.L, pad);
+    ring[kGates] = row_ring(a, lag_bwd[0] + 1, W, lv.L, pad);
     term_block = 4 * chunk + 4;
     term_level = strip_width(W) / 4 * term_block;
     gate_terms = int(a.take(int64_t(lv.L + 1) * term_level));
-    step_rows = int(a.take(2 * 4 * kMaxStepRows));
+    step_table = kRingTable + BwdRingIndex<GenericChain>::count(lv);
+    step_rows = int(a.take(2 * int64_t(step_table)));
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
     item_dx = threads / chunk * (strip_width(W) / strips);
@@ -103,6 +146,8 @@ struct ContextBwdLayout {
   // floats each, and 4 floats more (term_block = 4 (mod 32) for chunks of 8 or more channels), so that the 16-byte
   // stores of 8 channels of a strip, and the gate items' loads of 32 consecutive pixels, fall in distinct banks.
   FF_HD int term_offset(int x) const { return (x >> 2) * term_block + (x & 3); }
+  FF_HD const RowRing& z(int l) const { return ring[kZ(l)]; }
+  FF_HD const RowRing& gates() const { return ring[kGates]; }
 };
 
 // The global rows a context_bwd step reads or writes, decoded once a step for all its phases: entry e is band row
@@ -141,6 +186,48 @@ struct BwdRowPlan {
     lag[e] = lag_e;
     sb[e] = sb_e;
     sy[e] = sy_e;
+  }
+};
+
+// The ring rows a context_bwd step reads or writes (BwdRingIndex's groups), decoded once a step as BwdRowPlan's
+// entries are: entry e is ring ring(e)'s row y_top + lag(e), as its offset in shared memory. Before, each phase formed
+// its rows again (a slot and a multiply-add a row, its ring's fields reloaded from the constant bank).
+struct BwdRingPlan {
+  uint16_t entry[kMaxRingRows] = {};  // ring << 8 | lag
+  int count = 0;
+  FF_HD int ring(int e) const { return entry[e] >> 8; }
+  FF_HD int lag(int e) const { return entry[e] & 0xff; }
+
+  BwdRingPlan() = default;
+  explicit BwdRingPlan(const ContextBwdParams& p) {
+    using Index = BwdRingIndex<GenericChain>;
+    const SweepLevels& lv = p.levels;
+    const int L = lv.L, R = lv.offset(L), k0 = lv.k[0];
+    count = Index::count(lv);
+    put(Index::kLoad, kZ(0), 0, 1);
+    put(Index::kLoad + 1, kGates, 0, 1);
+    put(Index::kLocal, kGates, R, 1);
+    for (int l = 1; l < L; ++l) put(Index::kLocal + l, kZ(l), R, 1);
+    put(Index::kGradCtx, kGradPre(0), 2 * R - k0 / 2, k0);
+    for (int l = 0; l < L; ++l) {
+      const int k = lv.k[l], next = l + 1 < L ? l + 1 : l, k_next = GenericChain::size(lv, l + 1);
+      const int lag_fwd = lv.offset(l + 1), lag_bwd = 2 * R - lv.offset(l + 1);
+      const int e = Index::recompute(lv, l), a = Index::adjoint(lv, l), w = Index::weight_grad(lv, l);
+      put(e, kZ(l), lag_fwd - k / 2, k);
+      put(e + k, kZ(l + 1), lag_fwd, 1);
+      put(e + k + 1, kGeluGrad(l), lag_fwd, 1);
+      put(a, kGradPre(next), lag_bwd - k_next / 2, k_next);
+      put(a + k_next, kGeluGrad(l), lag_bwd, 1);
+      put(a + k_next + 1, kGradPre(l), lag_bwd, 1);
+      put(a + k_next + 2, kGates, lag_bwd, 1);
+      put(a + k_next + 3, kZ(l + 1), lag_bwd, 1);
+      put(w, kZ(l), lag_bwd - k / 2, k);
+      put(w + k, kGradPre(l), lag_bwd, 1);
+    }
+  }
+  // Entries e .. e + n - 1: ring's rows from lag `first` on.
+  void put(int e, int ring_index, int first, int n) {
+    for (int i = 0; i < n; ++i) entry[e + i] = uint16_t(ring_index << 8 | (first + i));
   }
 };
 
@@ -206,37 +293,6 @@ FF_UNROLL
   }
 };
 
-// The rings' depths and the levels' lags (as ContextBwdLayout sets them) where the chain fixes them at compile time, so
-// that a step's slots are multiplies by constants, not reloads of depth, magic and lag from the kernel argument;
-// 0 (depths) where it does not: GenericChain, or a level known only at run time (level -1).
-template <class Chain>
-struct BwdRingShape {
-  static FF_HD constexpr int z_depth(int) { return 0; }
-  static FF_HD constexpr int gelu_grad_depth(int) { return 0; }
-  static FF_HD constexpr int grad_pre_depth(int) { return 0; }
-  static FF_HD constexpr int gates_depth() { return 0; }
-  static FF_HD constexpr int output_depth(int) { return 0; }
-};
-template <int K0, int kLevels>
-struct BwdRingShape<FixedChain<K0, kLevels>> {
-  using Chain = FixedChain<K0, kLevels>;
-  static FF_HD constexpr int offset(int l) { return l <= 0 ? 0 : offset(l - 1) + Chain::size(l - 1) / 2; }
-  static constexpr int R = offset(kLevels);
-  static FF_HD constexpr int lag_fwd(int l) { return offset(l + 1); }
-  static FF_HD constexpr int lag_bwd(int l) { return 2 * R - offset(l + 1); }
-  static FF_HD constexpr int z_depth(int l) { return l < 0 ? 0 : 2 * (R - offset(l)) + 1; }
-  static FF_HD constexpr int gelu_grad_depth(int l) { return l < 0 ? 0 : 2 * (R - offset(l + 1)) + 1; }
-  static FF_HD constexpr int grad_pre_depth(int l) { return l < 0 ? 0 : Chain::size(l); }
-  static FF_HD constexpr int gates_depth() { return lag_bwd(0) + 1; }
-  static FF_HD constexpr int output_depth(int l) { return l < 0 ? 0 : z_depth(l + 1); }  // z_{l+1}'s ring
-};
-
-// The level of a LevelIndex, -1 for a run-time level (int).
-template <class Level>
-constexpr int kStaticLevel = -1;
-template <int I>
-constexpr int kStaticLevel<LevelIndex<I>> = I;
-
 // A block: a band (SweepBand: rows [y0, y1) of image b, or a stack of whole images swept as one tall image), channels
 // [c_begin, c_begin + chunk), bottom to top from band row y_start = y1 - 1 + 2R of its last image (the halo; H - 1 at
 // most); step t handles, for a quantity produced `lag` rows behind, band row v = y_start - t + lag (SweepBand::row:
@@ -280,37 +336,13 @@ struct ContextBwd {
     Params p;
     ContextBwdLayout s;
     BwdRowPlan rows;
+    BwdRingPlan rings;
   };
   static constexpr const char* kName = "context_bwd";
-  using Shape = BwdRingShape<Chain>;
+  using Index = BwdRingIndex<Chain>;
   // ptxas plans registers for one block per SM: shared memory, not registers, limits context_bwd's blocks (at most
   // 8 warps), and without it ptxas squeezes the lrf chain into 64 registers with a stack frame (a spill).
   static constexpr int kMinBlocksPerSm = 1;
-
-  // Ring r's row y_top + lag (0 <= lag < 2R + kSlotBias) as an offset of shared memory. With the depth D fixed at
-  // compile time (BwdRingShape) its slot is y_top mod D (one expression for every access to a depth-D ring in a
-  // step: computed once a step) plus lag mod D (a constant), brought under D by an unsigned min; else r.slot.
-  template <int kDepth>
-  static FF_HD int row_at(const RowRing& r, int y_top, int lag) {
-    if constexpr (kDepth > 0) {
-      const unsigned n = unsigned(y_top + kSlotBias * kDepth) % unsigned(kDepth) + unsigned(lag % kDepth);
-      const unsigned wrapped = n - unsigned(kDepth);
-      return r.offset(int(wrapped < n ? wrapped : n));
-    } else {
-      return r.offset(r.slot(y_top + lag));
-    }
-  }
-  // Level l's lag, of its recompute (lag_fwd) or of its adjoint and gradients (kAdjoint: lag_bwd): BwdRingShape's where
-  // the chain fixes it, else the layout's.
-  template <bool kAdjoint, class Level>
-  static FF_HD int lag(const ContextBwdLayout& s, Level l) {
-    constexpr int I = kStaticLevel<Level>;
-    if constexpr (Chain::kFixed && I >= 0) {
-      return kAdjoint ? Shape::lag_bwd(I) : Shape::lag_fwd(I);
-    } else {
-      return kAdjoint ? s.lag_bwd[l] : s.lag_fwd[l];
-    }
-  }
 
   // A conv-phase item: the strip of S pixels from x0 of channel c; at: its pixel x0 in a row of any of the chunk's
   // rings (they share one pitch and pad). A GPU thread's items all have its channel (threads is a multiple of chunk):
@@ -321,7 +353,7 @@ struct ContextBwd {
   };
   static FF_HD Item item_at(const ContextBwdLayout& s, int item) {
     const int x0 = (item >> s.chunk_shift) * S, c = item & ((1 << s.chunk_shift) - 1);
-    return {item, x0, c, s.z[0].channel(c) + s.pad + x0};
+    return {item, x0, c, s.z(0).channel(c) + s.pad + x0};
   }
   // The thread's first item, decoded once a sweep: on the GPU its fields pass through an opaque move, so that the
   // compiler keeps them in registers instead of decoding threadIdx.x again in every phase.
@@ -392,35 +424,40 @@ struct ContextBwd {
     taps.load(p.weights, band.c_begin + c, c < band.cn);
 #endif
   }
-  // The offsets of K ring rows from lag `first` on, at pixel 0 of channel 0 (an item adds its `at`): a conv's input.
-  template <int K, int kDepth>
-  struct ConvRows {
-    int row[K];
-    FF_HD ConvRows(const RowRing& r, int y_top, int first) {
+  // Ring rows e .. e + N - 1 of a step's table (BwdRingIndex's groups: e a multiple of 4) as offsets of shared memory
+  // at pixel 0 of channel 0 (an item adds its `at`): a 16-byte shared load per 4 rows.
+  template <int N>
+  struct RingRows {
+    int row[N];
+    FF_HD RingRows(const float* table, int e) {
+      float v[(N + 3) / 4 * 4];
+      load_run(table + kRingTable + e, v);
 FF_UNROLL
-      for (int i = 0; i < K; ++i) row[i] = row_at<kDepth>(r, y_top, first + i);
+      for (int i = 0; i < N; ++i) row[i] = int(float_to_bits(v[i]));
     }
+    FF_HD int operator[](int i) const { return row[i]; }
   };
+  static FF_HD int ring_row(const float* table, int e) { return int(float_to_bits(table[kRingTable + e])); }
 
   // ctx_local = sum_l (scale gates_l) z_{l+1} at the item's strip of row y = y_top + R (of the band), summed in level
   // order as context_fwd does (the gates ring holds the scaled gates, as context_fwd's): z_1 .. z_{L-1} from their
   // rings, z_L the last level's fresh strip.
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
-                                        const float* smem, int y_top, int R, const View& ctx_local, const Item& it,
+                                        const float* smem, const float* rows, const View& ctx_local, const Item& it,
                                         const float (&z_last)[S]) {
     const int L = Chain::levels(p.levels);
-    const float* gates = smem + row_at<Shape::gates_depth()>(s.gates, y_top, R) + s.gates.pad + it.x0;
+    const float* gates = smem + ring_row(rows, Index::kLocal) + s.gates().pad + it.x0;
     float acc[S] = {}, gate[S];
     Chain::template for_each_level<0, false>(p.levels, [&](auto l, auto) {
       if (l + 1 < L) {
         float z[S];
-        load_run(smem + row_at<Shape::output_depth(kStaticLevel<decltype(l)>)>(s.z[l + 1], y_top, R) + it.at, z);
-        load_run(gates + s.gates.channel(l), gate);
+        load_run(smem + ring_row(rows, Index::kLocal + 1 + l) + it.at, z);
+        load_run(gates + s.gates().channel(l), gate);
 FF_UNROLL
         for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
       }
     });
-    load_run(gates + s.gates.channel(L - 1), gate);
+    load_run(gates + s.gates().channel(L - 1), gate);
 FF_UNROLL
     for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
     store_strip<T>(ctx_local, 0, 0, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, acc);
@@ -428,20 +465,19 @@ FF_UNROLL
 
   template <int K, class Level>
   static FF_HD void recompute(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                              ThreadTaps& taps, const float* rows, Level l, int y_top, const Item& first) {
-    const int lag_l = lag<false>(s, l), W = p.geo.W;
+                              ThreadTaps& taps, const float* rows, Level l, const Item& first) {
+    const int W = p.geo.W;
     const StepRow row = step_row(rows, BwdRowPlan::recompute(l));
     const bool inside = row.inside, local = l == Chain::levels(p.levels) - 1 && row.owns;
-    constexpr int I = kStaticLevel<Level>;
-    const ConvRows<K, Shape::z_depth(I)> in(s.z[l], y_top, lag_l - K / 2);
-    float* out_row = smem + row_at<Shape::output_depth(I)>(s.z[l + 1], y_top, lag_l);
-    float* dg_row = smem + row_at<Shape::gelu_grad_depth(I)>(s.gelu_grad[l], y_top, lag_l);
+    const RingRows<K + 2> ring(rows, Index::recompute(p.levels, l));  // z_l's K rows, z_{l+1}, gelu_grad_l
+    float* out_row = smem + ring[K];
+    float* dg_row = smem + ring[K + 1];
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);
       float z[S] = {}, dg[S] = {};
       if (inside) {
         float pre[S] = {};
-        conv_strip<K, false>([&](int i) { return smem + in.row[i] + it.at; },
+        conv_strip<K, false>([&](int i) { return smem + ring[i] + it.at; },
                              level_taps(taps, smem, s, l, it.c), pre);
 FF_UNROLL
         for (int u = 0; u < S; ++u) gelu_and_grad(pre[u], z[u], dg[u]);
@@ -452,7 +488,7 @@ FF_UNROLL
             dg[u] = it.x0 + u < W ? dg[u] : 0.f;
           }
         }
-        if (local) store_local_context(p, s, band, smem, y_top, lag_l, view_from<T>(p.ctx_local, row.offset), it, z);
+        if (local) store_local_context(p, s, band, smem, rows, view_from<T>(p.ctx_local, row.offset), it, z);
       }
       store_run(out_row + it.at, z);
       store_run(dg_row + it.at, dg);
@@ -461,19 +497,18 @@ FF_UNROLL
 
   template <int K_next, class Level>
   static FF_HD void adjoint(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                            ThreadTaps& taps, const float* rows, Level l, int y_top, const Item& first) {
-    const int lag_l = lag<true>(s, l), W = p.geo.W, L = Chain::levels(p.levels);
+                            ThreadTaps& taps, const float* rows, Level l, const Item& first) {
+    const int W = p.geo.W, L = Chain::levels(p.levels);
     const StepRow row = step_row(rows, BwdRowPlan::adjoint(L, l));
     const bool inside = row.inside, last = l == L - 1;
     const View grad_ctx_all_row = view_from<T>(p.grad_ctx_all, row.offset);
     const auto l_next = next_level(l, L);
-    constexpr int I = kStaticLevel<Level>, I_next = kStaticLevel<std::decay_t<decltype(l_next)>>;
-    const ConvRows<K_next, Shape::grad_pre_depth(I_next)> next(s.grad_pre[l_next], y_top, lag_l - K_next / 2);
-    const float* dg_row = smem + row_at<Shape::gelu_grad_depth(I)>(s.gelu_grad[l], y_top, lag_l);
-    float* out_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
-    const float* gate_run =
-        smem + row_at<Shape::gates_depth()>(s.gates, y_top, lag_l) + s.gates.channel(l) + s.gates.pad;
-    const float* z_row = smem + row_at<Shape::output_depth(I)>(s.z[l + 1], y_top, lag_l);
+    // grad_pre_{l+1}'s K_next rows (none read at the last level), gelu_grad_l, grad_pre_l, gates, z_{l+1}
+    const RingRows<K_next + 4> ring(rows, Index::adjoint(p.levels, l));
+    const float* dg_row = smem + ring[K_next];
+    float* out_row = smem + ring[K_next + 1];
+    const float* gate_run = smem + ring[K_next + 2] + s.gates().channel(l) + s.gates().pad;
+    const float* z_row = smem + ring[K_next + 3];
     float* terms_row = smem + s.gate_terms + l * s.term_level;
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);
@@ -486,7 +521,7 @@ FF_UNROLL
 FF_UNROLL
           for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
         } else {
-          conv_strip<K_next, true>([&](int i) { return smem + next.row[i] + it.at; },
+          conv_strip<K_next, true>([&](int i) { return smem + ring[i] + it.at; },
                                    level_taps(taps, smem, s, l_next, it.c), grad_pre);
         }
         float dg[S], gate[S], grad_ctx_all[S], term[S];
@@ -513,18 +548,17 @@ FF_UNROLL
   }
 
   // dw_l[i, j, c] += sum_u grad_pre_l[y, x0 + u] z_l[y + i - r, x0 + u + j - r] for every i, j < K into the thread's
-  // sums of level l (sums(i * K + j)): grad_row is grad_pre_l's row y, z z_l's rows y - r .. y + r. A window of each
-  // of z_l's K rows and the strip of grad_pre_l in registers feed K^2 S FMAs.
-  template <int K, int kDepth, class Sums>
-  static FF_HD void weight_grad_strip(const float* smem, const float* grad_row, const ConvRows<K, kDepth>& z,
-                                      const Item& it, const Sums& sums) {
+  // sums of level l (sums(i * K + j)): ring z_l's rows y - r .. y + r, then grad_pre_l's row y. A window of each of
+  // z_l's K rows and the strip of grad_pre_l in registers feed K^2 S FMAs.
+  template <int K, class Sums>
+  static FF_HD void weight_grad_strip(const float* smem, const RingRows<K + 1>& ring, const Item& it, const Sums& sums) {
     constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad;
     float grad[S];
-    load_run(grad_row + it.at, grad);
+    load_run(smem + ring[K] + it.at, grad);
 FF_UNROLL
     for (int i = 0; i < K; ++i) {
       float window[n];
-      load_run(smem + z.row[i] + it.at - pad, window);
+      load_run(smem + ring[i] + it.at - pad, window);
 FF_UNROLL
       for (int j = 0; j < K; ++j) {
         float acc = sums(i * K + j);
@@ -538,20 +572,26 @@ FF_UNROLL
   // grad_ctx of row y_top + 2R (`row`, in the band): the adjoint conv of level 0 on grad_pre_0's rows.
   template <int K0>
   static FF_HD void grad_ctx_row(const Params& p, const ContextBwdLayout& s, const SweepBand& band, float* smem,
-                                 ThreadTaps& taps, int y_top, int R, const View& grad_ctx, const Item& first) {
-    const ConvRows<K0, Shape::grad_pre_depth(0)> g(s.grad_pre[0], y_top, 2 * R - K0 / 2);
+                                 ThreadTaps& taps, const float* rows, const View& grad_ctx, const Item& first) {
+    const RingRows<K0> ring(rows, Index::kGradCtx);
     FF_FOR_EACH_ITEM(it, first, s) {
       load_item_taps(taps, p, band, it.c);
       float grad[S] = {};
-      conv_strip<K0, true>([&](int i) { return smem + g.row[i] + it.at; },
+      conv_strip<K0, true>([&](int i) { return smem + ring[i] + it.at; },
                            level_taps(taps, smem, s, LevelIndex<0>{}, it.c), grad);
       store_strip<T>(grad_ctx, 0, 0, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, grad);
     }
   }
 
-  // Writes the BwdRowPlan entries of the step whose lag-0 row is y_top to `table` (4 floats an entry: flags, 0, and
-  // the offset's low and high words), a thread an entry.
+  // Writes the table of the step whose lag-0 row is y_top, a thread an entry: from kRingTable on, BwdRingPlan's (a
+  // ring row's offset of shared memory), before them BwdRowPlan's (4 floats an entry: flags, 0, and the offset's low
+  // and high words). Two loops: a warp runs one kind of entry at a time.
   static FF_HD void decode_step_rows(const Args& args, const SweepBand& band, float* table, int y_top) {
+    const BwdRingPlan& rings = args.rings;
+    FF_FOR_EACH(e, rings.count) {
+      const RowRing& r = args.s.ring[rings.ring(e)];
+      table[kRingTable + e] = bits_to_float(uint32_t(r.offset(r.slot(y_top + rings.lag(e)))));
+    }
     const BwdRowPlan& plan = args.rows;
     FF_FOR_EACH(e, plan.count) {
       const SweepRow row = band.row<kStacked>(y_top + plan.lag[e]);
@@ -568,7 +608,6 @@ FF_UNROLL
     return {(flags & 1u) != 0, (flags & 2u) != 0,
             int64_t(uint64_t(float_to_bits(entry[3])) << 32 | uint64_t(float_to_bits(entry[2])))};
   }
-  static constexpr int kStepTable = 4 * kMaxStepRows;  // floats of one step's table
 
   // v[0 .. 3] to the 4 floats at dst, v[4 .. 7] to those at dst + block, ...: a strip's gate terms, a 16-byte store
   // a block of 4 pixels. On the GPU an explicit st.shared.v4: nvcc splits these float4 stores into scalar ones (it
@@ -654,13 +693,14 @@ FF_UNROLL
     const Item first = first_item(s);
     for (int t = 0; t <= y_start - band.y0 + 2 * R; ++t) {
       const int y_top = y_start - t;  // the band row at lag 0
-      const float* rows = step_tables + (t & 1) * kStepTable;
+      const float* rows = step_tables + (t & 1) * s.step_table;
       const StepRow top = step_row(rows, BwdRowPlan::kCtx);
       const View ctx_row = view_from<T>(p.ctx, top.offset);
       const View gate_row = view_from<T>(gate_view, step_row(rows, BwdRowPlan::kGates).offset);
-      float* z0_row = smem + row_at<Shape::z_depth(0)>(s.z[0], y_top, 0);
-      float* gates_row = smem + row_at<Shape::gates_depth()>(s.gates, y_top, 0) + s.gates.pad;
-      decode_step_rows(args, band, step_tables + ((t + 1) & 1) * kStepTable, y_top - 1);  // the next step's
+      const RingRows<2> ring(rows, Index::kLoad);  // z_0, gates
+      float* z0_row = smem + ring[0];
+      float* gates_row = smem + ring[1] + s.gates().pad;
+      decode_step_rows(args, band, step_tables + ((t + 1) & 1) * s.step_table, y_top - 1);  // the next step's
       // One pass: an item loads a ctx strip and, for the first L * strips items, a gate strip too (one loop's
       // overhead a step).
       FF_FOR_EACH_ITEM(it, first, s) {
@@ -671,17 +711,17 @@ FF_UNROLL
           load_strip<T>(gate_row, 0, 0, x0, l * p.gates.sl, W - x0, gate);
 FF_UNROLL
           for (int u = 0; u < S; ++u) gate[u] *= p.scale;  // the ring holds scale * gates, as context_fwd's
-          store_run(gates_row + s.gates.channel(l) + x0, gate);
+          store_run(gates_row + s.gates().channel(l) + x0, gate);
         }
       }
       FF_BARRIER();
 
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, rows, l, y_top, first);
+        recompute<decltype(k)::value>(p, s, band, smem, thread_taps, rows, l, first);
         FF_BARRIER();
       });
       Chain::template for_each_level<1, true>(lv, [&](auto l, auto k_next) {
-        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, rows, l, y_top, first);
+        adjoint<decltype(k_next)::value>(p, s, band, smem, thread_taps, rows, l, first);
         FF_BARRIER();
       });
 
@@ -690,18 +730,16 @@ FF_UNROLL
       const StepRow out_row = step_row(rows, BwdRowPlan::kGradCtx);
       if (out_row.owns) {
         Chain::with_first_size(lv, [&](auto k0) {
-          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, y_top, R,
-                                            view_from<T>(p.grad_ctx, out_row.offset), first);
+          grad_ctx_row<decltype(k0)::value>(p, s, band, smem, thread_taps, rows, view_from<T>(p.grad_ctx, out_row.offset),
+                                            first);
         });
       }
       Chain::template for_each_level<0, false>(lv, [&](auto l, auto k) {
-        constexpr int K = decltype(k)::value, I = kStaticLevel<decltype(l)>;
-        const int lag_l = lag<true>(s, l);
+        constexpr int K = decltype(k)::value;
         if (step_row(rows, BwdRowPlan::adjoint(L, l)).owns) {
-          const ConvRows<K, Shape::z_depth(I)> z(s.z[l], y_top, lag_l - K / 2);
-          const float* grad_row = smem + row_at<Shape::grad_pre_depth(I)>(s.grad_pre[l], y_top, lag_l);
+          const RingRows<K + 1> ring(rows, Index::weight_grad(lv, l));  // z_l's K rows, grad_pre_l
           FF_FOR_EACH_ITEM(it, first, s) {
-            weight_grad_strip(smem, grad_row, z, it, level_sums(thread_sums, sum_columns, s, l, it.item));
+            weight_grad_strip<K>(smem, ring, it, level_sums(thread_sums, sum_columns, s, l, it.item));
           }
         }
       });
@@ -941,7 +979,7 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         dispatch_bool(p.stack > 1, [&](auto stacked) {
           launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value, decltype(stacked)::value>>(
-              {p, layout, BwdRowPlan(p, layout)}, blocks, layout.threads,
+              {p, layout, BwdRowPlan(p, layout), BwdRingPlan(p)}, blocks, layout.threads,
               int64_t(layout.total) * int64_t(sizeof(float)), stream);
         });
       });

@@ -48,7 +48,7 @@ struct SmemAllocator {
 // A conv item computes one channel at a strip of kStrip consecutive pixels of one output row. For each
 // of the K input rows it loads the strip's window (kStrip + 2 pad floats: 16-byte loads) into registers
 // once and feeds it to K * kStrip FMAs; the tap loops unroll (K is a template parameter), the rings' row
-// offsets come from slot tables (context_fwd) or compile-time depths (context_bwd), never a division. Items run
+// offsets come from slot tables (context_fwd) or a step's table of rows (context_bwd), never a division. Items run
 // channel fastest: a warp reads one window offset of 32 channels (or of 8 / 16 channels of 4 / 2 strips). Rings
 // are laid out for kStrip-pixel strips (strip_width); a strip of S = 4 pixels (context_bwd where kStrip-pixel items
 // fill less than a warp) reads the same rings, twice as many items a row.
@@ -106,7 +106,7 @@ inline RowRing row_ring(SmemAllocator& a, int depth, int W, int chunk, int pad) 
   return r;
 }
 
-// A ring with a slot table (context_fwd's; context_bwd finds its slots from compile-time depths): 2 depth ints in
+// A ring with a slot table (context_fwd's; context_bwd decodes its rows once a step, BwdRingPlan): 2 depth ints in
 // shared memory, entry s the offset of slot s mod depth. A step's rows slot0, slot0 + 1, ... (slot0 < depth, fewer
 // than depth rows) are then one shared load each (table_offset: the warp's lanes read one word, a broadcast), with
 // neither a wrap nor a multiply-add. (A separate type: a field more in RowRing would shift context_bwd's ring fields
@@ -372,7 +372,8 @@ FF_HD void load_ctx_strip(const View& ctx_row, float* dst, int c, int x0, bool i
 //                      at compile time: the level loops unroll, each level's taps are its own code, and l is
 //                      passed as a LevelIndex (a compile-time int: taps_before(l) as a constant);
 //   GenericChain       any sizes, read from SweepLevels at run time: each level picks its code by a switch over k.
-// Chain::levels(lv) is L; Chain::with_first_size(lv, f) calls f(std::integral_constant<int, k_0>{});
+// Chain::levels(lv) is L; Chain::size(lv, l) is k_l, 1 past the last level (a constant in a FixedChain);
+// Chain::with_first_size(lv, f) calls f(std::integral_constant<int, k_0>{});
 // Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{}) (l an int or a
 // LevelIndex) for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
 // A level index known at compile time that converts to int in host and device code (std::integral_constant's
@@ -389,6 +390,7 @@ struct FixedChain {
   static constexpr int kLevelCount = kLevels;
   static FF_HD constexpr int levels(const SweepLevels&) { return kLevels; }
   static FF_HD constexpr int size(int l) { return l < kLevels ? K0 + 2 * l : 1; }
+  static FF_HD constexpr int size(const SweepLevels&, int l) { return size(l); }
   static FF_HD constexpr int taps_before(int l) { return l == 0 ? 0 : taps_before(l - 1) + size(l - 1) * size(l - 1); }
 
   template <class F>
@@ -410,6 +412,7 @@ struct FixedChain {
 struct GenericChain {
   static constexpr bool kFixed = false;
   static FF_HD int levels(const SweepLevels& lv) { return lv.L; }
+  static FF_HD int size(const SweepLevels& lv, int l) { return l < lv.L ? lv.k[l] : 1; }  // 1 past the last level
 
   template <class F>
   static FF_HD void with_first_size(const SweepLevels& lv, F&& f) {
