@@ -412,7 +412,9 @@ struct FixedChain {
 struct GenericChain {
   static constexpr bool kFixed = false;
   static FF_HD int levels(const SweepLevels& lv) { return lv.L; }
-  static FF_HD int size(const SweepLevels& lv, int l) { return l < lv.L ? lv.k[l] : 1; }  // 1 past the last level
+  static FF_HD int size(const SweepLevels& lv, int l) {  // 1 past the last level
+    return l < lv.L && l < kMaxFocalLevel ? lv.k[l] : 1;
+  }
 
   template <class F>
   static FF_HD void with_first_size(const SweepLevels& lv, F&& f) {
