@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import signal
@@ -451,8 +452,13 @@ def train(config) -> dict:
     settings, checkpoint = resolve_settings(config)
     processes = Processes(settings.device)
     try:
-        summary = TrainingRun(settings, processes, checkpoint).fit()
-        processes.barrier()  # no process leaves the group while another is still in it (gloo aborts)
+        run = TrainingRun(settings, processes, checkpoint)
+        summary = run.fit()
+        # The DDP model and its gloo work go before the group does (freed at exit instead, a gloo thread can
+        # outlive the group and abort the process), and no process leaves the group while another is in it.
+        del run
+        gc.collect()
+        processes.barrier()
         return summary
     finally:
         processes.close()
