@@ -78,10 +78,12 @@ template <class Chain>
 struct BwdRingIndex {
   static FF_HD constexpr int round4(int n) { return (n + 3) & ~3; }
   static constexpr int kLoad = 0, kLocal = 4, kGradCtx = 4 + kMaxFocalLevel;
-  // Entries of level m's three groups.
+  // Entries of a level's three groups (k its size, k_next the next level's).
+  static FF_HD constexpr int level_rows(int k, int k_next) {
+    return round4(k + 2) + round4(k_next + 4) + round4(k + 1);
+  }
   static FF_HD int level_rows(const SweepLevels& lv, int m) {
-    const int k = Chain::size(lv, m);
-    return round4(k + 2) + round4(Chain::size(lv, m + 1) + 4) + round4(k + 1);
+    return level_rows(Chain::size(lv, m), Chain::size(lv, m + 1));
   }
   // Written out, not a loop: a constant where the chain's sizes and the level are.
   static FF_HD int recompute(const SweepLevels& lv, int l) {
@@ -95,7 +97,9 @@ struct BwdRingIndex {
   }
   static FF_HD int count(const SweepLevels& lv) { return recompute(lv, Chain::levels(lv)); }
 };
-constexpr int kMaxRingRows = 4 + kMaxFocalLevel + 16 + kMaxFocalLevel * (16 + 20 + 16);  // k <= 13
+using BwdRingBound = BwdRingIndex<GenericChain>;  // every level of the largest size
+constexpr int kMaxRingRows = BwdRingBound::kGradCtx + BwdRingBound::round4(kMaxKernelSize) +
+                             kMaxFocalLevel * BwdRingBound::level_rows(kMaxKernelSize, kMaxKernelSize);
 constexpr int kRingTable = 4 * kMaxStepRows;  // a step table: kMaxStepRows StepRow entries, then its ring rows
 
 struct ContextBwdLayout {
@@ -107,7 +111,7 @@ struct ContextBwdLayout {
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing ring[kBwdRings];                 // z_0 .. z_L, gelu_grad_0 .., grad_pre_0 .., gates: by kZ, kGeluGrad, ...
   int gate_terms = 0, term_block = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
-  int step_rows = 0;   // two step tables (StepTable), a step's and the next one's
+  int step_rows = 0;   // two step tables, a step's and the next one's
   int step_table = 0;  // floats of one: kRingTable + BwdRingPlan's count
   TapRows taps;  // the fields above keep their 8-byte pairs
   int item_dx = 0;  // (threads / chunk) strips in pixels: a thread's next conv item, `threads` items on
@@ -190,8 +194,8 @@ struct BwdRowPlan {
 };
 
 // The ring rows a context_bwd step reads or writes (BwdRingIndex's groups), decoded once a step as BwdRowPlan's
-// entries are: entry e is ring ring(e)'s row y_top + lag(e), as its offset in shared memory. Before, each phase formed
-// its rows again (a slot and a multiply-add a row, its ring's fields reloaded from the constant bank).
+// entries are: entry e is ring ring(e)'s row y_top + lag(e), as its offset in shared memory (a slot and a
+// multiply-add a row, once a step rather than in every phase).
 struct BwdRingPlan {
   uint16_t entry[kMaxRingRows] = {};  // ring << 8 | lag
   int count = 0;
@@ -199,10 +203,10 @@ struct BwdRingPlan {
   FF_HD int lag(int e) const { return entry[e] & 0xff; }
 
   BwdRingPlan() = default;
-  explicit BwdRingPlan(const ContextBwdParams& p) {
+  BwdRingPlan(const ContextBwdParams& p, const ContextBwdLayout& s) {
     using Index = BwdRingIndex<GenericChain>;
     const SweepLevels& lv = p.levels;
-    const int L = lv.L, R = lv.offset(L), k0 = lv.k[0];
+    const int L = lv.L, R = s.lag_fwd[L - 1], k0 = lv.k[0];
     count = Index::count(lv);
     put(Index::kLoad, kZ(0), 0, 1);
     put(Index::kLoad + 1, kGates, 0, 1);
@@ -211,7 +215,7 @@ struct BwdRingPlan {
     put(Index::kGradCtx, kGradPre(0), 2 * R - k0 / 2, k0);
     for (int l = 0; l < L; ++l) {
       const int k = lv.k[l], next = l + 1 < L ? l + 1 : l, k_next = GenericChain::size(lv, l + 1);
-      const int lag_fwd = lv.offset(l + 1), lag_bwd = 2 * R - lv.offset(l + 1);
+      const int lag_fwd = s.lag_fwd[l], lag_bwd = s.lag_bwd[l];
       const int e = Index::recompute(lv, l), a = Index::adjoint(lv, l), w = Index::weight_grad(lv, l);
       put(e, kZ(l), lag_fwd - k / 2, k);
       put(e + k, kZ(l + 1), lag_fwd, 1);
@@ -979,7 +983,7 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         dispatch_bool(p.stack > 1, [&](auto stacked) {
           launch_sweep<ContextBwd<decltype(t_tag), Chain, decltype(strip)::value, decltype(stacked)::value>>(
-              {p, layout, BwdRowPlan(p, layout), BwdRingPlan(p)}, blocks, layout.threads,
+              {p, layout, BwdRowPlan(p, layout), BwdRingPlan(p, layout)}, blocks, layout.threads,
               int64_t(layout.total) * int64_t(sizeof(float)), stream);
         });
       });
