@@ -449,21 +449,21 @@ FF_UNROLL
   static FF_HD void store_local_context(const Params& p, const ContextBwdLayout& s, const SweepBand& band,
                                         const float* smem, const float* rows, const View& ctx_local, const Item& it,
                                         const float (&z_last)[S]) {
-    const int L = Chain::levels(p.levels);
     const float* gates = smem + ring_row(rows, Index::kLocal) + s.gates().pad + it.x0;
-    float acc[S] = {}, gate[S];
+    float acc[S] = {};
     Chain::template for_each_level<0, false>(p.levels, [&](auto l, auto) {
-      if (l + 1 < L) {
-        float z[S];
-        load_run(smem + ring_row(rows, Index::kLocal + 1 + l) + it.at, z);
-        load_run(gates + s.gates().channel(l), gate);
+      float gate[S];
+      load_run(gates + s.gates().channel(l), gate);
+      const auto add = [&](const float(&z)[S]) {
 FF_UNROLL
         for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z[u], acc[u]);
-      }
+      };
+      if_level(Chain::is_last(p.levels, l), [&] { add(z_last); }, [&] {
+        float z[S];
+        load_run(smem + ring_row(rows, Index::kLocal + 1 + l) + it.at, z);
+        add(z);
+      });
     });
-    load_run(gates + s.gates().channel(L - 1), gate);
-FF_UNROLL
-    for (int u = 0; u < S; ++u) acc[u] = fmaf(gate[u], z_last[u], acc[u]);
     store_strip<T>(ctx_local, 0, 0, it.x0, band.c_begin + it.c, it.c < band.cn ? p.geo.W - it.x0 : 0, 1.f, acc);
   }
 
@@ -472,7 +472,7 @@ FF_UNROLL
                               ThreadTaps& taps, const float* rows, Level l, const Item& first) {
     const int W = p.geo.W;
     const StepRow row = step_row(rows, BwdRowPlan::recompute(l));
-    const bool inside = row.inside, local = l == Chain::levels(p.levels) - 1 && row.owns;
+    const bool inside = row.inside;
     const RingRows<K + 2> ring(rows, Index::recompute(p.levels, l));  // z_l's K rows, z_{l+1}, gelu_grad_l
     float* out_row = smem + ring[K];
     float* dg_row = smem + ring[K + 1];
@@ -492,7 +492,9 @@ FF_UNROLL
             dg[u] = it.x0 + u < W ? dg[u] : 0.f;
           }
         }
-        if (local) store_local_context(p, s, band, smem, rows, view_from<T>(p.ctx_local, row.offset), it, z);
+        if_level(Chain::is_last(p.levels, l), [&] {
+          if (row.owns) store_local_context(p, s, band, smem, rows, view_from<T>(p.ctx_local, row.offset), it, z);
+        });
       }
       store_run(out_row + it.at, z);
       store_run(dg_row + it.at, dg);
@@ -504,7 +506,8 @@ FF_UNROLL
                             ThreadTaps& taps, const float* rows, Level l, const Item& first) {
     const int W = p.geo.W, L = Chain::levels(p.levels);
     const StepRow row = step_row(rows, BwdRowPlan::adjoint(L, l));
-    const bool inside = row.inside, last = l == L - 1;
+    const bool inside = row.inside;
+    const auto last = Chain::is_last(p.levels, l);
     const View grad_ctx_all_row = view_from<T>(p.grad_ctx_all, row.offset);
     const auto l_next = next_level(l, L);
     // grad_pre_{l+1}'s K_next rows (none read at the last level), gelu_grad_l, grad_pre_l, gates, z_{l+1}
@@ -519,15 +522,18 @@ FF_UNROLL
       float grad_pre[S] = {};  // zero past W, where dg is
       if (inside && it.c < band.cn) {
         const int64_t bc = band.c_begin + it.c;
-        if (last) {
-          const float grad_mean =
-              static_cast<const float*>(p.grad_mean.ptr)[step_row(rows, BwdRowPlan::kGradMean).offset + bc];
+        if_level(
+            last,
+            [&] {
+              const float grad_mean =
+                  static_cast<const float*>(p.grad_mean.ptr)[step_row(rows, BwdRowPlan::kGradMean).offset + bc];
 FF_UNROLL
-          for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
-        } else {
-          conv_strip<K_next, true>([&](int i) { return smem + ring[i] + it.at; },
-                                   level_taps(taps, smem, s, l_next, it.c), grad_pre);
-        }
+              for (int u = 0; u < S; ++u) grad_pre[u] = grad_mean;
+            },
+            [&] {
+              conv_strip<K_next, true>([&](int i) { return smem + ring[i] + it.at; },
+                                       level_taps(taps, smem, s, l_next, it.c), grad_pre);
+            });
         float dg[S], gate[S], grad_ctx_all[S], term[S];
         load_run(dg_row + it.at, dg);
         load_strip<T>(grad_ctx_all_row, 0, 0, it.x0, bc, W - it.x0, grad_ctx_all);
@@ -540,12 +546,12 @@ FF_UNROLL
         }
         float* terms = terms_row + (it.x0 >> 2) * s.term_block + 4 * it.c;  // x0 a multiple of 4: S / 4 blocks
         store_blocks(terms, s.term_block, term);
-        if (last) {  // the global level's: grad_ctx_all * G
+        if_level(last, [&] {  // the global level's: grad_ctx_all * G
           const float pooled = static_cast<const float*>(p.pooled.ptr)[step_row(rows, BwdRowPlan::kPooled).offset + bc];
 FF_UNROLL
           for (int u = 0; u < S; ++u) term[u] = grad_ctx_all[u] * pooled;
           store_blocks(terms + s.term_level, s.term_block, term);
-        }
+        });
       }
       store_run(out_row + it.at, grad_pre);
     }

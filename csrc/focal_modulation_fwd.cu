@@ -295,16 +295,21 @@ FF_UNROLL
   template <int K, class Level>
   static FF_HD void level(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                           ThreadTaps& taps, Level l, int t, T* out_row) {
-    const int L = Chain::levels(p.levels), y = t - s.lag[l];
-    if (l == L - 1) {
-      if (y < band.y1 && y + kRowsPerStep > band.y0) level_items<K>(p, s, band, smem, taps, l, y, true, out_row);
-    } else if (y < p.geo.H) {
-      // Rows above the image are zero: their slots are still zero from the block's start (no row was
-      // written before them). Rows below it only need zeros for the next level's padding: zero_rows.
-      if (y + kRowsPerStep > 0) level_items<K>(p, s, band, smem, taps, l, y, false, out_row);
-    } else {
-      zero_rows(s, s.z[l + 1], smem, p.chunk, y);
-    }
+    const int y = t - s.lag[l];
+    if_level(
+        Chain::is_last(p.levels, l),
+        [&] {
+          if (y < band.y1 && y + kRowsPerStep > band.y0) level_items<K>(p, s, band, smem, taps, l, y, true, out_row);
+        },
+        [&] {
+          if (y < p.geo.H) {
+            // Rows above the image are zero: their slots are still zero from the block's start (no row was
+            // written before them). Rows below it only need zeros for the next level's padding: zero_rows.
+            if (y + kRowsPerStep > 0) level_items<K>(p, s, band, smem, taps, l, y, false, out_row);
+          } else {
+            zero_rows(s, s.z[l + 1], smem, p.chunk, y);
+          }
+        });
   }
 
   // The step's rows y, y + 1, ... of ring `next` set to zero, an item per (strip, channel) as in level_items: rows

@@ -375,7 +375,8 @@ FF_HD void load_ctx_strip(const View& ctx_row, float* dst, int c, int x0, bool i
 // Chain::levels(lv) is L; Chain::size(lv, l) is k_l, 1 past the last level (a constant in a FixedChain);
 // Chain::with_first_size(lv, f) calls f(std::integral_constant<int, k_0>{});
 // Chain::for_each_level<kShift, kReverse>(lv, f) calls f(l, std::integral_constant<int, K>{}) (l an int or a
-// LevelIndex) for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level.
+// LevelIndex) for l = 0 .. L-1 (kReverse: L-1 .. 0) with K = k_{l + kShift}, or 1 past the last level;
+// Chain::is_last(lv, l) says whether l is L-1 (a LevelFlag for a LevelIndex, else a bool), for if_level.
 // A level index known at compile time that converts to int in host and device code (std::integral_constant's
 // conversion is host-only).
 template <int I>
@@ -383,6 +384,32 @@ struct LevelIndex {
   static constexpr int value = I;
   FF_HD constexpr operator int() const { return I; }
 };
+// A fact about a level known at compile time (a FixedChain's).
+template <bool B>
+struct LevelFlag {};
+
+// Runs then() where a level's flag holds, else otherwise(): a LevelFlag picks one at compile time (no branch in the
+// SASS, and none the static cost report's host path counts: a level's copy of the code is the same on every
+// iteration); a bool (GenericChain) is an `if`.
+struct NoCode {
+  FF_HD void operator()() const {}
+};
+template <bool B, class Then, class Else = NoCode>
+FF_HD void if_level(LevelFlag<B>, Then&& then, Else&& otherwise = {}) {
+  if constexpr (B) {
+    then();
+  } else {
+    otherwise();
+  }
+}
+template <class Then, class Else = NoCode>
+FF_HD void if_level(bool flag, Then&& then, Else&& otherwise = {}) {
+  if (flag) {
+    then();
+  } else {
+    otherwise();
+  }
+}
 
 template <int K0, int kLevels>
 struct FixedChain {
@@ -392,6 +419,10 @@ struct FixedChain {
   static FF_HD constexpr int size(int l) { return l < kLevels ? K0 + 2 * l : 1; }
   static FF_HD constexpr int size(const SweepLevels&, int l) { return size(l); }
   static FF_HD constexpr int taps_before(int l) { return l == 0 ? 0 : taps_before(l - 1) + size(l - 1) * size(l - 1); }
+  template <int I>
+  static FF_HD constexpr LevelFlag<I + 1 == kLevels> is_last(const SweepLevels&, LevelIndex<I>) {
+    return {};
+  }
 
   template <class F>
   static FF_HD void with_first_size(const SweepLevels&, F&& f) {
@@ -415,6 +446,7 @@ struct GenericChain {
   static FF_HD int size(const SweepLevels& lv, int l) {  // 1 past the last level
     return l < lv.L && l < kMaxFocalLevel ? lv.k[l] : 1;
   }
+  static FF_HD bool is_last(const SweepLevels& lv, int l) { return l + 1 == lv.L; }
 
   template <class F>
   static FF_HD void with_first_size(const SweepLevels& lv, F&& f) {

@@ -318,6 +318,44 @@ def test_a_block_takes_the_share_of_the_branch_deepest_in_its_call_stack(tmp_pat
     assert branch_share(caller_only, branches) == 0.9
 
 
+def test_a_branch_met_every_level_and_a_one_item_phase_take_shares_of_their_meetings(tmp_path):
+    """An `if` met once a level in a step (3 SASS copies) runs each copy at its share of the meetings, not 3 times
+    it; an item body's `if` (`FF_FOR_EACH_ITEM`: an `if` on the GPU, no SASS loop) counts in the step's body too,
+    as a share of the items; a loop of its own (FF_FOR_EACH) keeps its counts to itself."""
+    from focalfast.static_cost.cuda_backend import CudaLaunch, _branch_shares
+    from focalfast.static_cost.loop_map import LoopKey
+
+    source = tmp_path / "kernel.cu"
+    source.write_text("void run() {\n"
+                      "  for (int t = 0; t < steps; ++t) {\n"
+                      "    each_level([&](auto l) { if (owns(l)) set_up(l); });\n"
+                      "    FF_FOR_EACH_ITEM(it, first, s) {\n"
+                      "      if (it.x0 + S > W) tail(it);\n"
+                      "    }\n"
+                      "    FF_FOR_EACH(e, count) {\n"
+                      "      if (e < few) entry(e);\n"
+                      "    }\n"
+                      "  }\n"
+                      "}\n")
+    f = str(source.resolve())
+
+    def loop(line, iterations, trips, branches, children=()):
+        return {"file": f, "line": line, "ordinal": 0, "iterations": iterations, "trips": trips,
+                "branches": [{"file": f, "line": at, "taken": t, "not_taken": n} for at, t, n in branches],
+                "children": list(children)}
+
+    items = loop(4, 40, {"4": 10}, [(5, 10, 30)])  # 4 items a step, one of them past W
+    entries = loop(7, 60, {"6": 10}, [(8, 20, 40)])
+    step = loop(2, 10, {"10": 1}, [(3, 27, 3)], [items, entries])  # 3 levels, 27 of 30 owned
+    launch = CudaLaunch("k", "K", blocks=1, threads=64, smem_bytes=0, counts={"iterations": 1, "children": [step]})
+    branches, _ = _branch_shares(launch, warps=2)
+    step_key = LoopKey(None, ((f, 2),), 0)
+    assert branches[step_key][(f, 3)] == pytest.approx((0.9, 0.1))
+    assert branches[step_key][(f, 5)] == pytest.approx((0.25, 0.75))
+    assert (f, 8) not in branches[step_key]
+    assert branches[LoopKey(step_key, ((f, 7),), 0)][(f, 8)] == pytest.approx((1 / 3, 2 / 3))
+
+
 @pytest.mark.slow
 def test_cuda_sweep_counts_are_exact_for_a_compile_time_chain(cuda_records):
     """With the level chain fixed at compile time every branch of the sweeps' loop bodies is a

@@ -39,6 +39,7 @@ from focalfast.static_cost.sass import disassemble
 from focalfast.static_cost.shape_only import ShapeOnly
 
 THREAD_DISTRIBUTING = "FF_FOR_EACH"  # the sweeps' macro that spreads items over a block's threads
+ONE_ITEM_A_THREAD = "FF_FOR_EACH_ITEM"  # context_bwd's items: a loop on the host, an `if` on the GPU
 HOST_LAUNCH_LOOP = "Op::run("  # the host path's loop over a launch's threads or blocks
 
 
@@ -160,20 +161,25 @@ def _branch_shares(launch: CudaLaunch, warps: int) -> Tuple[dict, dict]:
     ``branches[key][(file, line)]``: (then, else) of the body's ``if`` statements;
     ``entered[key][inner key]``: the set-up of an inner loop, which a warp runs when the inner loop
     has an iteration for it (an ``FF_FOR_EACH`` of n items in per-block code: min(warps, ceil(n / 32))
-    of the block's warps; a loop inside an item: entries with at least one iteration)."""
+    of the block's warps; a loop inside an item: entries with at least one iteration).
+    A loop's branches include those of its ``FF_FOR_EACH_ITEM`` loops (one item a thread: no SASS loop, their
+    blocks are the outer loop's), pooled over its copies (a level's phase each: their conditions hold alike but
+    for compile-time ones, which are not counted). An `if` met k times an iteration (a line of a lambda over the
+    levels: k copies in the SASS) runs each copy in its share of the k meetings."""
     branches: Dict[LoopKey, Dict[Tuple[str, int], Tuple[float, float]]] = {}
     entered: Dict[LoopKey, Dict[LoopKey, float]] = {}
 
-    def walk(node, parent, per_block):
+    def walk(node, parent, per_block) -> Dict[Tuple[str, int], list]:
+        """The loop's branch counts, (file, line) -> [taken, not taken, iterations of the loop counting them]."""
         file = os.path.realpath(node["file"])
         key = LoopKey(parent, ((file, node["line"]),), node["ordinal"])
+        iterations = max(node["iterations"], 1)
         counts: Dict[Tuple[str, int], list] = {}
         for b in node.get("branches", []):
-            both = counts.setdefault((os.path.realpath(b["file"]), b["line"]), [0, 0])
+            both = counts.setdefault((os.path.realpath(b["file"]), b["line"]), [0, 0, iterations])
             both[0] += b["taken"]
             both[1] += b["not_taken"]
-        iterations = max(node["iterations"], 1)
-        branches[key] = {at: (taken / iterations, not_taken / iterations) for at, (taken, not_taken) in counts.items()}
+        one_item: Dict[Tuple[str, int], list] = {}
         entered[key] = {}
         for child in node["children"]:
             lines = _source_lines(os.path.realpath(child["file"]))
@@ -183,7 +189,15 @@ def _branch_shares(launch: CudaLaunch, warps: int) -> Tuple[dict, dict]:
             runs = sum((min(warps, -(-int(n) // 32)) / warps if distributing else float(int(n) > 0)) * e
                        for n, e in child["trips"].items())
             entered[key][child_key] = runs / iterations
-            walk(child, key, per_block and not distributing)
+            inner = walk(child, key, per_block and not distributing)
+            if ONE_ITEM_A_THREAD in text:
+                for at, (taken, not_taken, n) in inner.items():
+                    pooled = one_item.setdefault(at, [0, 0, 0])
+                    pooled[0], pooled[1], pooled[2] = pooled[0] + taken, pooled[1] + not_taken, pooled[2] + n
+        counts.update({at: pooled for at, pooled in one_item.items() if at not in counts})
+        branches[key] = {at: (taken / max(n, taken + not_taken), not_taken / max(n, taken + not_taken))
+                         for at, (taken, not_taken, n) in counts.items()}
+        return counts
 
     per_block = launch.counts["iterations"] == -(-launch.blocks // launch.sample)
     for child in launch.counts["children"]:
