@@ -591,7 +591,8 @@ PYBIND11_MODULE(_C, m) {
         "Pixels per conv item that context_bwd chooses for images W pixels wide in chunks of chunk channels.");
   m.def("sweep_smem_bytes", &sweep_smem_bytes_py, "kernel_sizes"_a, "W"_a, "chunk"_a, "backward"_a, "strip"_a = 0,
         "Shared memory of one block of context_fwd (backward=False) or context_bwd (strip: its pixels per item, "
-        "0 = automatic), in bytes.");
+        "0 = automatic), in bytes; 2**63 - 1 where context_bwd cannot run the schedule (more conv items than "
+        "threads).");
   m.def("context_fwd", &context_fwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,
         "band_rows"_a, "ctx_local"_a, "pooled_sum"_a, "stream"_a);
   m.def("context_bwd", &context_bwd_py, "ctx"_a, "weights"_a, "kernel_sizes"_a, "gates"_a, "scale"_a, "chunk"_a,

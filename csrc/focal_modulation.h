@@ -274,7 +274,9 @@ struct ContextBwdParams {
 };
 
 // Shared memory of one block of the fused kernels, in bytes (the launcher checks it against the device). context_bwd's
-// strip: pixels per conv item, 4 or 8 (0: its own choice, context_bwd_strip), a schedule option (tune_sweep).
+// strip: pixels per conv item, 4 or 8 (0: its own choice, context_bwd_strip), a schedule option (tune_sweep); its
+// bytes are INT64_MAX (no device has them) where a block would have more conv items (strips x chunk) than threads
+// (kSweepThreads): a thread runs one item a phase.
 int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk);
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int strip);
 int context_bwd_strip(int W, int chunk);  // its own choice of strip

@@ -25,7 +25,7 @@ namespace {
 // Threads of a context_bwd block: the warps its conv phases' items (strips x chunk) fill, 1 to kSweepThreads / 32. Unlike
 // context_fwd's blocks (sweep_threads: at least 2 warps), no warp idles through the conv phases of a small map (7x7:
 // 32 items) while paying every step's bookkeeping. A multiple of chunk (chunk <= 256): a thread's channel is the
-// same in every conv phase.
+// same in every conv phase. A thread has one item: blocks of more items do not run (context_bwd_smem_bytes).
 int context_bwd_threads(int items) { return 32 * min_int(kSweepThreads / 32, (items + 31) / 32); }
 
 // Calls f(std::integral_constant<int, S>{}) for a strip S of context_bwd_strip (4 or kStrip).
@@ -114,7 +114,6 @@ struct ContextBwdLayout {
   int step_rows = 0;   // two step tables, a step's and the next one's
   int step_table = 0;  // floats of one: kRingTable + BwdRingPlan's count
   TapRows taps;  // the fields above keep their 8-byte pairs
-  int item_dx = 0;  // (threads / chunk) strips in pixels: a thread's next conv item, `threads` items on
 
   // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
   ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool taps_in_smem, bool sums_in_smem) {
@@ -144,7 +143,6 @@ struct ContextBwdLayout {
     step_rows = int(a.take(2 * int64_t(step_table)));
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
-    item_dx = threads / chunk * (strip_width(W) / strips);
   }
   // Pixel x's channel 0 in a gate_terms row (channel c at + 4 c): a block of 4 pixels holds the chunk's channels, 4
   // floats each, and 4 floats more (term_block = 4 (mod 32) for chunks of 8 or more channels), so that the 16-byte
@@ -349,9 +347,8 @@ struct ContextBwd {
   static constexpr int kMinBlocksPerSm = 1;
 
   // A conv-phase item: the strip of S pixels from x0 of channel c; at: its pixel x0 in a row of any of the chunk's
-  // rings (they share one pitch and pad). A GPU thread's items all have its channel (threads is a multiple of chunk):
-  // its first is decoded once a sweep, each next one `threads` items on by a constant step (later). The host runs
-  // the items in order, each reached from its thread's first by the same steps.
+  // rings (they share one pitch and pad). A block has a thread an item (context_bwd_smem_bytes: no block has more
+  // items than threads), so that a phase's items are one `if` on the GPU, not a loop; the host runs them in order.
   struct Item {
     int item, x0, c, at;
   };
@@ -369,20 +366,11 @@ struct ContextBwd {
     return item_at(s, 0);
 #endif
   }
-  // The item `passes` x threads after it: the same channel, (threads / chunk) x passes strips on.
-  static FF_HD Item later(const ContextBwdLayout& s, const Item& it, int passes) {
-    const int dx = passes * s.item_dx;
-    return {it.item + passes * s.threads, it.x0 + dx, it.c, it.at + dx};
-  }
-  static FF_HD Item next_item(const ContextBwdLayout& s, const Item& it) {
 #ifdef __CUDA_ARCH__
-    return later(s, it, 1);
+#define FF_FOR_EACH_ITEM(it, first, s) if (const Item it = (first); it.item < (s).items)
 #else
-    const int item = it.item + 1;
-    return later(s, item_at(s, item % s.threads), item / s.threads);
+#define FF_FOR_EACH_ITEM(it, first, s) for (Item it = (first); it.item < (s).items; it = item_at((s), it.item + 1))
 #endif
-  }
-#define FF_FOR_EACH_ITEM(it, first, s) for (Item it = (first); it.item < (s).items; it = next_item((s), it))
 
   // Level l's taps for channel c: the thread's registers or the channel's TapRows row in shared memory.
   static FF_HD RowTaps level_taps(const ThreadTaps&, const float* smem, const ContextBwdLayout& s, int l, int c) {
@@ -968,11 +956,13 @@ ContextBwdLayout context_bwd_layout(const SweepLevels& levels, int W, int chunk,
 }
 
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int strip) {
-  int64_t floats = 0;
+  int64_t bytes = 0;
   dispatch_chain(levels, [&](auto chain) {
-    floats = context_bwd_layout<decltype(chain)>(levels, W, chunk, strip).total;
+    const ContextBwdLayout layout = context_bwd_layout<decltype(chain)>(levels, W, chunk, strip);
+    bytes = layout.items > layout.threads ? std::numeric_limits<int64_t>::max()  // more items than threads
+                                          : int64_t(layout.total) * int64_t(sizeof(float));
   });
-  return floats * int64_t(sizeof(float));
+  return bytes;
 }
 
 void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
@@ -985,6 +975,11 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
   dispatch_chain(p.levels, [&](auto chain) {
     using Chain = decltype(chain);
     const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk, strip);
+    if (layout.items > layout.threads) {
+      throw std::invalid_argument("focalfast context_bwd: a block runs at most " + std::to_string(kSweepThreads) +
+                                  " conv items (strips x chunk), got " + std::to_string(layout.items) +
+                                  ": context_bwd_smem_bytes says which schedules run");
+    }
     dispatch_dtype(p.dtype, [&](auto t_tag) {
       dispatch_bwd_strip(strip_width(p.geo.W) / layout.strips, [&](auto strip) {
         dispatch_bool(p.stack > 1, [&](auto stacked) {

@@ -173,7 +173,7 @@ HOST_CASES = [
     (2, 4, 3, 3, (1,), torch.float32, False, True, "views"),  # k = 1
     (2, 17, 6, 12, (3, 5, 7), torch.float32, False, True, "views"),  # rings wrap; a 4-channel chunk tail
     (2, 5, 9, 16, (3,), torch.bfloat16, True, False, "views"),  # the one-level fixed chain
-    (1, 3, 72, 40, (3,), torch.bfloat16, False, True, "views"),  # 32-channel chunks: 288 items, two passes of 256
+    (1, 3, 72, 40, (3,), torch.bfloat16, False, True, "views"),  # 32-channel chunks: 288 items > 256 threads
     (5, 4, 6, 12, (3, 5, 7), torch.float32, True, True, "views"),  # stacks of 2 and 3 images: ragged last stacks
 ]
 
@@ -218,7 +218,7 @@ def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes
     tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 1e-2)
     check_against_reference(focal_modulation_cuda, B, H, W, C, kernel_sizes, normalize, bias, dtype, *tol, layout)
     levelwise_bwd = {"conv_level_bwd", "weight_grad", "conv_adjoint"}
-    if path.startswith("sweep"):  # the backward sweep's deeper rings may not fit (L = 4 at 32 channels): levelwise
+    if path.startswith("sweep"):  # the backward sweep may not fit (L = 4 at 32 channels; 288 items): levelwise
         chunk = PATHS[path]["SWEEP_CHUNKS"][0]
         strip = PATHS[path].get("SWEEP_BWD_STRIP", 0)
         bwd_fits = ext.sweep_smem_bytes(list(kernel_sizes), W, chunk, True, strip) <= cuda_op.HOST_SMEM_BYTES
@@ -227,6 +227,15 @@ def test_host_kernels_match_reference(ext, monkeypatch, B, H, W, C, kernel_sizes
     else:
         used, unused = {"conv_level_fwd"} | levelwise_bwd, {"context_fwd", "context_bwd"}
     assert used <= set(names) and not unused & set(names), names
+
+
+def test_context_bwd_runs_a_thread_an_item(ext):
+    """A context_bwd block has at most 256 threads, one conv item (strip x channel) each: a schedule of more items
+    needs more shared memory than any device has, and the backward goes level at a time."""
+    assert ext.sweep_smem_bytes([3], 64, 32, True) < 2**20  # 8 strips x 32 channels: 256 items
+    assert ext.sweep_smem_bytes([3], 72, 32, True) == 2**63 - 1  # 9 x 32
+    assert ext.sweep_smem_bytes([3], 72, 16, True, 4) == 2**63 - 1  # 18 x 16
+    assert ext.sweep_smem_bytes([3], 72, 32, False) < 2**20  # the forward has no such limit
 
 
 def test_host_sweep_forward_with_level_backward(ext, monkeypatch):

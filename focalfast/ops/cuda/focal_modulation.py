@@ -63,7 +63,8 @@ warp per block where a level's items fit one (7x7 maps);
 context_bwd's rings are deeper (the adjoint trails the recompute by up to 2R rows) and take 8 channels at stage 1
 (71 KB srf: 3 blocks of 2 warps per SM; 167 KB lrf: one). Shared memory, not registers, sets the occupancy.
 A context_bwd block has as many warps as its conv items (strips x chunk) fill, one at small maps (stage 2 lrf,
-stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. Where 8-pixel
+stages 3-4: 2-3 warps per SM): no warp pays every step's bookkeeping with nothing in the conv phases. A thread runs
+one item a phase (an `if`, not a loop): a schedule of more than 256 items takes the level-at-a-time backward. Where 8-pixel
 items would fill at most half a warp (stage 3-4 lrf: 14x14 with 8 channels, 7x7 with 16) its strips are 4 pixels
 (``context_bwd_strip`` in csrc), the same rings read by twice the items; larger chunks would fill the warp too but
 leave one warp per SM, so ``_sweep_chunk`` keeps two blocks per SM where it can. ``SWEEP_BWD_STRIP`` forces 4 or 8
