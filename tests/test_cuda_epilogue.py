@@ -112,23 +112,34 @@ def in_order_sum(x, scale):
 
 
 # [outer, rows, cols] inputs: contiguous; a column view; cols = 1 (merged into the columns); outer = 1;
-# strides that do not merge (a transposed view); a single row.
+# strides that do not merge (a transposed view); a single row; and whether each sums its columns as 16-byte runs
+# (contiguous columns from 16-byte boundaries, rows a multiple of 4: the gate partials).
 def reduce_inputs():
     g = torch.Generator().manual_seed(2)
     base = torch.randn(6, 9, 40, generator=g)
+    flat = torch.randn(300 * 12 + 1, generator=g)
     return {
-        "contiguous": base,
-        "columns of a wider tensor": base[:, :, 3:20],
-        "one column": base[:, :, :1].contiguous(),
-        "one outer": base[:1],
-        "transposed": base.transpose(0, 2),
-        "one row": base[:, :1],
-        "gate partials": torch.randn(300, 12, 1, generator=g),
+        "contiguous": (base, False),
+        "columns of a wider tensor": (base[:, :, 3:20], False),
+        "one column": (base[:, :, :1].contiguous(), False),
+        "one outer": (base[:1], False),
+        "transposed": (base.transpose(0, 2), False),
+        "one row": (base[:, :1], False),
+        "gate partials": (torch.randn(300, 12, 1, generator=g), True),
+        "gate partials, runs of 8 in a wider tensor": (torch.randn(300, 12, 1, generator=g)[:, :8], True),
+        "gate partials from an odd float": (flat[1:].view(300, 12, 1), False),
+        "gate partials, 6 rows": (torch.randn(300, 6, 1, generator=g), False),
+        "runs along the columns": (torch.randn(6, 40, 12, generator=g).transpose(1, 2)[:, :8], True),
     }
 
 
 @pytest.mark.parametrize("name", list(reduce_inputs()))
 def test_reduce_sum_is_the_in_order_sum(kernels, name):
-    x = reduce_inputs()[name]
-    out = kernels.reduce_sum(x, scale=0.25)
-    assert torch.equal(out, in_order_sum(x, 0.25)), name
+    x, runs = reduce_inputs()[name]
+    assert torch.equal(kernels.reduce_sum(x, scale=0.25), in_order_sum(x, 0.25)), name
+    kernels.ext.set_record_launches(True)  # records the launch, runs none of it
+    try:
+        kernels.reduce_sum(x, scale=0.25)
+    finally:
+        kernels.ext.set_record_launches(False)
+    assert [r["op"].endswith(f"ReduceSum<{str(runs).lower()}>") for r in kernels.ext.take_recorded_launches()] == [True]
