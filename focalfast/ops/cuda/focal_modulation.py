@@ -45,16 +45,16 @@ their gates a value an item, not a strip an item (a warp's lanes all work).
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.16 / 6.45 (the forward 3.45 / 6.74; stages 2-4: 4.33 / 7.24, 4.94 / 7.68, 5.64 / 8.14);
+    context_fwd   3.16 / 6.41 (the forward 3.45 / 6.70; stages 2-4: 4.33 / 7.20, 4.94 / 7.64, 5.64 / 8.09);
                   FMA floor 1.06 / 2.59
-    context_bwd   10.17 / 19.01 (the backward 10.95 / 19.85; stages 2-4: 11.19 / 20.49, 12.12 / 26.08,
-                  14.02 / 27.77: stacks of small images); FMA floor 3.19 / 7.78
+    context_bwd   9.60 / 17.91 (the backward 10.31 / 18.66; stages 2-4: 10.50 / 19.33, 11.27 / 24.33,
+                  13.08 / 25.76: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) and its ring rows once, a thread an entry,
 into a table that every phase reads with 16-byte shared loads (``BwdRowPlan``, ``BwdRingPlan``).
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers, context_bwd
-159 / 228 (162 / 230 where it stacks images, 214 at 4-pixel strips; a thread keeps its weight-gradient sums in
+168 / 214 (154 / 218 where it stacks images, 168 at 4-pixel strips; a thread keeps its weight-gradient sums in
 registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes lrf into 64 registers
 with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
