@@ -144,6 +144,8 @@ struct ContextBwdLayout {
     total = int(a.used);
     if (total < lv.taps() * threads) total = lv.taps() * threads;
   }
+  // Whether a block runs the schedule: a thread an item (threads stop at kSweepThreads).
+  bool runs() const { return items <= threads; }
   // Pixel x's channel 0 in a gate_terms row (channel c at + 4 c): a block of 4 pixels holds the chunk's channels, 4
   // floats each, and 4 floats more (term_block = 4 (mod 32) for chunks of 8 or more channels), so that the 16-byte
   // stores of 8 channels of a strip, and the gate items' loads of 32 consecutive pixels, fall in distinct banks.
@@ -385,16 +387,10 @@ struct ContextBwd {
       return level_taps(taps, smem, s, int(l), c);
     }
   }
-  // A level's weight-gradient sums of the thread that runs `item`: its registers, or its column of `columns`.
-  static FF_HD int sums_column(const ContextBwdLayout& s, int item) {
-#ifdef __CUDA_ARCH__
-    return int(threadIdx.x);
-#else
-    return item % s.threads;
-#endif
-  }
+  // A level's weight-gradient sums of the thread that runs `item` (thread `item`): its registers, or its column of
+  // `columns`.
   static FF_HD ColumnSums level_sums(NoThreadSums&, float* columns, const ContextBwdLayout& s, int l, int item) {
-    return ColumnSums{columns + s.level_sums[l] + sums_column(s, item), s.threads};
+    return ColumnSums{columns + s.level_sums[l] + item, s.threads};
   }
   template <int I, class Sums>
   static FF_HD auto level_sums(Sums& sums, float* columns, const ContextBwdLayout& s, LevelIndex<I> l, int item) {
@@ -959,8 +955,7 @@ int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int 
   int64_t bytes = 0;
   dispatch_chain(levels, [&](auto chain) {
     const ContextBwdLayout layout = context_bwd_layout<decltype(chain)>(levels, W, chunk, strip);
-    bytes = layout.items > layout.threads ? std::numeric_limits<int64_t>::max()  // more items than threads
-                                          : int64_t(layout.total) * int64_t(sizeof(float));
+    bytes = layout.runs() ? int64_t(layout.total) * int64_t(sizeof(float)) : std::numeric_limits<int64_t>::max();
   });
   return bytes;
 }
@@ -975,7 +970,7 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
   dispatch_chain(p.levels, [&](auto chain) {
     using Chain = decltype(chain);
     const ContextBwdLayout layout = context_bwd_layout<Chain>(p.levels, p.geo.W, p.chunk, strip);
-    if (layout.items > layout.threads) {
+    if (!layout.runs()) {
       throw std::invalid_argument("focalfast context_bwd: a block runs at most " + std::to_string(kSweepThreads) +
                                   " conv items (strips x chunk), got " + std::to_string(layout.items) +
                                   ": context_bwd_smem_bytes says which schedules run");
