@@ -120,6 +120,7 @@ class Checks {
     int64_t* strides[3] = {&v.sb, &v.sy, &v.sx};
     for (size_t i = 0; i + 1 < d; ++i) *strides[i] = t.strides[i];
     const int64_t bytes = element_size(dtype);
+    v.sy_bytes = v.sy * bytes;
     v.aligned = C % kGroup == 0 && t.ptr % 16 == 0 && (v.sb * bytes) % 16 == 0 && (v.sy * bytes) % 16 == 0 &&
                 (v.sx * bytes) % 16 == 0;
     return v;
@@ -145,6 +146,7 @@ class Checks {
     g.sy = t.strides[1];
     g.sx = t.strides[2];
     g.sl = t.strides[3];
+    g.sy_bytes = g.sy * element_size(dtype);
     g.L = int(t.shape[3] - 1);
     return g;
   }

@@ -56,6 +56,7 @@ FF_HD int stack_period(int H, int gap) { return H + (gap > 1 ? gap : 1); }
 struct View {
   void* ptr = nullptr;  // nullptr: an optional tensor that is absent
   int64_t sb = 0, sy = 0, sx = 0;
+  int64_t sy_bytes = 0;  // sy in bytes, from the host: a RowCursor's step is one 64-bit add of it
   bool aligned = false;  // C % 8 == 0 and every 8-channel group is 16-byte aligned: vector access
   FF_HD int64_t at(int64_t b, int64_t y, int64_t x) const { return b * sb + y * sy + x * sx; }
 };
@@ -64,6 +65,7 @@ struct View {
 struct GateView {
   const void* ptr = nullptr;
   int64_t sb = 0, sy = 0, sx = 0, sl = 0;
+  int64_t sy_bytes = 0;  // sy in bytes (as View's)
   int L = 0;  // focal levels; gates[..., L] is the global level's gate
 };
 

@@ -770,8 +770,9 @@ FF_NO_UNROLL
 // A thread: one channel group of one column of a band of rows (column_task), walking down the rows.
 //   grad_modulator = grad_out * q
 //   partial[b, band * W + x] = (sum grad_modulator, sum gates_L * grad_modulator) over the thread's pixels
-// (grad_q = grad_out * modulator is output_fwd's, once the sweep has given ctx_local.)
-template <typename T>
+// (grad_q = grad_out * modulator is output_fwd's, once the sweep has given ctx_local.) G: grad_out's access, Q: q's,
+// R: grad_modulator's (output_bwd chooses them).
+template <typename T, Access G, Access Q, Access R>
 struct OutputBwd {
   using Params = OutputBwdParams;
   static constexpr const char* kName = "output_bwd";
@@ -787,8 +788,6 @@ struct OutputBwd {
     }
   };
 
-  // One row; G: grad_out's access, Q: q's, R: grad_modulator's.
-  template <Access G, Access Q, Access R>
   static FF_HD void row(Cursors& c, int n, Group& sum, Group& gated_sum) {
     const Group grad_out = load_channels<G>(c.grad_out.p, n), q = load_channels<Q>(c.q.p, n);
     const float gate = to_float(*c.gate.p);
@@ -803,30 +802,16 @@ FF_UNROLL
     c.next();
   }
 
-  // Each access has its own row loop (its own for statement: the static cost report counts them apart).
   static FF_HD void run(const Params& p, const GridThread& thread) {
     const ColumnTask task = column_task(thread, p.geo, p.rows);
     Cursors c{row_cursor<const T>(p.grad_out, task), row_cursor<const T>(p.q, task),
               gate_cursor<T>(p.gates, task, p.gates.L), row_cursor<T>(p.grad_modulator, task)};
     Group sum = {}, gated_sum = {};
-    constexpr Access V = Access::kVector, S = Access::kScalar, B = Access::kBounded;
-    const int n = task.n, y0 = task.y0, y1 = task.y1;
-    if (n < kGroup || !p.grad_modulator.aligned) {  // C % 8 != 0
 FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<B, B, B>(c, n, sum, gated_sum);
-    } else if (p.grad_out.aligned && p.q.aligned) {
-FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<V, V, V>(c, n, sum, gated_sum);
-    } else if (p.grad_out.aligned) {  // q a view of f's output
-FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<V, S, V>(c, n, sum, gated_sum);
-    } else {
-FF_NO_UNROLL
-      for (int y = y0; y < y1; ++y) row<S, S, V>(c, n, sum, gated_sum);
-    }
+    for (int y = task.y0; y < task.y1; ++y) row(c, task.n, sum, gated_sum);
     float* partial = static_cast<float*>(p.partial.ptr) + p.partial.at(task.b, thread.band * p.geo.W + task.x, 0);
-    store_group(partial + task.c0, n, p.partial.aligned, sum);
-    store_group(partial + p.partial.sx + task.c0, n, p.partial.aligned, gated_sum);
+    store_group(partial + task.c0, task.n, p.partial.aligned, sum);
+    store_group(partial + p.partial.sx + task.c0, task.n, p.partial.aligned, gated_sum);
   }
 };
 
@@ -987,10 +972,27 @@ void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream) {
   });
 }
 
+// An aligned grad_modulator (C % 8 == 0: every thread's group is whole) takes vector stores, and grad_out and q
+// vector loads where each is aligned (q is not where it is a view of f's output); else bounded scalars.
 void output_bwd(const OutputBwdParams& p, const Stream& stream) {
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_grid<OutputBwd<T>>(p, column_grid(p.geo, p.rows), stream);
+    const auto launch = [&](auto g, auto q, auto r) {
+      launch_grid<OutputBwd<T, decltype(g)::value, decltype(q)::value, decltype(r)::value>>(
+          p, column_grid(p.geo, p.rows), stream);
+    };
+    using V = AccessTag<Access::kVector>;
+    using S = AccessTag<Access::kScalar>;
+    using B = AccessTag<Access::kBounded>;
+    if (!p.grad_modulator.aligned) {
+      launch(B{}, B{}, B{});
+    } else if (p.grad_out.aligned && p.q.aligned) {
+      launch(V{}, V{}, V{});
+    } else if (p.grad_out.aligned) {
+      launch(V{}, S{}, V{});
+    } else {
+      launch(S{}, S{}, V{});
+    }
   });
 }
 

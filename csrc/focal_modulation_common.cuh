@@ -131,8 +131,11 @@ FF_HD void store_vec16(T* p, const Vec16<T>& r) {
 
 // How a thread reaches the 8 channels [c0, c0 + n) of a pixel: one 16-byte vector (aligned, n == 8), eight
 // scalars (n == 8, any alignment: no bounds test), or the first n scalars (n < 8). Kernels that loop over
-// pixels choose it once per thread (a template parameter) so that their loop bodies hold no branch.
+// pixels take it as a template parameter, chosen once per launch: their loop bodies hold no branch, and a kernel
+// holds only the row loop it runs.
 enum class Access { kVector, kScalar, kBounded };
+template <Access A>
+using AccessTag = std::integral_constant<Access, A>;
 
 // Channels [c0, c0 + n) of p (already offset to c0) as fp32; zeros past n.
 template <Access A, typename T>
@@ -420,22 +423,37 @@ inline GridShape column_grid(const Geometry& geo, int rows) {
   return grid_shape(int64_t(geo.W) * geo.groups(), ceil_div(geo.H, rows), geo.B);
 }
 
-// A pointer that walks down the rows of an image: `step` elements a row.
+// A pointer that walks down the rows of an image: `step_bytes` a row, the view's sy_bytes (a kernel argument: one
+// 64-bit add a step, IADD3 and IADD3.X of the argument; a step in elements, scaled in the kernel, took ptxas a
+// shift-add and one or two moves out of the uniform registers it held the step in, 3-4 instructions).
 template <typename T>
 struct RowCursor {
   T* p;
-  int64_t step;
-  FF_HD void next() { p += step; }
+  int64_t step_bytes;
+  FF_HD void next() {
+    using Byte = std::conditional_t<std::is_const<T>::value, const char, char>;
+    p = reinterpret_cast<T*>(reinterpret_cast<Byte*>(p) + step_bytes);
+  }
 };
+
+// The row step of a view of T (the host checks that sy_bytes is sy's).
+template <typename T>
+FF_HD int64_t row_step_bytes(int64_t sy, int64_t sy_bytes) {
+#ifndef __CUDA_ARCH__
+  if (sy_bytes != sy * int64_t(sizeof(T))) throw std::logic_error("focalfast: internal: a view's sy_bytes is not sy's");
+#endif
+  return sy_bytes;
+}
 
 template <typename T>
 FF_HD RowCursor<T> row_cursor(const View& v, const ColumnTask& task) {
-  return {static_cast<T*>(v.ptr) + v.at(task.b, task.y0, task.x) + task.c0, v.sy};
+  return {static_cast<T*>(v.ptr) + v.at(task.b, task.y0, task.x) + task.c0, row_step_bytes<T>(v.sy, v.sy_bytes)};
 }
 
 template <typename T>
 FF_HD RowCursor<const T> gate_cursor(const GateView& g, const ColumnTask& task, int level) {
-  return {static_cast<const T*>(g.ptr) + task.b * g.sb + task.y0 * g.sy + task.x * g.sx + level * g.sl, g.sy};
+  return {static_cast<const T*>(g.ptr) + task.b * g.sb + task.y0 * g.sy + task.x * g.sx + level * g.sl,
+          row_step_bytes<T>(g.sy, g.sy_bytes)};
 }
 
 // scale * global_term[b, c] for the channels of a thread of output_fwd.

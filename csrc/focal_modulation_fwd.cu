@@ -11,11 +11,14 @@ namespace {
 // per-row set-up (slots, addresses, item decomposition, barriers) is paid once per kRowsPerStep rows.
 constexpr int kRowsPerStep = 2;
 
-// Widest rows (in strips) whose gates context_fwd loads a value an item, not a strip of both rows an item
-// (ContextFwdLayout::gates_by_value). Measured (static cost, bf16 views, FocalNet-T): by value, stage 4 srf / lrf
-// 6.15 / 8.74 -> 5.64 / 8.14 and stage 3 5.06 / 7.72 -> 4.94 / 7.68 warp-instructions an element; stage 2 srf (4
-// strips) 4.33 -> 4.37 and stage 1 srf (7 strips) 3.45 -> 3.53, where strip items fill a warp.
-constexpr int kGateStripsByValue = 2;
+// Widest rows (in strips) that context_fwd sweeps as narrow (ContextFwdLayout::narrow; 14x14 and 7x7 maps): their
+// gates load a value an item, not a strip of both rows an item, and an item whose strip passes W (every item at 7x7)
+// takes the unrolled rows with its columns tested, not the loop of tested rows. Measured (static cost, bf16 views,
+// FocalNet-T, warp-instructions an element): gates by value, stage 4 srf / lrf 6.15 / 8.74 -> 5.64 / 8.14 and stage
+// 3 5.06 / 7.72 -> 4.94 / 7.68; stage 2 srf (4 strips) 4.33 -> 4.37 and stage 1 srf (7 strips) 3.45 -> 3.53, where
+// strip items fill a warp. Column tests in the unrolled rows of wide rows cost stage 1 srf / lrf 3.45 / 6.70 -> 3.77 /
+// 7.39 (ptxas predicates them: every item pays them), where only a row's last strip can pass W.
+constexpr int kNarrowStrips = 2;
 static_assert(kRowsPerStep == 2, "a gate item by value holds its row in one bit");
 
 // Shared memory of context_fwd (fp32): the block's weights, a row of weight_pitch (odd: the lanes' channels hit
@@ -27,10 +30,10 @@ static_assert(kRowsPerStep == 2, "a gate item by value holds its row in one bit"
 struct ContextFwdLayout {
   int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, tables = 0, total = 0, width = 0, chunk_shift = 0;
   int items = 0;        // a row's (strip, channel) items: width / kStrip * chunk
-  // The gate load's items, decoded by shifts: by value where a row has at most kGateStripsByValue strips (items of
-  // whole strips would leave most of a warp idle): item = (x << (gate_shift + 1)) | (v << gate_shift) | l, 2^gate_shift
-  // >= L; else by strip of both rows: item = (l << gate_shift) | strip, 2^gate_shift >= width / kStrip.
-  bool gates_by_value = false;
+  // Narrow rows (at most kNarrowStrips strips). The gate load's items, decoded by shifts: by value where narrow
+  // (items of whole strips would leave most of a warp idle): item = (x << (gate_shift + 1)) | (v << gate_shift) | l,
+  // 2^gate_shift >= L; else by strip of both rows: item = (l << gate_shift) | strip, 2^gate_shift >= width / kStrip.
+  bool narrow = false;
   int gate_shift = 0, gate_items = 0;
   int lag[kMaxFocalLevel] = {};        // o_{l+1}: level l's output row trails the ctx row by this much
   int level_taps[kMaxFocalLevel] = {};  // level l's tap 0 in a channel's weight row
@@ -41,8 +44,8 @@ struct ContextFwdLayout {
     SmemAllocator a;
     width = strip_width(W);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
-    gates_by_value = width / kStrip <= kGateStripsByValue;
-    if (gates_by_value) {
+    narrow = width / kStrip <= kNarrowStrips;
+    if (narrow) {
       while ((1 << gate_shift) < lv.L) ++gate_shift;
       gate_items = width << (gate_shift + 1);
     } else {
@@ -152,27 +155,41 @@ FF_UNROLL
   }
 }
 
-// out[u * sx] = v[u] for u < min(valid, kStrip).
+// out[u * sx] = v[u] for u < kStrip.
 template <typename T>
+FF_HD void store_whole_strip(T* out, int64_t sx, const float (&v)[kStrip]) {
+FF_UNROLL
+  for (int u = 0; u < kStrip; ++u, out += sx) *out = from_float<T>(v[u]);
+}
+
+// out[u * sx] = v[u] for u < min(valid, kStrip); kPastW: the strip may pass W (else valid >= kStrip, untested).
+template <bool kPastW, typename T>
 FF_HD void store_pixels(T* out, int64_t sx, int valid, const float (&v)[kStrip]) {
-  if (valid >= kStrip) {
+  if constexpr (kPastW) {
+    if (valid >= kStrip) {
+      store_whole_strip(out, sx, v);
+    } else {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u, out += sx) *out = from_float<T>(v[u]);
-  } else {
-FF_UNROLL
-    for (int u = 0; u < kStrip; ++u, out += sx) {
-      if (u < valid) *out = from_float<T>(v[u]);
+      for (int u = 0; u < kStrip; ++u, out += sx) {
+        if (u < valid) *out = from_float<T>(v[u]);
+      }
     }
+  } else {
+    store_whole_strip(out, sx, v);
   }
 }
 
-// z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last).
+// z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last); kPastW: the
+// strip may pass W (else every column is inside, untested).
+template <bool kPastW>
 FF_HD void gelu_strip(float (&z)[kStrip], int x0, int W) {
 FF_UNROLL
   for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
-  if (x0 + kStrip > W) {
+  if constexpr (kPastW) {
+    if (x0 + kStrip > W) {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
+      for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
+    }
   }
 }
 
@@ -199,11 +216,12 @@ FF_UNROLL
 //   z_1 .. z_{L-2}; once per element: the ctx load (a 2-byte global load, a convert, 1/4 16-byte shared store)
 //   and the ctx_local store (a convert, a 2-byte global store). A global row's pointer steps once per step, an
 //   item's pixels are a pixel stride apart (a 64-bit add, two integer instructions, a value). An item whose rows
-//   and columns are all inside (the image for inner levels, the band for the last; no strip past W, no channel past
-//   cn) takes the rows unrolled, without tests or row selects (item_row<false>); the others a loop of tested rows.
-// kGatesByValue: the layout's gates_by_value (a template parameter: a loop that a launch never runs still counts in
-// the static cost report, once a step).
-template <typename T, class Chain, bool kGatesByValue>
+//   and columns are all inside (the image for inner levels, the band for the last; no strip past W but for narrow
+//   rows, no channel past cn) takes the rows unrolled, without row tests or row selects (item_row<false>); the others
+//   a loop of tested rows.
+// kNarrow: the layout's narrow (a template parameter: a loop that a launch never runs still counts in the static cost
+// report, once a step).
+template <typename T, class Chain, bool kNarrow>
 struct ContextFwd {
   using Params = ContextFwdParams;
   using ThreadTaps = typename ThreadTapsOf<Chain>::type;
@@ -236,36 +254,27 @@ struct ContextFwd {
 
   // Row y + v of an item from its conv sums z (at the last level also below: z_{L-1} of that row, the centre of
   // its window): GELU, then the next ring's row (inner levels) or the gated sum, the pooling and ctx_local (the
-  // last level). kChecked: rows outside the image (inner levels) or the band (the last level), columns past W and
-  // channels past cn are tested; else the caller has checked that none is.
-  template <bool kChecked, class Level>
+  // last level). kChecked: rows outside the image (inner levels) or the band (the last level) and channels past cn
+  // (no ctx_local store) are tested; else the caller has checked that none is. kPastW: columns past W are tested
+  // (GELU's zeros, gelu_strip; the store's bound), else the caller has checked that none is.
+  template <bool kChecked, bool kPastW, class Level>
   static FF_HD void item_row(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, Level l,
                              int y, int v, int x0, int c, int next_slot, int gate_slot, T* out, float (&z)[kStrip],
                              const float (&below)[kStrip], float& pooled) {
     const int W = p.geo.W, L = Chain::levels(p.levels), row = y + v;
     if (l != L - 1) {
       const TabledRing& next = s.z[l + 1];
-      if constexpr (kChecked) {
-        if (unsigned(row) < unsigned(p.geo.H)) {
-          gelu_strip(z, x0, W);
-        } else {
-FF_UNROLL
-          for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
-        }
+      if (!kChecked || unsigned(row) < unsigned(p.geo.H)) {
+        gelu_strip<kPastW>(z, x0, W);
       } else {
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+        for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
       }
       store_run(smem + next.table_offset(smem, next_slot + v) + next.channel(c) + next.pad + x0, z);
       return;
     }
-    if constexpr (kChecked) {
-      if (!band.owns(row)) return;
-      gelu_strip(z, x0, W);
-    } else {
-FF_UNROLL
-      for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
-    }
+    if (kChecked && !band.owns(row)) return;
+    gelu_strip<kPastW>(z, x0, W);
     const float* gates = smem + s.gates.table_offset(smem, gate_slot + v) + x0;
     float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {};
 FF_UNROLL
@@ -286,9 +295,9 @@ FF_UNROLL
 FF_UNROLL
     for (int u = 0; u < kStrip; ++u) pooled += z[u];
     if constexpr (kChecked) {
-      if (c < band.cn) store_pixels(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
+      if (c < band.cn) store_pixels<kPastW>(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
     } else {
-      store_pixels(out + v * p.ctx_local.sy, p.ctx_local.sx, kStrip, acc);
+      store_pixels<kPastW>(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
     }
   }
 
@@ -329,7 +338,7 @@ FF_NO_UNROLL
   template <int K, class Level>
   static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                                 ThreadTaps& taps, Level l, int y, bool last, T* out_row) {
-    const int W = p.geo.W, H = p.geo.H, chunk = p.chunk, L = Chain::levels(p.levels);
+    const int W = p.geo.W, H = p.geo.H, chunk = p.chunk;
     const TabledRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
     const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
     const int64_t out_sx = p.ctx_local.sx;
@@ -345,14 +354,24 @@ FF_NO_UNROLL
       float conv[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
       conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
       float pooled = 0.f;
-      // Every row and column of the item inside: its rows unrolled, without tests; else a loop of tested rows. The
+      // Every row of the step inside, and the strip and channel (but for narrow rows' strips): the rows unrolled,
+      // without row tests (narrow rows' strips past W in a copy with column tests, where a full strip pays none);
+      // else a loop of tested rows. The
       // loop's statement runs for every item (no rows for the first kind): the static cost report counts its body by
       // its host-path trips, which it could not map if no item of a case ran it.
-      const bool untested = inside && x0 + kStrip <= W && c < band.cn;
-      if (untested) {
+      const bool untested = inside && (kNarrow || x0 + kStrip <= W) && c < band.cn;
+      const auto unrolled_rows = [&](auto past_w) {
 FF_UNROLL
         for (int v = 0; v < kRowsPerStep; ++v) {
-          item_row<false>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, conv[v], centre[v], pooled);
+          item_row<false, decltype(past_w)::value>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out,
+                                                   conv[v], centre[v], pooled);
+        }
+      };
+      if (untested) {
+        if (kNarrow && x0 + kStrip > W) {
+          unrolled_rows(std::true_type{});
+        } else {
+          unrolled_rows(std::false_type{});
         }
       }
 FF_NO_UNROLL
@@ -360,7 +379,7 @@ FF_NO_UNROLL
         float z[kStrip], below[kStrip];
         pick_row(conv, v, z);
         pick_row(centre, v, below);
-        item_row<true>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, z, below, pooled);
+        item_row<true, true>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, z, below, pooled);
       }
       if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
     }
@@ -412,7 +431,7 @@ FF_NO_UNROLL
              gate_row += kRowsPerStep * p.gates.sy, out_row += kRowsPerStep * p.ctx_local.sy) {
       // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image and past cn) into ring 0, an item per (strip,
       // channel) as in the levels; those gates rows (scaled: the last level's sum comes out scaled), an item per
-      // value or per (level, strip) (ContextFwdLayout::gates_by_value).
+      // value or per (level, strip) (ContextFwdLayout::narrow).
       const int z0_slot = z0.slot(t), gate_slot = s.gates.slot(t);
       FF_FOR_EACH(item, s.items) {
         const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip, valid = c < cn ? W - x0 : 0;
@@ -425,7 +444,7 @@ FF_NO_UNROLL
           store_run(run + z0.table_offset(smem, z0_slot + v), z);
         }
       }
-      if constexpr (kGatesByValue) {
+      if constexpr (kNarrow) {
         FF_FOR_EACH(item, s.gate_items) {
           const int x = item >> (s.gate_shift + 1), v = (item >> s.gate_shift) & 1, l = item & ((1 << s.gate_shift) - 1);
           if (l < L) {
@@ -507,7 +526,8 @@ FF_UNROLL
 // A thread: one channel group of one column of a band of rows (column_task), walking down the rows.
 //   out = q * (linear + scale * gates_L * global_term)      (linear holds the bias)
 // Per 8 channels of a pixel: the q, linear and gate loads, 2 fp32 operations a channel, one store.
-template <typename T>
+// Q: q's access, R: linear's and out's (output_fwd chooses them).
+template <typename T, Access Q, Access R>
 struct OutputFwd {
   using Params = OutputFwdParams;
   static constexpr const char* kName = "output_fwd";
@@ -523,8 +543,6 @@ struct OutputFwd {
     }
   };
 
-  // One row; Q: q's access, R: linear's and out's.
-  template <Access Q, Access R>
   static FF_HD void row(Cursors& c, int n, const Group& global) {
     const Group q = load_channels<Q>(c.q.p, n), linear = load_channels<R>(c.linear.p, n);
     const float gate = to_float(*c.gate.p);
@@ -535,24 +553,14 @@ FF_UNROLL
     c.next();
   }
 
-  // Each access has its own row loop (its own for statement: the static cost report counts them apart).
   static FF_HD void run(const Params& p, const GridThread& thread) {
     const ModulatorArgs& m = p.mod;
     const ColumnTask task = column_task(thread, p.geo, p.rows);
     const Group global = scaled_global_term(m, task);
     Cursors c{row_cursor<const T>(p.q, task), row_cursor<const T>(m.linear, task), gate_cursor<T>(m.gates, task, m.gates.L),
               row_cursor<T>(p.out, task)};
-    const int n = task.n;
-    if (n < kGroup || !m.linear.aligned || !p.out.aligned) {  // C % 8 != 0
 FF_NO_UNROLL
-      for (int y = task.y0; y < task.y1; ++y) row<Access::kBounded, Access::kBounded>(c, n, global);
-    } else if (p.q.aligned) {
-FF_NO_UNROLL
-      for (int y = task.y0; y < task.y1; ++y) row<Access::kVector, Access::kVector>(c, n, global);
-    } else {  // q a view of f's output
-FF_NO_UNROLL
-      for (int y = task.y0; y < task.y1; ++y) row<Access::kScalar, Access::kVector>(c, n, global);
-    }
+    for (int y = task.y0; y < task.y1; ++y) row(c, task.n, global);
   }
 };
 
@@ -596,7 +604,8 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
   // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the
   // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
-  // (ptxas sm_90a: 125 srf, 106 lrf, 128 at L = 4) fit it: 2 blocks x 256 threads x 128 = 64 K.
+  // (ptxas sm_90a: 125 srf, 106 lrf, 124 / 126 for narrow rows, 128 at L = 4) fit it: 2 blocks x 256 threads x
+  // 128 = 64 K.
   // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
   const int threads = layout.items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
   const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
@@ -606,7 +615,7 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
       using Chain = decltype(chain);
       const auto launch = [&](auto chain_tag) {
         using C = decltype(chain_tag);
-        if (layout.gates_by_value) {
+        if (layout.narrow) {
           launch_sweep<ContextFwd<T, C, true>>({p, layout}, blocks, threads, smem_bytes, stream);
         } else {
           launch_sweep<ContextFwd<T, C, false>>({p, layout}, blocks, threads, smem_bytes, stream);
@@ -631,10 +640,21 @@ void conv_level_fwd(const ConvLevelFwdParams& p, const Stream& stream) {
   });
 }
 
+// Aligned linear and out (C % 8 == 0: every thread's group is whole) take vector accesses, and so does an aligned q
+// (not a view of f's output); else bounded scalars.
 void output_fwd(const OutputFwdParams& p, const Stream& stream) {
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    launch_grid<OutputFwd<T>>(p, column_grid(p.geo, p.rows), stream);
+    const auto launch = [&](auto q, auto r) {
+      launch_grid<OutputFwd<T, decltype(q)::value, decltype(r)::value>>(p, column_grid(p.geo, p.rows), stream);
+    };
+    if (!p.mod.linear.aligned || !p.out.aligned) {
+      launch(AccessTag<Access::kBounded>{}, AccessTag<Access::kBounded>{});
+    } else if (p.q.aligned) {
+      launch(AccessTag<Access::kVector>{}, AccessTag<Access::kVector>{});
+    } else {
+      launch(AccessTag<Access::kScalar>{}, AccessTag<Access::kVector>{});
+    }
   });
 }
 

@@ -317,6 +317,7 @@ FF_HD View gates_as_view(const GateView& g) {
   v.sb = g.sb;
   v.sy = g.sy;
   v.sx = g.sx;
+  v.sy_bytes = g.sy_bytes;
   return v;
 }
 

@@ -175,6 +175,7 @@ HOST_CASES = [
     (2, 5, 9, 16, (3,), torch.bfloat16, True, False, "views"),  # the one-level fixed chain
     (1, 3, 72, 40, (3,), torch.bfloat16, False, True, "views"),  # 32-channel chunks: 288 items > 256 threads
     (5, 4, 6, 12, (3, 5, 7), torch.float32, True, True, "views"),  # stacks of 2 and 3 images: ragged last stacks
+    (1, 6, 19, 16, (3, 5), torch.bfloat16, False, True, "views"),  # rows of 3 strips, the last past W (3 pixels)
 ]
 
 # How the host test runs the context part: the fused sweep with 8-, 16- or 32-channel chunks (32 > C: one

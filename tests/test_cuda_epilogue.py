@@ -2,9 +2,9 @@
 the backward's grad_q; output_bwd: grad_modulator and its partial sums) and its split reduction (reduce_sum),
 launched one by one on the host (CPU tensors run the GPU thread bodies serially), against float64 math.
 
-The epilogue's threads each walk down a band of image rows, and pick the access of every tensor once:
-16-byte vectors (aligned), eight scalars (a view of f's output whose rows are not 16-byte aligned), or a
-bounded channel tail (C not a multiple of 8). The cases below reach every one of these paths, with ragged
+The epilogue's threads each walk down a band of image rows; the launch picks the access of every tensor (a kernel
+instantiation each): 16-byte vectors (aligned), eight scalars (a view of f's output whose rows are not 16-byte
+aligned), or a bounded channel tail (C not a multiple of 8). The cases below reach every one of these paths, with ragged
 last bands; reduce_sum is checked bitwise against the in-order sum for every stride pattern it merges.
 """
 
@@ -91,6 +91,40 @@ def test_output_kernels_match_float64(kernels, B, H, W, C, rows, dtype, q_layout
         padded = torch.cat([expected, expected.new_zeros(B, pad, W, C)], dim=1)
         per_strip = padded.reshape(B, bands, rows, W, C).sum(2).reshape(B, strips, C)
         assert rel_err(partial[:, :, j], per_strip) < 1e-6, j
+
+
+def recorded_accesses(kernels, name, **args):
+    """The accesses of the one kernel instantiation that launching ``name`` picks (recorded, not run), by name."""
+    kernels.ext.set_record_launches(True)  # records the launch, runs none of it
+    try:
+        kernels.launch(name, **args)
+    finally:
+        kernels.ext.set_record_launches(False)
+    (record,) = kernels.ext.take_recorded_launches()
+    names = {"(focalfast::Access)0": "vector", "(focalfast::Access)1": "scalar", "(focalfast::Access)2": "bounded"}
+    return tuple(names[a.strip()] for a in record["op"].rstrip(">").split(",")[1:])
+
+
+# C, q's layout, grad_out's layout -> output_fwd's (q, linear and out) and output_bwd's (grad_out, q,
+# grad_modulator) accesses: every instantiation the launches pick, and only aligned tensors as vectors.
+ACCESS_CASES = [
+    (16, "contiguous", "contiguous", ("vector", "vector"), ("vector", "vector", "vector")),
+    (16, "view", "contiguous", ("scalar", "vector"), ("vector", "scalar", "vector")),
+    (16, "view", "view", ("scalar", "vector"), ("scalar", "scalar", "vector")),
+    (16, "contiguous", "view", ("vector", "vector"), ("scalar", "scalar", "vector")),
+    (12, "contiguous", "contiguous", ("bounded", "bounded"), ("bounded", "bounded", "bounded")),
+]
+
+
+@pytest.mark.parametrize("C,q_layout,grad_layout,fwd,bwd", ACCESS_CASES)
+def test_output_kernels_pick_their_access_per_launch(kernels, C, q_layout, grad_layout, fwd, bwd):
+    a = epilogue_inputs(1, 4, 3, C, torch.bfloat16, q_layout)
+    out = torch.empty(1, 4, 3, C, dtype=torch.bfloat16)
+    assert recorded_accesses(kernels, "output_fwd", out=out, rows_per_thread=2, **a) == fwd
+    grad_out = pixel_tensor(1, 4, 3, C, torch.bfloat16, grad_layout, torch.Generator().manual_seed(1))
+    partial = torch.empty(1, 2 * 3, 2, C)
+    assert recorded_accesses(kernels, "output_bwd", grad_out=grad_out, q=a["q"], gates=a["gates"],
+                             grad_modulator=torch.empty_like(out), partial=partial, rows_per_thread=2) == bwd
 
 
 def test_output_bwd_partial_shape_is_checked(kernels):

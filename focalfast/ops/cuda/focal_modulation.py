@@ -40,7 +40,10 @@ addresses, barriers, the load phase) is paid once per two rows. An item whose ro
 runs its two rows unrolled without tests; the others (image and band edges, the strip past W) run them as a
 one-copy row loop, so the static cost report counts their branches exactly. Global addresses: a row pointer
 stepped once per step, a pixel stride (a 64-bit add) per value. Maps of at most two strips a row (7x7, 14x14) load
-their gates a value an item, not a strip an item (a warp's lanes all work).
+their gates a value an item, not a strip an item (a warp's lanes all work), and their strips past W (every strip at
+7x7) take the unrolled rows too, with a column test. output_fwd and output_bwd are instantiated per access (vector,
+scalar, bounded), so a kernel holds the one row loop it runs, and their row pointers step by the views' row strides
+in bytes, given by the host (one 64-bit add a row).
 
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
@@ -53,10 +56,10 @@ context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shar
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) and its ring rows once, a thread an entry,
 into a table that every phase reads with 16-byte shared loads (``BwdRowPlan``, ``BwdRingPlan``).
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers, context_bwd
-168 / 214 (154 / 218 where it stacks images, 168 at 4-pixel strips; a thread keeps its weight-gradient sums in
-registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes lrf into 64 registers
-with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers (124 / 126
+at 14x14 and 7x7), context_bwd 168 / 214 (154 / 218 where it stacks images, 168 at 4-pixel strips; a thread keeps
+its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes
+lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
 takes 32 channels for srf (95 KB, 2 blocks of 7 warps per SM) and 16 for lrf (94 KB, 2 blocks of 4 warps), one
 warp per block where a level's items fit one (7x7 maps);
