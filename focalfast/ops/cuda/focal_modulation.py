@@ -48,10 +48,10 @@ in bytes, given by the host (one 64-bit add a row).
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.16 / 6.41 (the forward 3.45 / 6.70; stages 2-4: 4.33 / 7.20, 4.94 / 7.64, 5.64 / 8.09);
+    context_fwd   3.16 / 6.41 (the forward 3.43 / 6.68; stages 2-4: 4.29 / 7.16, 4.74 / 7.42, 5.11 / 7.70);
                   FMA floor 1.06 / 2.59
-    context_bwd   9.60 / 17.91 (the backward 10.31 / 18.66; stages 2-4: 10.50 / 19.33, 11.27 / 24.33,
-                  13.08 / 25.76: stacks of small images); FMA floor 3.19 / 7.78
+    context_bwd   9.60 / 17.91 (the backward 10.23 / 18.58; stages 2-4: 10.36 / 19.20, 11.04 / 24.10,
+                  12.64 / 25.32: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) and its ring rows once, a thread an entry,
