@@ -294,11 +294,7 @@ FF_UNROLL
     }
 FF_UNROLL
     for (int u = 0; u < kStrip; ++u) pooled += z[u];
-    if constexpr (kChecked) {
-      if (c < band.cn) store_pixels<kPastW>(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
-    } else {
-      store_pixels<kPastW>(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
-    }
+    if (!kChecked || c < band.cn) store_pixels<kPastW>(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
   }
 
   template <int K, class Level>
@@ -648,12 +644,15 @@ void output_fwd(const OutputFwdParams& p, const Stream& stream) {
     const auto launch = [&](auto q, auto r) {
       launch_grid<OutputFwd<T, decltype(q)::value, decltype(r)::value>>(p, column_grid(p.geo, p.rows), stream);
     };
+    using V = AccessTag<Access::kVector>;
+    using S = AccessTag<Access::kScalar>;
+    using B = AccessTag<Access::kBounded>;
     if (!p.mod.linear.aligned || !p.out.aligned) {
-      launch(AccessTag<Access::kBounded>{}, AccessTag<Access::kBounded>{});
+      launch(B{}, B{});
     } else if (p.q.aligned) {
-      launch(AccessTag<Access::kVector>{}, AccessTag<Access::kVector>{});
+      launch(V{}, V{});
     } else {
-      launch(AccessTag<Access::kScalar>{}, AccessTag<Access::kVector>{});
+      launch(S{}, V{});
     }
   });
 }

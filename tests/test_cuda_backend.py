@@ -453,12 +453,9 @@ def test_sweeps_take_the_compile_time_chain_of_focalnet_sizes(ext, monkeypatch, 
     any other sizes the run-time one."""
     monkeypatch.setattr(cuda_op, "MIN_THREADS", 1)
     inputs = random_focal_inputs(1, 4, 5, 8, kernel_sizes, generator=torch.Generator().manual_seed(0))
-    ext.set_record_launches(True)
-    try:
+    with extension.recorded_launches(ext) as records:
         focal_modulation_cuda(**inputs)
-    finally:
-        ext.set_record_launches(False)
-    ops = {r["name"]: r["op"] for r in ext.take_recorded_launches()}
+    ops = {r["name"]: r["op"] for r in records}
     assert f"ContextFwd<float, focalfast::{chain}" in ops["context_fwd"], ops
 
 

@@ -95,12 +95,9 @@ def test_output_kernels_match_float64(kernels, B, H, W, C, rows, dtype, q_layout
 
 def recorded_accesses(kernels, name, **args):
     """The accesses of the one kernel instantiation that launching ``name`` picks (recorded, not run), by name."""
-    kernels.ext.set_record_launches(True)  # records the launch, runs none of it
-    try:
+    with extension.recorded_launches(kernels.ext) as records:
         kernels.launch(name, **args)
-    finally:
-        kernels.ext.set_record_launches(False)
-    (record,) = kernels.ext.take_recorded_launches()
+    (record,) = records
     names = {"(focalfast::Access)0": "vector", "(focalfast::Access)1": "scalar", "(focalfast::Access)2": "bounded"}
     return tuple(names[a.strip()] for a in record["op"].rstrip(">").split(",")[1:])
 
@@ -171,9 +168,6 @@ def reduce_inputs():
 def test_reduce_sum_is_the_in_order_sum(kernels, name):
     x, runs = reduce_inputs()[name]
     assert torch.equal(kernels.reduce_sum(x, scale=0.25), in_order_sum(x, 0.25)), name
-    kernels.ext.set_record_launches(True)  # records the launch, runs none of it
-    try:
+    with extension.recorded_launches(kernels.ext) as records:
         kernels.reduce_sum(x, scale=0.25)
-    finally:
-        kernels.ext.set_record_launches(False)
-    assert [r["op"].endswith(f"ReduceSum<{str(runs).lower()}>") for r in kernels.ext.take_recorded_launches()] == [True]
+    assert [r["op"].endswith(f"ReduceSum<{str(runs).lower()}>") for r in records] == [True]

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
+from focalfast.ops.cuda import extension
 from focalfast.static_cost.cases import Case, op_inputs
 from focalfast.static_cost.branch_map import branch_share
 from focalfast.static_cost.count import kernel_cost
@@ -90,16 +91,11 @@ def capture(case: Case, sm_count: int, host_sample: bool = True) -> Dict[str, Tu
     with _count_build_launch_code(sm_count) as (cuda_op, module, lib):
         pooled_mean = None
         for direction in ("fwd", "bwd"):
-            module.set_record_launches(True)
-            try:
-                with ShapeOnly() as shapes:
-                    out = _run_op(cuda_op, inputs, direction, pooled_mean)
-            finally:
-                module.set_record_launches(False)
+            with extension.recorded_launches(module) as records, ShapeOnly() as shapes:
+                out = _run_op(cuda_op, inputs, direction, pooled_mean)
             if direction == "fwd":
                 pooled_mean = out[1]
-            launches = [CudaLaunch(r["name"], r["op"], r["blocks"], r["threads"], r["smem_bytes"])
-                        for r in module.take_recorded_launches()]
+            launches = [CudaLaunch(r["name"], r["op"], r["blocks"], r["threads"], r["smem_bytes"]) for r in records]
             sample = case.batch if host_sample else 1
             trees = _count_trees(cuda_op, module, lib, sample, inputs, direction, pooled_mean)
             if [t[0] for t in trees] != [lc.name for lc in launches]:

@@ -26,6 +26,7 @@ environment without torch.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -38,7 +39,7 @@ import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 ARCHS_ENV = "FOCALFAST_CUDA_ARCHS"
 SKIP_ENV = "FOCALFAST_SKIP_CUDA_BUILD"
@@ -359,3 +360,17 @@ def unavailable_reason() -> Optional[str]:
     except ExtensionUnavailableError as exc:
         return str(exc)
     return None
+
+
+@contextlib.contextmanager
+def recorded_launches(module: ModuleType) -> Iterator[List[dict]]:
+    """Within the block, the extension ``module``'s launchers record their launches and run none of them;
+    yields the list that holds the records (``name``, ``op``: the kernel body's C++ type, ``blocks``,
+    ``threads``, ``smem_bytes``) once the block ends."""
+    records: List[dict] = []
+    module.set_record_launches(True)
+    try:
+        yield records
+    finally:
+        module.set_record_launches(False)
+        records.extend(module.take_recorded_launches())
