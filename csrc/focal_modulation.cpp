@@ -350,10 +350,10 @@ void context_bwd_py(const TensorArg& ctx, const TensorArg& weights, const std::v
   p.stack = stack;
   const int64_t bands = stacked_bands(c, band_rows, stack, p.levels.largest_radius(), geo);
   p.weight_partial = c.view(weight_partial, "weight_partial", DType::kFloat32, {bands, taps, geo.C}, true, geo.C);
-  const int64_t chunks = (geo.C + p.chunk - 1) / p.chunk;
   c.device(gate_partial, "gate_partial");
   c.dtype(gate_partial, "gate_partial", DType::kFloat32);
-  c.shape(gate_partial, "gate_partial", {geo.B, geo.H, geo.W, p.gates.L + 1, chunks});
+  c.shape(gate_partial, "gate_partial",
+          {geo.B, geo.H, geo.W, p.gates.L + 1, gate_partial_columns(geo, p.chunk, p.stack)});
   c.contiguous(gate_partial, "gate_partial");
   p.gate_partial = reinterpret_cast<float*>(gate_partial.ptr);
   context_bwd(p, bwd_strip(c, strip), c.stream(stream));

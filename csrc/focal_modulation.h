@@ -253,8 +253,9 @@ struct ContextFwdParams {
 //   grad_ctx                                    T [B, H, W, C]
 //   weight_partial[band, tap, c] = sum over the band's pixels of grad_pre_l * z_l (shifted)
 //       fp32 [bands, taps, C]; bands: B * ceil(H / band_rows), or ceil(B / stack) for stacks
-//   gate_partial[b, y, x, l, chunk] = scale * sum over the chunk's channels of
-//       grad_ctx_all * z_{l+1}  (l < L),  grad_ctx_all * G  (l = L)           fp32 [B, H, W, L + 1, chunks]
+//   gate_partial[b, y, x, l, column] = scale * sum over the column's channels (a group of kGroup, or a chunk in
+//       stacks: gate_partial_columns) of grad_ctx_all * z_{l+1} (l < L), grad_ctx_all * G (l = L)
+//       fp32 [B, H, W, L + 1, columns]
 struct ContextBwdParams {
   Geometry geo;
   DType dtype;
@@ -272,7 +273,7 @@ struct ContextBwdParams {
   View ctx_local;       // T [B, H, W, C]
   View grad_ctx;        // T [B, H, W, C]
   View weight_partial;  // fp32 [bands, taps, C]
-  float* gate_partial;  // fp32 [B, H, W, L + 1, chunks], contiguous
+  float* gate_partial;  // fp32 [B, H, W, L + 1, gate_partial_columns], contiguous
 };
 
 // Shared memory of one block of the fused kernels, in bytes (the launcher checks it against the device). context_bwd's
@@ -282,6 +283,11 @@ struct ContextBwdParams {
 int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk);
 int64_t context_bwd_smem_bytes(const SweepLevels& levels, int W, int chunk, int strip);
 int context_bwd_strip(int W, int chunk);  // its own choice of strip
+// context_bwd's gate partials a pixel and level (gate_partial's last dim): one per group of kGroup channels for
+// one-image bands, one per chunk for stacks of small images (ContextBwd::gate_partials).
+FF_HD int gate_partial_columns(const Geometry& geo, int chunk, int stack) {
+  return stack > 1 ? (geo.C + chunk - 1) / chunk : geo.groups();
+}
 void context_fwd(const ContextFwdParams& p, const Stream& stream);
 void context_bwd(const ContextBwdParams& p, int strip, const Stream& stream);
 

@@ -48,8 +48,10 @@ void dispatch_bwd_strip(int strip, F&& f) {
 //                lag_0 = 2R - r_0)
 //   gate_terms   a row per level l <= L of grad_ctx_all * z_{l+1} (l < L) and grad_ctx_all * G (l = L) at the row
 //                of level l's adjoint (lag_l; the global level at lag_{L-1}): written by the adjoints, summed over
-//                the chunk's channels by gate_partials. In blocks of 4 pixels (term_offset): [x / 4][c][x mod 4],
-//                so that an adjoint item stores its strip's terms with 16-byte stores (no per-pixel address)
+//                8-channel groups (or in stacks the chunk's channels) by gate_partials. In blocks of 4 pixels:
+//                [x / 4][c][x mod 4], so that an adjoint item stores its strip's terms, and a gate item loads a
+//                channel of 4 pixels, with 16-byte accesses (term_block = 4 c + 4 floats = 4 (mod 32) for chunks of
+//                8 or more channels: the stores of 8 consecutive blocks fall in distinct banks)
 // Every ring row has one pitch and pad (ring_pad of the largest k; the gates' rows are shorter, L channels): a
 // conv item's offset in any of them is the same (Item::at), computed once a sweep.
 // Plus, where a thread's taps are not in its registers (taps_in_smem), the block's weights as TapRows and, where
@@ -110,10 +112,12 @@ struct ContextBwdLayout {
   int lag_bwd[kMaxFocalLevel] = {};        // 2R - o_{l+1}: its adjoint and gradients
   int level_sums[kMaxFocalLevel] = {};     // sum_{m < l} k_m^2 * threads: level l's weight-gradient sums
   RowRing ring[kBwdRings];                 // z_0 .. z_L, gelu_grad_0 .., grad_pre_0 .., gates: by kZ, kGeluGrad, ...
-  int gate_terms = 0, term_block = 0, term_level = 0;  // gate_terms: level l, pixel x at l * term_level + term_offset(x)
+  int gate_terms = 0, term_block = 0, term_level = 0;  // gate_terms: level l, pixel x's channel c at
+                                                       // l * term_level + (x / 4) * term_block + 4 c + x mod 4
   int step_rows = 0;   // two step tables, a step's and the next one's
   int step_table = 0;  // floats of one: kRingTable + BwdRingPlan's count
   TapRows taps;  // the fields above keep their 8-byte pairs
+  int gate_strip_shift = 0;  // gate_partials' strips: 1 << this >= strips of kStrip
 
   // strip: pixels per item, 4 or kStrip (context_bwd_strip's choice where 0).
   ContextBwdLayout(const SweepLevels& lv, int W, int chunk, int strip, bool taps_in_smem, bool sums_in_smem) {
@@ -138,6 +142,7 @@ struct ContextBwdLayout {
     ring[kGates] = row_ring(a, lag_bwd[0] + 1, W, lv.L, pad);
     term_block = 4 * chunk + 4;
     term_level = strip_width(W) / 4 * term_block;
+    while ((1 << gate_strip_shift) < strip_width(W) / kStrip) ++gate_strip_shift;
     gate_terms = int(a.take(int64_t(lv.L + 1) * term_level));
     step_table = kRingTable + BwdRingIndex<GenericChain>::count(lv);
     step_rows = int(a.take(2 * int64_t(step_table)));
@@ -146,10 +151,6 @@ struct ContextBwdLayout {
   }
   // Whether a block runs the schedule: a thread an item (threads stop at kSweepThreads).
   bool runs() const { return items <= threads; }
-  // Pixel x's channel 0 in a gate_terms row (channel c at + 4 c): a block of 4 pixels holds the chunk's channels, 4
-  // floats each, and 4 floats more (term_block = 4 (mod 32) for chunks of 8 or more channels), so that the 16-byte
-  // stores of 8 channels of a strip, and the gate items' loads of 32 consecutive pixels, fall in distinct banks.
-  FF_HD int term_offset(int x) const { return (x >> 2) * term_block + (x & 3); }
   FF_HD const RowRing& z(int l) const { return ring[kZ(l)]; }
   FF_HD const RowRing& gates() const { return ring[kGates]; }
 };
@@ -173,7 +174,7 @@ struct BwdRowPlan {
   BwdRowPlan() = default;
   BwdRowPlan(const ContextBwdParams& p, const ContextBwdLayout& s) {
     const int L = p.levels.L, R = p.levels.offset(L);
-    const int64_t pixel_partials = int64_t(L + 1) * ceil_div(p.geo.C, p.chunk);  // gate_partial [B, H, W, L + 1, chunks]
+    const int64_t pixel_partials = int64_t(L + 1) * gate_partial_columns(p.geo, p.chunk, p.stack);
     count = 5 + 3 * L;
     put(kCtx, 0, p.ctx.sb, p.ctx.sy);
     put(kGates, 0, p.gates.sb, p.gates.sy);
@@ -630,20 +631,65 @@ FF_UNROLL
     return sum;
   }
 
-  // The gate partials of the band's rows, an item per (column x, level l < L), level fastest: the sum over the chunk's
-  // channels of level l's gate_terms (row lag_bwd[l]) in channel order (channels past cn are zero); the item of level
-  // L - 1 also sums the global level's (same row). Per item: a shared load and an add a channel.
+  // Per pixel u < kStrip of a strip (kStrip / 4 blocks, block_stride apart): the sum of kGroup channels' terms in
+  // channel order (v: the first channel's). A channel's 4 pixels of a block are one 16-byte shared load.
+  static FF_HD void group_sums(const float* v, int block_stride, float (&sum)[kStrip]) {
+FF_UNROLL
+    for (int c = 0; c < kGroup; ++c) {
+FF_UNROLL
+      for (int q = 0; q < kStrip / 4; ++q) {
+        float term[4];
+        load_run(v + q * block_stride + 4 * c, term);
+FF_UNROLL
+        for (int u = 0; u < 4; ++u) sum[4 * q + u] = c == 0 ? term[u] : sum[4 * q + u] + term[u];
+      }
+    }
+  }
+
+  // The gate partials of the band's rows: per column x and level l <= L, the sum of level l's gate_terms over a
+  // partial's channels in channel order (channels past cn are zero), at the row of level min(l, L - 1)'s adjoint
+  // (the global level's terms are written with level L - 1's), in gate_partial's column of those channels
+  // (columns: gate_partial_columns). Items:
+  //   one-image bands  an item per (strip of kStrip columns, group of kGroup channels, level), level fastest, then
+  //                    strip (padded to 1 << gate_strip_shift: a compile-time modulo and shifts where the chain is
+  //                    fixed), then group: kGroup x (kStrip / 4 16-byte shared loads and kStrip adds), at 64
+  //                    threads one warp pass a step at FocalNet-T stages 1-3
+  //   stacks           (small maps) an item per (column, level < L), level fastest, summing the chunk's channels
+  //                    (the item of level L - 1 the global level's too): a shared load and an add a channel (strip
+  //                    items measured 0.1 to 0.8 an element more there: docs/design.md section 8 item 11)
   static FF_HD void gate_partials(const Params& p, const ContextBwdLayout& s, const SweepBand& band, const float* smem,
-                                  const float* rows, int chunks) {
-    const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels);
-    FF_FOR_EACH(item, L * W) {
-      const int x = item / L, l = item - x * L;
-      const StepRow row = step_row(rows, BwdRowPlan::partial(L, l));
-      if (row.owns) {
-        const float* terms = smem + s.gate_terms + l * s.term_level + s.term_offset(x);
-        float* out = p.gate_partial + row.offset + int64_t(x) * (L + 1) * chunks + band.chunk_index;
-        out[l * chunks] = p.scale * channel_sum(terms, cn);
-        if (l == L - 1) out[L * chunks] = p.scale * channel_sum(terms + s.term_level, cn);
+                                  const float* rows, int columns) {
+    const int W = p.geo.W, cn = band.cn, L = Chain::levels(p.levels), pixel = (L + 1) * columns;
+    if constexpr (kStacked) {
+      FF_FOR_EACH(item, L * W) {
+        const int x = item / L, l = item - x * L;
+        const StepRow row = step_row(rows, BwdRowPlan::partial(L, l));
+        if (row.owns) {
+          const float* terms = smem + s.gate_terms + l * s.term_level + (x >> 2) * s.term_block + (x & 3);
+          float* out = p.gate_partial + row.offset + int64_t(x) * pixel + band.chunk_index;
+          out[l * columns] = p.scale * channel_sum(terms, cn);
+          if (l == L - 1) out[L * columns] = p.scale * channel_sum(terms + s.term_level, cn);
+        }
+      }
+    } else {
+      const int strip_shift = s.gate_strip_shift, strips = strip_width(W) / kStrip;
+      FF_FOR_EACH(item, ((L + 1) << strip_shift) * ((cn + kGroup - 1) / kGroup)) {
+        const int pair = item / (L + 1), l = item - pair * (L + 1);
+        const int strip = pair & ((1 << strip_shift) - 1), g = pair >> strip_shift, x0 = kStrip * strip;
+        const StepRow row = step_row(rows, BwdRowPlan::partial(L, min_int(l, L - 1)));
+        if (row.owns && strip < strips) {
+          float sum[kStrip];
+          group_sums(smem + s.gate_terms + l * s.term_level + x0 / 4 * s.term_block + 4 * kGroup * g, s.term_block,
+                     sum);
+          float* out = p.gate_partial + row.offset + int64_t(x0) * pixel + l * columns + band.c_begin / kGroup + g;
+          const int valid = W - x0;
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u) sum[u] *= p.scale;  // not under the stores' predicates: one FMUL each
+FF_UNROLL
+          for (int u = 0; u < kStrip; ++u, out += pixel) {
+            if (u < valid) *out = sum[u];
+          }
+        }
       }
     }
   }
@@ -653,7 +699,8 @@ FF_UNROLL
     const ContextBwdLayout& s = args.s;
     const Geometry& geo = p.geo;
     const SweepLevels& lv = p.levels;
-    const int chunk = p.chunk, chunks = int(ceil_div(geo.C, chunk));
+    const int chunk = p.chunk;
+    const int gate_columns = kStacked ? int(ceil_div(geo.C, chunk)) : geo.groups();  // gate_partial_columns
     const int H = geo.H, W = geo.W, L = Chain::levels(lv), R = lv.offset(L), taps = lv.taps_before(L);
     const SweepBand band(block, geo, p.band_rows, p.stack, lv.largest_radius(), chunk);
     const int c_begin = band.c_begin, cn = band.cn;
@@ -737,7 +784,7 @@ FF_UNROLL
           }
         }
       });
-      gate_partials(p, s, band, smem, rows, chunks);
+      gate_partials(p, s, band, smem, rows, gate_columns);
       FF_BARRIER();
     }
 

@@ -16,14 +16,16 @@ before the levels' own backward sweep, which recomputes the levels once and give
                          small images, below): recomputes the levels, writes ctx_local
                          (the last level's recompute; z_1 .. z_{L-1} of that row are still in their rings) and
                          runs their adjoint chain a few rows behind; writes grad_ctx, per-band partials of the
-                         depthwise weight gradients and per-chunk partials of the gate gradients
+                         depthwise weight gradients and partials of the gate gradients (per 8 channels;
+                         per chunk in stacks)
     cuBLAS               grad_W = grad_mod^T ctx_local + s * u^T G,  linear = ctx_local W^T + b
     output_fwd           grad_q = grad_out * (linear + s * gates_L * (G W^T)), in place on linear
 with u[b] = sum_p g_L grad_mod and dG = s * u W. Every partial sum is reduced by ``reduce_sum`` in a
 fixed order (no atomics): the gradients are bitwise deterministic. The backward's transient C-tensors (in T)
 are grad_mod, grad_ctx_all and ctx_local (three; grad_q is made by the GEMM that gives linear), plus the fp32
-gate partials, (L + 1) * ceil(C / chunk) floats a pixel (144 bytes at C = 96, chunk 8, L = 2: three quarters
-of a bf16 C-tensor); the fallback (below) adds its fp32 level inputs z_1 .. z_{L-1} and per-level scratch.
+gate partials, (L + 1) * ceil(C / 8) floats a pixel (144 bytes at C = 96, L = 2: three quarters of a bf16
+C-tensor; (L + 1) * ceil(C / chunk) in stacks); the fallback (below) adds its fp32 level inputs z_1 .. z_{L-1}
+and per-level scratch.
 
 HBM traffic per element of a C-sized tensor (bf16, C = 96, kernels 3/5/7; counted, not measured):
 context_fwd about 4 bytes (read ctx and gates, write ctx_local: the floor of docs/design.md, "Where the time goes"),
@@ -50,14 +52,14 @@ of nvcc -O3 times the host path's trip counts), in warp-instructions per output 
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
     context_fwd   3.16 / 6.41 (the forward 3.43 / 6.68; stages 2-4: 4.29 / 7.16, 4.74 / 7.42, 5.11 / 7.70);
                   FMA floor 1.06 / 2.59
-    context_bwd   9.60 / 17.91 (the backward 10.23 / 18.58; stages 2-4: 10.36 / 19.20, 11.04 / 24.10,
-                  12.64 / 25.32: stacks of small images); FMA floor 3.19 / 7.78
+    context_bwd   9.21 / 17.26 (the backward 9.84 / 17.93; stages 2-4: 10.23 / 19.17, 11.04 / 24.06,
+                  12.64 / 25.30: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) and its ring rows once, a thread an entry,
 into a table that every phase reads with 16-byte shared loads (``BwdRowPlan``, ``BwdRingPlan``).
 Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers (124 / 126
-at 14x14 and 7x7), context_bwd 168 / 214 (154 / 218 where it stacks images, 168 at 4-pixel strips; a thread keeps
+at 14x14 and 7x7), context_bwd 166 / 210 (153 / 218 where it stacks images, 168 at 4-pixel strips; a thread keeps
 its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes
 lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
 The chunk is the largest whose blocks fill the GPU twice with two blocks per SM (``_sweep_chunk``): context_fwd
@@ -321,7 +323,7 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
                     grad_ctx_all: Tensor, grad_mean: Tensor, pooled: Tensor):
     """The levels' backward in one context_bwd sweep: ``(ctx_local, grad_ctx, grad_gates fp32, grad_weights)``."""
     B, H, W, C = ctx.shape
-    L, chunks = len(weights), -(-C // chunk)
+    L = len(weights)
     kernel_sizes = [w.shape[-1] for w in weights]
     taps_concat = _taps_concat(weights)
     band_rows = _sweep_band_rows(kernel_sizes, B, H, C, chunk, True, ctx.device)
@@ -331,15 +333,16 @@ def _sweep_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List
     ctx_local = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     grad_ctx = torch.empty((B, H, W, C), dtype=ctx.dtype, device=ctx.device)
     weight_partial = torch.empty((bands, taps_concat.shape[0], C), **f32)
-    gate_partial = torch.empty((B, H, W, L + 1, chunks), **f32)
+    gate_columns = -(-C // chunk) if stack > 1 else -(-C // 8)  # per chunk in stacks, else per 8 channels
+    gate_partial = torch.empty((B, H, W, L + 1, gate_columns), **f32)
     kernels.launch(
         "context_bwd", ctx=ctx, weights=taps_concat, kernel_sizes=kernel_sizes, gates=gates, scale=scale,
         chunk=chunk, band_rows=band_rows, grad_ctx_all=grad_ctx_all, grad_mean=grad_mean, pooled=pooled,
         ctx_local=ctx_local, grad_ctx=grad_ctx, weight_partial=weight_partial, gate_partial=gate_partial,
         strip=SWEEP_BWD_STRIP, stack=stack)
     grad_taps = kernels.reduce_sum(weight_partial.reshape(1, bands, -1)).reshape(-1, C)
-    grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), chunks, 1)).reshape(B, H, W, L + 1)
-    return ctx_local, grad_ctx, grad_gates, _split_taps(grad_taps, weights)
+    grad_gates = kernels.reduce_sum(gate_partial.reshape(B * H * W * (L + 1), gate_columns, 1))
+    return ctx_local, grad_ctx, grad_gates.reshape(B, H, W, L + 1), _split_taps(grad_taps, weights)
 
 
 def _levels_backward(kernels: _Kernels, ctx: Tensor, gates: Tensor, weights: List[Tensor], scale: float,
