@@ -23,13 +23,20 @@ static_assert(kRowsPerStep == 2, "a gate item by value holds its row in one bit"
 
 // Shared memory of context_fwd (fp32): the block's weights, a row of weight_pitch (odd: the lanes' channels hit
 // distinct banks) per channel, the levels' taps concatenated (only those not in registers are loaded: see
-// ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a
-// ring of k_l + kRowsPerStep - 1 rows (RowRing, padded by ring_pad(k_l)), deep enough for l >= 1 to still hold
-// the rows the last level outputs (R - o_l + kRowsPerStep: the last level gates them, see ContextFwd); per-item
-// pooling sums; the rings' slot tables. Everything from `zeroed` to `tables` starts as zeros.
+// ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a ring of k_l + kRowsPerStep - 1 rows (RowRing, padded by ring_pad(k_l)),
+// deep enough for l >= 1 to still hold the rows the last level outputs (R - o_l + kRowsPerStep: the last level gates
+// them, see ContextFwd); per-item pooling sums; the rings' slot tables. Everything from `zeroed` to `tables` starts as
+// zeros.
 struct ContextFwdLayout {
   int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, tables = 0, total = 0, width = 0, chunk_shift = 0;
-  int items = 0;        // a row's (strip, channel) items: width / kStrip * chunk
+  int strip_items = 0;  // a row's (strip, channel) items: width / kStrip * chunk (zero_rows)
+  int ctx_items = 0;    // the ctx load's (strip, 4 channels) items: strip_items / 4
+  // The levels' items: (strip, channel), and where strip_items is not a whole number of warps (an odd number of
+  // strips with 16 channels: stage 1 lrf, 7 strips, 112 items) the row's last strips split in halves of
+  // kStrip / 2 pixels until it is (8 strips, 128 items): the warp that had half its lanes idle runs half strips
+  // (ContextFwd's kMixed). Items [0, wide_items) are whole strips, the rest half strips from column half_x0 on.
+  bool mixed = false;
+  int items = 0, wide_items = 0, half_x0 = 0;
   // Narrow rows (at most kNarrowStrips strips). The gate load's items, decoded by shifts: by value where narrow
   // (items of whole strips would leave most of a warp idle): item = (x << (gate_shift + 1)) | (v << gate_shift) | l,
   // 2^gate_shift >= L; else by strip of both rows: item = (l << gate_shift) | strip, 2^gate_shift >= width / kStrip.
@@ -52,7 +59,23 @@ struct ContextFwdLayout {
       while ((1 << gate_shift) * kStrip < width) ++gate_shift;
       gate_items = lv.L << gate_shift;
     }
-    items = width / kStrip * chunk;
+    strip_items = width / kStrip * chunk;
+    ctx_items = strip_items / 4;
+    items = wide_items = strip_items;
+    half_x0 = width;
+    if (!narrow) {
+      for (int split = 1; items % 32 != 0 && split < width / kStrip; ++split) {
+        mixed = true;
+        wide_items -= chunk;
+        items += chunk;
+        half_x0 -= kStrip;
+      }
+      if (items % 32 != 0) {  // no split fills the warps: whole strips only
+        mixed = false;
+        items = wide_items = strip_items;
+        half_x0 = width;
+      }
+    }
     weight_pitch = lv.taps() | 1;
     weights = int(a.take(int64_t(weight_pitch) * chunk));
     zeroed = int(a.used);
@@ -63,7 +86,7 @@ struct ContextFwdLayout {
       lag[l] = lv.offset(l + 1);
       level_taps[l] = lv.taps_before(l);
     }
-    pool = int(a.take(int64_t(width / kStrip) * chunk));
+    pool = int(a.take(items));
     tables = int(a.used);
     add_slot_table(a, gates);
     for (int l = 0; l < lv.L; ++l) add_slot_table(a, z[l]);
@@ -90,25 +113,27 @@ struct ThreadTapsOf<FixedChain<K0, kChainLevels>> {
 // rows[v] for a run-time row v < kRowsPerStep of a step, as selects: the rows stay in registers. The rows of an
 // item at the image's or band's edge run as a real loop (FF_NO_UNROLL, one copy of the body): the static cost
 // report counts the branches of such a row by the loop's host-path counts.
-FF_HD void pick_row(const float (&rows)[kRowsPerStep][kStrip], int v, float (&out)[kStrip]) {
+template <int S>
+FF_HD void pick_row(const float (&rows)[kRowsPerStep][S], int v, float (&out)[S]) {
 FF_UNROLL
-  for (int u = 0; u < kStrip; ++u) out[u] = rows[0][u];
+  for (int u = 0; u < S; ++u) out[u] = rows[0][u];
 FF_UNROLL
   for (int w = 1; w < kRowsPerStep; ++w) {
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) out[u] = v == w ? rows[w][u] : out[u];
+    for (int u = 0; u < S; ++u) out[u] = v == w ? rows[w][u] : out[u];
   }
 }
 
-// The depthwise conv of one channel at one strip of kRowsPerStep consecutive output rows y, y + 1, ...:
+// The depthwise conv of one channel at one strip of S pixels (kStrip or a half strip) of kRowsPerStep consecutive
+// output rows y, y + 1, ...:
 // acc[v][p] += sum_{i,j < K} w[i, j] z[y + v + i - r, x0 + p + j - r], r = K / 2. z's rows y - r .. y + r +
 // kRowsPerStep - 1 are in the ring's slots slot0, slot0 + 1, ... (its slot table's entries); chan = ring.channel(c).
 // Each of the K + kRowsPerStep - 1 window rows and each kernel row is loaded once and feeds every output row it
-// touches. centre[v] = z[y + v, x0 .. x0 + kStrip - 1] (the windows' centre columns: the input itself).
-template <int K, class Taps>
+// touches. centre[v] = z[y + v, x0 .. x0 + S - 1] (the windows' centre columns: the input itself).
+template <int K, int S, class Taps>
 FF_HD void conv_rows(const float* smem, const TabledRing& ring, int slot0, int chan, int x0, const Taps& taps,
-                     float (&acc)[kRowsPerStep][kStrip], float (&centre)[kRowsPerStep][kStrip]) {
-  constexpr int r = K / 2, pad = ring_pad(K), n = kStrip + 2 * pad;
+                     float (&acc)[kRowsPerStep][S], float (&centre)[kRowsPerStep][S]) {
+  constexpr int r = K / 2, pad = ring_pad(K), n = S + 2 * pad;
   float w[kRowsPerStep][tap_row_width(K)] = {};  // at window row i, w[v] is kernel row i - v (loaded at row i - v)
 FF_UNROLL
   for (int i = 0; i < K + kRowsPerStep - 1; ++i) {
@@ -124,14 +149,14 @@ FF_UNROLL
     for (int v = 0; v < kRowsPerStep; ++v) {
       if (i - v == r) {
 FF_UNROLL
-        for (int p = 0; p < kStrip; ++p) centre[v][p] = window[pad + p];
+        for (int p = 0; p < S; ++p) centre[v][p] = window[pad + p];
       }
       if (i - v < 0 || i - v >= K) continue;
 FF_UNROLL
       for (int j = 0; j < K; ++j) {
         const float wv = w[v][j];
 FF_UNROLL
-        for (int p = 0; p < kStrip; ++p) acc[v][p] = fmaf(wv, window[pad - r + p + j], acc[v][p]);
+        for (int p = 0; p < S; ++p) acc[v][p] = fmaf(wv, window[pad - r + p + j], acc[v][p]);
       }
     }
   }
@@ -155,22 +180,41 @@ FF_UNROLL
   }
 }
 
-// out[u * sx] = v[u] for u < kStrip.
+// v[e][u] = in[u * sx + e] for u < min(valid, kStrip) and e < min(channels, 4), else 0: 4 channels of a strip (a
+// pointer step and 4 loads at constant offsets a pixel).
 template <typename T>
-FF_HD void store_whole_strip(T* out, int64_t sx, const float (&v)[kStrip]) {
+FF_HD void load_quad(const T* in, int64_t sx, int valid, int channels, float (&v)[4][kStrip]) {
+  if (valid >= kStrip && channels >= 4) {
 FF_UNROLL
-  for (int u = 0; u < kStrip; ++u, out += sx) *out = from_float<T>(v[u]);
+    for (int u = 0; u < kStrip; ++u, in += sx) {
+FF_UNROLL
+      for (int e = 0; e < 4; ++e) v[e][u] = to_float(in[e]);
+    }
+  } else {
+FF_UNROLL
+    for (int u = 0; u < kStrip; ++u, in += sx) {
+FF_UNROLL
+      for (int e = 0; e < 4; ++e) v[e][u] = u < valid && e < channels ? to_float(in[e]) : 0.f;
+    }
+  }
 }
 
-// out[u * sx] = v[u] for u < min(valid, kStrip); kPastW: the strip may pass W (else valid >= kStrip, untested).
-template <bool kPastW, typename T>
-FF_HD void store_pixels(T* out, int64_t sx, int valid, const float (&v)[kStrip]) {
+// out[u * sx] = v[u] for u < S.
+template <typename T, int S>
+FF_HD void store_whole_strip(T* out, int64_t sx, const float (&v)[S]) {
+FF_UNROLL
+  for (int u = 0; u < S; ++u, out += sx) *out = from_float<T>(v[u]);
+}
+
+// out[u * sx] = v[u] for u < min(valid, S); kPastW: the strip may pass W (else valid >= S, untested).
+template <bool kPastW, typename T, int S>
+FF_HD void store_pixels(T* out, int64_t sx, int valid, const float (&v)[S]) {
   if constexpr (kPastW) {
-    if (valid >= kStrip) {
+    if (valid >= S) {
       store_whole_strip(out, sx, v);
     } else {
 FF_UNROLL
-      for (int u = 0; u < kStrip; ++u, out += sx) {
+      for (int u = 0; u < S; ++u, out += sx) {
         if (u < valid) *out = from_float<T>(v[u]);
       }
     }
@@ -181,14 +225,14 @@ FF_UNROLL
 
 // z[u] = GELU(z[u]) for the strip's columns x0 + u < W, 0 past W (where the strip is the row's last); kPastW: the
 // strip may pass W (else every column is inside, untested).
-template <bool kPastW>
-FF_HD void gelu_strip(float (&z)[kStrip], int x0, int W) {
+template <bool kPastW, int S>
+FF_HD void gelu_strip(float (&z)[S], int x0, int W) {
 FF_UNROLL
-  for (int u = 0; u < kStrip; ++u) z[u] = gelu(z[u]);
+  for (int u = 0; u < S; ++u) z[u] = gelu(z[u]);
   if constexpr (kPastW) {
-    if (x0 + kStrip > W) {
+    if (x0 + S > W) {
 FF_UNROLL
-      for (int u = 0; u < kStrip; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
+      for (int u = 0; u < S; ++u) z[u] = x0 + u < W ? z[u] : 0.f;
     }
   }
 }
@@ -219,9 +263,9 @@ FF_UNROLL
 //   and columns are all inside (the image for inner levels, the band for the last; no strip past W but for narrow
 //   rows, no channel past cn) takes the rows unrolled, without row tests or row selects (item_row<false>); the others
 //   a loop of tested rows.
-// kNarrow: the layout's narrow (a template parameter: a loop that a launch never runs still counts in the static cost
-// report, once a step).
-template <typename T, class Chain, bool kNarrow>
+// kNarrow, kMixed: the layout's narrow and mixed (template parameters: a loop that a launch never runs still counts in
+// the static cost report, once a step).
+template <typename T, class Chain, bool kNarrow, bool kMixed>
 struct ContextFwd {
   using Params = ContextFwdParams;
   using ThreadTaps = typename ThreadTapsOf<Chain>::type;
@@ -257,10 +301,10 @@ struct ContextFwd {
   // last level). kChecked: rows outside the image (inner levels) or the band (the last level) and channels past cn
   // (no ctx_local store) are tested; else the caller has checked that none is. kPastW: columns past W are tested
   // (GELU's zeros, gelu_strip; the store's bound), else the caller has checked that none is.
-  template <bool kChecked, bool kPastW, class Level>
+  template <bool kChecked, bool kPastW, class Level, int S>
   static FF_HD void item_row(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem, Level l,
-                             int y, int v, int x0, int c, int next_slot, int gate_slot, T* out, float (&z)[kStrip],
-                             const float (&below)[kStrip], float& pooled) {
+                             int y, int v, int x0, int c, int next_slot, int gate_slot, T* out, float (&z)[S],
+                             const float (&below)[S], float& pooled) {
     const int W = p.geo.W, L = Chain::levels(p.levels), row = y + v;
     if (l != L - 1) {
       const TabledRing& next = s.z[l + 1];
@@ -268,7 +312,7 @@ struct ContextFwd {
         gelu_strip<kPastW>(z, x0, W);
       } else {
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) z[u] = 0.f;
+        for (int u = 0; u < S; ++u) z[u] = 0.f;
       }
       store_run(smem + next.table_offset(smem, next_slot + v) + next.channel(c) + next.pad + x0, z);
       return;
@@ -276,7 +320,7 @@ FF_UNROLL
     if (kChecked && !band.owns(row)) return;
     gelu_strip<kPastW>(z, x0, W);
     const float* gates = smem + s.gates.table_offset(smem, gate_slot + v) + x0;
-    float gate[kStrip], acc[kStrip] = {}, term[kStrip] = {};
+    float gate[S], acc[S] = {}, term[S] = {};
 FF_UNROLL
     for (int m = 0; m < kMaxFocalLevel; ++m) {  // acc = g_0 z_1, then fma(g_m, z_{m+1}, acc) in order
       if (m < L) {
@@ -286,14 +330,14 @@ FF_UNROLL
         }
         load_run(gates + s.gates.channel(m), gate);
 FF_UNROLL
-        for (int u = 0; u < kStrip; ++u) {
+        for (int u = 0; u < S; ++u) {
           const float z_next = m == L - 1 ? z[u] : m == L - 2 ? below[u] : term[u];
           acc[u] = m == 0 ? gate[u] * z_next : fmaf(gate[u], z_next, acc[u]);
         }
       }
     }
 FF_UNROLL
-    for (int u = 0; u < kStrip; ++u) pooled += z[u];
+    for (int u = 0; u < S; ++u) pooled += z[u];
     if (!kChecked || c < band.cn) store_pixels<kPastW>(out + v * p.ctx_local.sy, p.ctx_local.sx, W - x0, acc);
   }
 
@@ -321,7 +365,7 @@ FF_UNROLL
   // past the image, which the next level reads as its padding.
   static FF_HD void zero_rows(const ContextFwdLayout& s, const TabledRing& next, float* smem, int chunk, int y) {
     const int next_slot = next.slot(y);
-    FF_FOR_EACH(item, s.items) {
+    FF_FOR_EACH(item, s.strip_items) {
       const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
       const float zero[kStrip] = {};
 FF_NO_UNROLL
@@ -334,51 +378,72 @@ FF_NO_UNROLL
   template <int K, class Level>
   static FF_HD void level_items(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
                                 ThreadTaps& taps, Level l, int y, bool last, T* out_row) {
-    const int W = p.geo.W, H = p.geo.H, chunk = p.chunk;
+    const int H = p.geo.H, chunk = p.chunk;
     const TabledRing &in = s.z[l], &next = s.z[l + 1];  // next: unused at the last level
     const int slot0 = in.slot(y - K / 2), next_slot = next.slot(y), gate_slot = s.gates.slot(y);
-    const int64_t out_sx = p.ctx_local.sx;
     // The step's rows all inside the image (inner levels: their outputs are the next level's input) or the band
     // (the last level: the rows it writes).
     const bool inside = last ? y >= band.y0 && y + kRowsPerStep <= band.y1 : y >= 0 && y + kRowsPerStep <= H;
-    FF_FOR_EACH(item, s.items) {
-      const int x0 = (item >> s.chunk_shift) * kStrip, c = item & (chunk - 1);
-#ifndef __CUDA_ARCH__
-      taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
-#endif
-      T* const out = out_row + (x0 * out_sx + c);
-      float conv[kRowsPerStep][kStrip] = {}, centre[kRowsPerStep][kStrip];
-      conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
-      float pooled = 0.f;
-      // Every row of the step inside, and the strip and channel (but for narrow rows' strips): the rows unrolled,
-      // without row tests (narrow rows' strips past W in a copy with column tests, where a full strip pays none);
-      // else a loop of tested rows. The
-      // loop's statement runs for every item (no rows for the first kind): the static cost report counts its body by
-      // its host-path trips, which it could not map if no item of a case ran it.
-      const bool untested = inside && (kNarrow || x0 + kStrip <= W) && c < band.cn;
-      const auto unrolled_rows = [&](auto past_w) {
-FF_UNROLL
-        for (int v = 0; v < kRowsPerStep; ++v) {
-          item_row<false, decltype(past_w)::value>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out,
-                                                   conv[v], centre[v], pooled);
-        }
-      };
-      if (untested) {
-        if (kNarrow && x0 + kStrip > W) {
-          unrolled_rows(std::true_type{});
-        } else {
-          unrolled_rows(std::false_type{});
-        }
-      }
-FF_NO_UNROLL
-      for (int v = 0; v < (untested ? 0 : kRowsPerStep); ++v) {
-        float z[kStrip], below[kStrip];
-        pick_row(conv, v, z);
-        pick_row(centre, v, below);
-        item_row<true, true>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, z, below, pooled);
-      }
-      if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
+    FF_FOR_EACH(item, s.wide_items) {
+      strip_item<K, kStrip>(p, s, band, smem, taps, l, y, last, inside, slot0, next_slot, gate_slot, out_row,
+                            (item >> s.chunk_shift) * kStrip, item & (chunk - 1), item);
     }
+    // Half strips on the threads past the whole strips' (the warp they left part idle). A loop of its own, not a
+    // branch beside the whole strips': the static cost report shares a branch's blocks by the innermost counted
+    // `if`, which the two copies of strip_item would share.
+    if constexpr (kMixed) {
+      FF_FOR_EACH(item, s.items) {
+        if (item >= s.wide_items) {
+          strip_item<K, kStrip / 2>(p, s, band, smem, taps, l, y, last, inside, slot0, next_slot, gate_slot, out_row,
+                                    s.half_x0 + ((item - s.wide_items) >> s.chunk_shift) * (kStrip / 2),
+                                    item & (chunk - 1), item);
+        }
+      }
+    }
+  }
+
+  // One item of level_items: channel c at the strip of S pixels from column x0, its rows y, y + 1, ...; `item` its
+  // pooling sum's slot.
+  template <int K, int S, class Level>
+  static FF_HD void strip_item(const Params& p, const ContextFwdLayout& s, const SweepBand& band, float* smem,
+                               ThreadTaps& taps, Level l, int y, bool last, bool inside, int slot0, int next_slot,
+                               int gate_slot, T* out_row, int x0, int c, int item) {
+    const int W = p.geo.W;
+    const TabledRing& in = s.z[l];
+#ifndef __CUDA_ARCH__
+    taps.load(p.weights, band.c_begin + c, c < band.cn);  // the host runs the items in order: each its channel's
+#endif
+    T* const out = out_row + (x0 * p.ctx_local.sx + c);
+    float conv[kRowsPerStep][S] = {}, centre[kRowsPerStep][S];
+    conv_rows<K>(smem, in, slot0, in.channel(c), x0, level_taps(taps, smem, s, l, c), conv, centre);
+    float pooled = 0.f;
+    // Every row of the step inside, and the strip and channel (but for narrow rows' strips): the rows unrolled,
+    // without row tests (narrow rows' strips past W in a copy with column tests, where a full strip pays none);
+    // else a loop of tested rows. The loop's statement runs for every item (no rows for the first kind): the static
+    // cost report counts its body by its host-path trips, which it could not map if no item of a case ran it.
+    const bool untested = inside && (kNarrow || x0 + S <= W) && c < band.cn;
+    const auto unrolled_rows = [&](auto past_w) {
+FF_UNROLL
+      for (int v = 0; v < kRowsPerStep; ++v) {
+        item_row<false, decltype(past_w)::value>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out,
+                                                 conv[v], centre[v], pooled);
+      }
+    };
+    if (untested) {
+      if (kNarrow && x0 + S > W) {
+        unrolled_rows(std::true_type{});
+      } else {
+        unrolled_rows(std::false_type{});
+      }
+    }
+FF_NO_UNROLL
+    for (int v = 0; v < (untested ? 0 : kRowsPerStep); ++v) {
+      float z[S], below[S];
+      pick_row(conv, v, z);
+      pick_row(centre, v, below);
+      item_row<true, true>(p, s, band, smem, l, y, v, x0, c, next_slot, gate_slot, out, z, below, pooled);
+    }
+    if (last && p.pooled_sum.ptr) smem[s.pool + item] += pooled;
   }
 
   static FF_HD void run(const Args& args, int block, float* smem) {
@@ -415,7 +480,6 @@ FF_NO_UNROLL
     }
     FF_BARRIER();
 
-    const int strips = s.width / kStrip;
     const int64_t ctx_sx = p.ctx.sx, gate_sx = p.gates.sx;
     const TabledRing& z0 = s.z[0];
     // The step's rows: ctx's and the gates' row t, the last level's output row t - R (channel c_begin, pixel 0).
@@ -425,19 +489,38 @@ FF_NO_UNROLL
     T* out_row = row_start<T>(p.ctx_local, b, t0 - R) + c_begin;
     for (int t = t0; t < band.y1 + R; t += kRowsPerStep, ctx_row += kRowsPerStep * p.ctx.sy,
              gate_row += kRowsPerStep * p.gates.sy, out_row += kRowsPerStep * p.ctx_local.sy) {
-      // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image and past cn) into ring 0, an item per (strip,
-      // channel) as in the levels; those gates rows (scaled: the last level's sum comes out scaled), an item per
-      // value or per (level, strip) (ContextFwdLayout::narrow).
+      // ctx rows t .. t + kRowsPerStep - 1 (zeros past the image and past cn) into ring 0: narrow rows an item per
+      // (strip, channel), wide rows an item per (strip, 4 channels), a pixel's pointer step serving 4 values and a
+      // row's items a quarter of the warp passes (stage 1: 28 items, one pass; at 7x7 the 4 values' tests and one
+      // pass of 4 channels cost more than they saved: stage 4 srf 5.11 -> 5.90); those gates rows (scaled: the last
+      // level's sum comes out scaled), an item per value or per (level, strip) (ContextFwdLayout::narrow).
       const int z0_slot = z0.slot(t), gate_slot = s.gates.slot(t);
-      FF_FOR_EACH(item, s.items) {
-        const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip, valid = c < cn ? W - x0 : 0;
-        const T* in = ctx_row + (x0 * ctx_sx + c);
-        float* run = smem + z0.channel(c) + z0.pad + x0;  // a ring row's offset away
+      if constexpr (kNarrow) {
+        FF_FOR_EACH(item, s.strip_items) {
+          const int c = item & (chunk - 1), x0 = (item >> s.chunk_shift) * kStrip, valid = c < cn ? W - x0 : 0;
+          const T* in = ctx_row + (x0 * ctx_sx + c);
+          float* run = smem + z0.channel(c) + z0.pad + x0;  // a ring row's offset away
 FF_NO_UNROLL
-        for (int v = 0; v < kRowsPerStep; ++v, in += p.ctx.sy) {
-          float z[kStrip];
-          load_pixels(in, ctx_sx, t + v < H ? valid : 0, z);
-          store_run(run + z0.table_offset(smem, z0_slot + v), z);
+          for (int v = 0; v < kRowsPerStep; ++v, in += p.ctx.sy) {
+            float z[kStrip];
+            load_pixels(in, ctx_sx, t + v < H ? valid : 0, z);
+            store_run(run + z0.table_offset(smem, z0_slot + v), z);
+          }
+        }
+      } else {
+        FF_FOR_EACH(item, s.ctx_items) {
+          const int c = (item & ((chunk >> 2) - 1)) * 4, x0 = (item >> (s.chunk_shift - 2)) * kStrip;
+          const T* in = ctx_row + (x0 * ctx_sx + c);
+          // A ring row's offset away; channel c + e is e pitches on (c % 4 == 0: one group of 8, RowRing::channel).
+          float* run = smem + z0.channel(c) + z0.pad + x0;
+FF_NO_UNROLL
+          for (int v = 0; v < kRowsPerStep; ++v, in += p.ctx.sy) {
+            float z[4][kStrip];
+            load_quad(in, ctx_sx, t + v < H ? W - x0 : 0, cn - c, z);
+            float* const row = run + z0.table_offset(smem, z0_slot + v);
+FF_UNROLL
+            for (int e = 0; e < 4; ++e) store_run(row + e * z0.pitch, z[e]);
+          }
         }
       }
       if constexpr (kNarrow) {
@@ -477,7 +560,7 @@ FF_UNROLL
     if (p.pooled_sum.ptr) {  // the items' sums in a fixed order
       FF_FOR_EACH(c, cn) {
         float sum = 0.f;
-        for (int i = 0; i < strips; ++i) sum += smem[s.pool + i * chunk + c];
+        for (int i = 0; i < s.items >> s.chunk_shift; ++i) sum += smem[s.pool + i * chunk + c];
         static_cast<float*>(p.pooled_sum.ptr)[p.pooled_sum.at(band.partial_row(), 0, 0) + c_begin + c] = sum;
       }
     }
@@ -612,9 +695,11 @@ void context_fwd(const ContextFwdParams& p, const Stream& stream) {
       const auto launch = [&](auto chain_tag) {
         using C = decltype(chain_tag);
         if (layout.narrow) {
-          launch_sweep<ContextFwd<T, C, true>>({p, layout}, blocks, threads, smem_bytes, stream);
+          launch_sweep<ContextFwd<T, C, true, false>>({p, layout}, blocks, threads, smem_bytes, stream);
+        } else if (layout.mixed) {
+          launch_sweep<ContextFwd<T, C, false, true>>({p, layout}, blocks, threads, smem_bytes, stream);
         } else {
-          launch_sweep<ContextFwd<T, C, false>>({p, layout}, blocks, threads, smem_bytes, stream);
+          launch_sweep<ContextFwd<T, C, false, false>>({p, layout}, blocks, threads, smem_bytes, stream);
         }
       };
       if (Chain::kFixed && threads % p.chunk != 0) {  // a thread's channel would change between items

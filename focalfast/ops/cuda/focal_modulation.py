@@ -35,8 +35,11 @@ ctx_local, grad_ctx), linear 4, output_fwd 6 (read grad_out, linear; write grad_
 are bound by instruction issue: they are written for few instructions per output element (pixel x
 channel). An item of a conv phase is one channel of an 8-pixel strip: its window rows come in 16-byte
 shared loads and feed 8 K FMAs each, the tap loops unroll (kernel size as a template parameter), and
-GELU is 13 instructions (max(x, 0) - |x| Phi(-|x|), Phi's tail from one exp2 of a polynomial) and GELU' shares
-its Phi (csrc/focal_modulation_common.cuh). context_fwd advances two output
+GELU is 11 instructions (max(x, 0) - |x| Phi(-|x|), Phi's tail from one exp2 of a degree-8 polynomial) and GELU'
+shares its Phi (csrc/focal_modulation_common.cuh). Where a row's strips x chunk is not a whole number of warps
+(stage 1 lrf: 7 strips x 16 channels) context_fwd splits the row's last strips into 4-pixel halves until it is:
+the warp the row left part idle runs half strips, about half a pass of instructions. Its ctx load takes 4
+channels of a strip an item (one pixel step for 4 loads) where rows are wide, a channel an item at 14x14 and 7x7. context_fwd advances two output
 rows per step: an item's K + 1 window rows feed both rows' FMAs, and the per-row bookkeeping (ring slots, global
 addresses, barriers, the load phase) is paid once per two rows. An item whose rows and columns are all inside
 runs its two rows unrolled without tests; the others (image and band edges, the strip past W) run them as a

@@ -27,7 +27,7 @@ chosen to cover W and C exactly (8 x 32 at 56 x 96, 1 x 256 at 7 x 768), and a s
 rows per level (8 at H = 56, else 7: no padded rows at any stage; R need not be a power of two, the
 rows are a tuple): per column shift each of the step's R + K - 1 source rows is loaded once and
 feeds up to K rows' FMAs (``ring_conv_rows``), so a tap costs about one FMA per value. On top, per
-level: the GELU (13 instructions per value, ``gelu``), the ring store and, at the last level, the
+level: the GELU (11 instructions per value, ``gelu``), the ring store and, at the last level, the
 gates and the gated sum. Lags are raised so every level's steps cover whole R-row blocks of the
 image (``aligned_lags``); then (one band, exact tiles: ``EXACT``) no load or store is masked.
 
