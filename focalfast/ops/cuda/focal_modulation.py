@@ -53,15 +53,15 @@ in bytes, given by the host (one 64-bit add a row).
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
 views, FocalNet-T stage 1 (B = 128, 56x56, C = 96), srf / lrf; a model of issue, not a GPU measurement:
-    context_fwd   3.16 / 6.41 (the forward 3.43 / 6.68; stages 2-4: 4.29 / 7.16, 4.74 / 7.42, 5.11 / 7.70);
+    context_fwd   2.91 / 5.62 (the forward 3.18 / 5.89; stages 2-4: 3.98 / 6.99, 4.53 / 7.01, 5.00 / 7.52);
                   FMA floor 1.06 / 2.59
-    context_bwd   9.21 / 17.26 (the backward 9.84 / 17.93; stages 2-4: 10.23 / 19.17, 11.04 / 24.06,
-                  12.64 / 25.30: stacks of small images); FMA floor 3.19 / 7.78
+    context_bwd   9.07 / 17.05 (the backward 9.70 / 17.71; stages 2-4: 10.09 / 18.95, 10.90 / 23.83,
+                  12.50 / 25.07: stacks of small images); FMA floor 3.19 / 7.78
 context_fwd finds a step's ring rows in per-ring slot tables (one broadcast shared load a row, no wrap); context_bwd
 reads the taps it does not hold as zero-padded kernel rows (``TapRows``: two 16-byte loads a 7-tap row), and decodes
 a step's global rows (image, row, inside / owned, each view's row offset) and its ring rows once, a thread an entry,
 into a table that every phase reads with 16-byte shared loads (``BwdRowPlan``, ``BwdRingPlan``).
-Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 125 / 106 registers (124 / 126
+Registers and occupancy (ptxas, H100/H200 228 KB shared memory per SM): context_fwd 128 / 128 registers (123 / 128
 at 14x14 and 7x7), context_bwd 166 / 210 (153 / 218 where it stacks images, 168 at 4-pixel strips; a thread keeps
 its weight-gradient sums in registers, 34 / 83, and srf all 34 taps; ptxas is told one block per SM, else it squeezes
 lrf into 64 registers with a stack frame), no stack, no spills (the host-computed layout is a __grid_constant__ argument).
