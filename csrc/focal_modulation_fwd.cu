@@ -23,10 +23,10 @@ static_assert(kRowsPerStep == 2, "a gate item by value holds its row in one bit"
 
 // Shared memory of context_fwd (fp32): the block's weights, a row of weight_pitch (odd: the lanes' channels hit
 // distinct banks) per channel, the levels' taps concatenated (only those not in registers are loaded: see
-// ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a ring of k_l + kRowsPerStep - 1 rows (RowRing, padded by ring_pad(k_l)),
-// deep enough for l >= 1 to still hold the rows the last level outputs (R - o_l + kRowsPerStep: the last level gates
-// them, see ContextFwd); per-item pooling sums; the rings' slot tables. Everything from `zeroed` to `tables` starts as
-// zeros.
+// ThreadTapsOf); a ring of the last R + kRowsPerStep rows of gates [L][strip_width(W)]; per level input z_l a
+// ring of k_l + kRowsPerStep - 1 rows (RowRing, padded by ring_pad(k_l)), deep enough for l >= 1 to still hold
+// the rows the last level outputs (R - o_l + kRowsPerStep: the last level gates them, see ContextFwd); per-item
+// pooling sums; the rings' slot tables. Everything from `zeroed` to `tables` starts as zeros.
 struct ContextFwdLayout {
   int weights = 0, weight_pitch = 0, zeroed = 0, pool = 0, tables = 0, total = 0, width = 0, chunk_shift = 0;
   int strip_items = 0;  // a row's (strip, channel) items: width / kStrip * chunk (zero_rows)
