@@ -47,11 +47,14 @@ struct ContextFwdLayout {
   TabledRing gates;  // a "channel" per level
   TabledRing z[kMaxFocalLevel + 1];  // z[L] unused: the last level's output goes out
 
-  ContextFwdLayout(const SweepLevels& lv, int W, int chunk) {
+  // fixed_chain: the sweep runs a FixedChain. Narrow rows and half strips are FixedChain variants only (a
+  // GenericChain's code is a copy per kernel size, and each variant of it would add more to the build than all
+  // FixedChains together): a GenericChain sweeps whole strips and loads its gates by strip.
+  ContextFwdLayout(const SweepLevels& lv, int W, int chunk, bool fixed_chain) {
     SmemAllocator a;
     width = strip_width(W);
     while ((1 << chunk_shift) < chunk) ++chunk_shift;
-    narrow = width / kStrip <= kNarrowStrips;
+    narrow = fixed_chain && width / kStrip <= kNarrowStrips;
     if (narrow) {
       while ((1 << gate_shift) < lv.L) ++gate_shift;
       gate_items = width << (gate_shift + 1);
@@ -59,23 +62,17 @@ struct ContextFwdLayout {
       while ((1 << gate_shift) * kStrip < width) ++gate_shift;
       gate_items = lv.L << gate_shift;
     }
-    strip_items = width / kStrip * chunk;
+    const int strips = width / kStrip;
+    strip_items = strips * chunk;
     ctx_items = strip_items / 4;
-    items = wide_items = strip_items;
-    half_x0 = width;
-    if (!narrow) {
-      for (int split = 1; items % 32 != 0 && split < width / kStrip; ++split) {
-        mixed = true;
-        wide_items -= chunk;
-        items += chunk;
-        half_x0 -= kStrip;
-      }
-      if (items % 32 != 0) {  // no split fills the warps: whole strips only
-        mixed = false;
-        items = wide_items = strip_items;
-        half_x0 = width;
-      }
-    }
+    // The fewest strips to halve for a whole number of warps, at most all but one; none where that does not reach it.
+    int splits = 0;
+    while (fixed_chain && !narrow && splits < strips - 1 && (strips + splits) * chunk % 32 != 0) ++splits;
+    if ((strips + splits) * chunk % 32 != 0) splits = 0;
+    mixed = splits > 0;
+    wide_items = (strips - splits) * chunk;
+    items = (strips + splits) * chunk;
+    half_x0 = (strips - splits) * kStrip;
     weight_pitch = lv.taps() | 1;
     weights = int(a.take(int64_t(weight_pitch) * chunk));
     zeroed = int(a.used);
@@ -673,39 +670,53 @@ FF_NO_UNROLL
 
 }  // namespace
 
+// Calls f(Chain{}) with lv's FixedChain (dispatch_chain) where a block's threads are a multiple of chunk (a thread's
+// channel, and with it its taps in registers, the same in every phase), else with GenericChain.
+template <class F>
+void dispatch_context_fwd_chain(const SweepLevels& lv, int W, int chunk, F&& f) {
+  dispatch_chain(lv, [&](auto chain) {
+    if (decltype(chain)::kFixed && sweep_threads(W, chunk) % chunk != 0) {
+      f(GenericChain{});
+    } else {
+      f(chain);
+    }
+  });
+}
+
 int64_t context_fwd_smem_bytes(const SweepLevels& levels, int W, int chunk) {
-  return int64_t(ContextFwdLayout(levels, W, chunk).total) * int64_t(sizeof(float));
+  int64_t bytes = 0;
+  dispatch_context_fwd_chain(levels, W, chunk, [&](auto chain) {
+    bytes = int64_t(ContextFwdLayout(levels, W, chunk, decltype(chain)::kFixed).total) * int64_t(sizeof(float));
+  });
+  return bytes;
 }
 
 void context_fwd(const ContextFwdParams& p, const Stream& stream) {
   const int blocks = int(sweep_band_count(p.geo, p.band_rows, 1) * ceil_div(p.geo.C, p.chunk));
-  const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk);
-  // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy: 2
-  // blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps), the
-  // launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work); registers
-  // (ptxas sm_90a: 125 srf, 106 lrf, 124 / 126 for narrow rows, 128 at L = 4) fit it: 2 blocks x 256 threads x
-  // 128 = 64 K.
-  // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the levels).
-  const int threads = layout.items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
-  const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
   dispatch_dtype(p.dtype, [&](auto t_tag) {
     using T = decltype(t_tag);
-    dispatch_chain(p.levels, [&](auto chain) {
+    dispatch_context_fwd_chain(p.levels, p.geo.W, p.chunk, [&](auto chain) {
       using Chain = decltype(chain);
-      const auto launch = [&](auto chain_tag) {
-        using C = decltype(chain_tag);
+      const ContextFwdLayout layout(p.levels, p.geo.W, p.chunk, Chain::kFixed);
+      // Threads: one per item of a level (strips x chunk, at most kSweepThreads). Shared memory sets the occupancy:
+      // 2 blocks per SM at FocalNet-T stage 1 (srf: 32 channels, 95 KB, 7 warps; lrf: 16 channels, 94 KB, 4 warps),
+      // the launch code picks the chunk for two per SM (a block's barrier waits hide behind the other's work);
+      // registers (ptxas sm_90a: 128 at stages 1 and 2, 123 / 128 for narrow rows srf / lrf) fit it: 2 blocks x 256
+      // threads x 128 = 64 K.
+      // A single warp where a level's items fit one (7x7 maps: the second warp of sweep_threads would idle in the
+      // levels).
+      const int threads = layout.items <= 32 ? 32 : sweep_threads(p.geo.W, p.chunk);
+      const int64_t smem_bytes = int64_t(layout.total) * int64_t(sizeof(float));
+      if constexpr (Chain::kFixed) {
         if (layout.narrow) {
-          launch_sweep<ContextFwd<T, C, true, false>>({p, layout}, blocks, threads, smem_bytes, stream);
+          launch_sweep<ContextFwd<T, Chain, true, false>>({p, layout}, blocks, threads, smem_bytes, stream);
         } else if (layout.mixed) {
-          launch_sweep<ContextFwd<T, C, false, true>>({p, layout}, blocks, threads, smem_bytes, stream);
+          launch_sweep<ContextFwd<T, Chain, false, true>>({p, layout}, blocks, threads, smem_bytes, stream);
         } else {
-          launch_sweep<ContextFwd<T, C, false, false>>({p, layout}, blocks, threads, smem_bytes, stream);
+          launch_sweep<ContextFwd<T, Chain, false, false>>({p, layout}, blocks, threads, smem_bytes, stream);
         }
-      };
-      if (Chain::kFixed && threads % p.chunk != 0) {  // a thread's channel would change between items
-        launch(GenericChain{});
       } else {
-        launch(chain);
+        launch_sweep<ContextFwd<T, Chain, false, false>>({p, layout}, blocks, threads, smem_bytes, stream);
       }
     });
   });

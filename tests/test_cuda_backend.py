@@ -444,19 +444,24 @@ def test_binding_rejects_bad_sweep_arguments(ext, change, words):
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize("width", [5, 56])
 @pytest.mark.parametrize("kernel_sizes,chain", [
     ((3,), "FixedChain<3, 1>"), ((3, 5), "FixedChain<3, 2>"), ((3, 5, 7), "FixedChain<3, 3>"),
     ((3, 5, 7, 9), "FixedChain<3, 4>"), ((5, 7), "GenericChain"), ((3, 7), "GenericChain"), ((1,), "GenericChain"),
 ])
-def test_sweeps_take_the_compile_time_chain_of_focalnet_sizes(ext, monkeypatch, kernel_sizes, chain):
+def test_sweeps_take_the_compile_time_chain_of_focalnet_sizes(ext, monkeypatch, kernel_sizes, chain, width):
     """k_l = 3 + 2 l (every published configuration) runs the sweeps instantiated for that chain;
-    any other sizes the run-time one."""
+    any other sizes the run-time one. A FixedChain's forward takes its narrow variant for a 5-pixel row and half
+    strips for 7 strips x 16 channels; the GenericChain has one variant (whole strips, gates by strip). All match
+    the reference."""
     monkeypatch.setattr(cuda_op, "MIN_THREADS", 1)
-    inputs = random_focal_inputs(1, 4, 5, 8, kernel_sizes, generator=torch.Generator().manual_seed(0))
-    with extension.recorded_launches(ext) as records:
+    inputs = random_focal_inputs(1, 4, width, 16, kernel_sizes, generator=torch.Generator().manual_seed(0))
+    with extension.recorded_launches(ext) as records:  # records the launches, runs none
         focal_modulation_cuda(**inputs)
     ops = {r["name"]: r["op"] for r in records}
-    assert f"ContextFwd<float, focalfast::{chain}" in ops["context_fwd"], ops
+    variant = "false, false" if chain == "GenericChain" else "true, false" if width == 5 else "false, true"
+    assert f"ContextFwd<float, focalfast::{chain}, {variant}>" in ops["context_fwd"], ops
+    assert rel_err(focal_modulation_cuda(**inputs), focal_modulation_ref(**inputs)) < 1e-5
 
 
 def test_host_saves_one_pooled_mean_vector(ext):

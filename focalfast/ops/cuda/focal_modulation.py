@@ -46,9 +46,11 @@ runs its two rows unrolled without tests; the others (image and band edges, the 
 one-copy row loop, so the static cost report counts their branches exactly. Global addresses: a row pointer
 stepped once per step, a pixel stride (a 64-bit add) per value. Maps of at most two strips a row (7x7, 14x14) load
 their gates a value an item, not a strip an item (a warp's lanes all work), and their strips past W (every strip at
-7x7) take the unrolled rows too, with a column test. output_fwd and output_bwd are instantiated per access (vector,
-scalar, bounded), so a kernel holds the one row loop it runs, and their row pointers step by the views' row strides
-in bytes, given by the host (one 64-bit add a row).
+7x7) take the unrolled rows too, with a column test. The half strips and the narrow rows are variants of the
+FocalNet kernel sizes' sweeps (FixedChain); other sizes (GenericChain, a copy of the level code per size) sweep
+whole strips with gates by strip, one variant: its others cost more build time than every FixedChain together.
+output_fwd and output_bwd are instantiated per access (vector, scalar, bounded), so a kernel holds the one row loop
+it runs, and their row pointers step by the views' row strides in bytes, given by the host (one 64-bit add a row).
 
 Instruction counts (the static cost report, ``python -m focalfast.static_cost --backend cuda``: sm_90a SASS
 of nvcc -O3 times the host path's trip counts), in warp-instructions per output element, bf16, q/ctx/gates as
