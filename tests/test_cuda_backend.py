@@ -12,6 +12,7 @@ binding's argument checks. With a GPU: the correctness matrix at FocalNet-T's st
 current stream, and the sanitizer entry point.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,16 @@ def run_setup_build_ext(tmp_path: Path, **env_overrides) -> subprocess.Completed
                           timeout=900)
 
 
+# Imports the module at argv[1] and prints [its file, kernel names, version, source hash] as JSON.
+PROBE_MODULE = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("focalfast.ops.cuda._C", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps([module.__file__, module.kernel_names(), module.version(), module.source_hash()]))
+"""
+
+
 def built_module_path(tmp_path: Path) -> Path:
     return tmp_path / "lib" / "focalfast" / "ops" / "cuda" / extension.extension_filename()
 
@@ -69,10 +80,16 @@ def test_setup_py_builds_sm80_sm90_module_that_imports(tmp_path):
         assert "code=sm_80" in compile_line and "sm_90" in compile_line, compile_line
     assert "warning" not in log.lower(), log
 
-    module = extension._import(path)  # a second copy beside the one the other tests use
-    assert set(module.kernel_names()) == KERNEL_NAMES
-    assert module.version() == "0.1.0"
-    assert module.source_hash() == extension.source_hash(archs=["80", "90"])
+    # The new module in a fresh interpreter: in this one, importing it would hand back the module of that name the
+    # other tests loaded (CPython keeps an extension module per name), built for other archs where CI asks for them.
+    probe = subprocess.run([sys.executable, "-c", PROBE_MODULE, str(path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stdout
+    module_file, kernel_names, version, built_hash = json.loads(probe.stdout.splitlines()[-1])
+    assert Path(module_file) == path
+    assert set(kernel_names) == KERNEL_NAMES
+    assert version == "0.1.0"
+    assert built_hash == extension.source_hash(archs=["80", "90"])
 
 
 def test_setup_py_skips_cuda_build_when_asked(tmp_path):
